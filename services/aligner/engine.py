@@ -1,0 +1,98 @@
+"""The forced-aligner model behind a small Protocol; real loading code (qwen_asr), no HTTP.
+
+`Qwen3ForcedAligner.align(audio, text, language)` splits `text` into units itself. We need each line's
+units, and the same units must be the ones aligned, so the engine takes pre-split units and runs the same
+forward pass `align()` does (one non-autoregressive pass; each `<timestamp>` position classifies a time of
+class x timestamp_segment_time ms), batched over chunks and requests. Everything heavy is imported inside
+`load()`: the module is imported by the gateway process too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class AlignJob:
+    audio: np.ndarray  # float32 mono 16 kHz
+    units: list[str]
+
+
+class AlignerEngine(Protocol):
+    max_seconds: float  # longest audio one pass can time (classes x segment time)
+
+    def units(self, text: str, language: str) -> list[str]:
+        """The aligner's units for `text` (what gets one start/end pair)."""
+
+    def align(self, jobs: Sequence[AlignJob]) -> list[list[tuple[float, float]]]:
+        """(start, end) seconds per unit of each job, relative to the job's audio."""
+
+
+class QwenForcedAlignerEngine:
+    def __init__(self, wrapper):
+        import torch
+
+        self._torch = torch
+        self.wrapper = wrapper  # qwen_asr.Qwen3ForcedAligner
+        cfg = wrapper.model.config
+        self.segment_ms = float(cfg.timestamp_segment_time)
+        classes = int(getattr(cfg, "classify_num", 0) or getattr(cfg.thinker_config, "classify_num", 0) or 5000)
+        self.max_seconds = (classes - 1) * self.segment_ms / 1000.0
+
+    @classmethod
+    def load(cls, path: str, device: str, dtype: str, threads: int | None = None) -> "QwenForcedAlignerEngine":
+        import torch
+        from qwen_asr import Qwen3ForcedAligner
+
+        from services.runtime.device import torch_dtype
+
+        if threads:
+            torch.set_num_threads(threads)
+        wrapper = Qwen3ForcedAligner.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
+        wrapper.model.eval()
+        return cls(wrapper)
+
+    def units(self, text: str, language: str) -> list[str]:
+        return list(self.wrapper.aligner_processor.encode_timestamp(text, language)[0])
+
+    def align(self, jobs: Sequence[AlignJob]) -> list[list[tuple[float, float]]]:
+        torch = self._torch
+        out: list[list[tuple[float, float]] | None] = [None] * len(jobs)
+        live = [i for i, j in enumerate(jobs) if j.units]
+        for i, j in enumerate(jobs):
+            if not j.units:
+                out[i] = []
+        if not live:
+            return out  # type: ignore[return-value]
+        w = self.wrapper
+        # The prompt align() builds: audio placeholder, then two <timestamp> slots (start, end) per unit.
+        texts = [
+            "<|audio_start|><|audio_pad|><|audio_end|>"
+            + "<timestamp><timestamp>".join(jobs[i].units) + "<timestamp><timestamp>"
+            for i in live
+        ]
+        with torch.inference_mode():
+            inputs = w.processor(text=texts, audio=[jobs[i].audio for i in live], return_tensors="pt", padding=True)
+            inputs = inputs.to(w.model.device).to(w.model.dtype)
+            logits = w.model.thinker(**inputs).logits
+            classes = logits.argmax(dim=-1)
+        for row, i in enumerate(live):
+            mask = inputs["input_ids"][row] == w.timestamp_token_id
+            ms = (classes[row][mask] * self.segment_ms).to("cpu").numpy()
+            # qwen_asr's repair of non-monotonic predictions (longest increasing run + interpolation).
+            fixed = w.aligner_processor.fix_timestamp(ms)
+            n = len(jobs[i].units)
+            fixed = (list(fixed) + [fixed[-1] if fixed else 0] * (2 * n))[: 2 * n]
+            out[i] = [(fixed[2 * k] / 1000.0, fixed[2 * k + 1] / 1000.0) for k in range(n)]
+        return out  # type: ignore[return-value]
+
+    def warmup(self) -> None:
+        # First calls pay for lazy imports and kernel selection; also warms nagisa (Japanese units).
+        self.units("ウォームアップ", "Japanese")
+        self.units("준비 운동", "Korean")
+        self.align([AlignJob(np.zeros(SAMPLE_RATE, dtype=np.float32), ["warm", "up"])])

@@ -1,0 +1,204 @@
+"""Pure lyric logic: languages, per-line units, long-audio chunk plans, and lines rebuilt from units.
+
+The forced aligner times "units" (a word, or one CJK character; punctuation dropped; Japanese via nagisa,
+Korean via soynlp) — not lines. We compute each line's units with the aligner's own unit splitter, align
+the concatenation, and give every line the span of its own units, so a repeated line gets the times of
+its own occurrence and a blank or punctuation-only line (no units) is kept, timed in the gap around it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+# The aligner's 11 languages: canonical name (what qwen_asr expects) and accepted spellings.
+LANGUAGES: dict[str, tuple[str, ...]] = {
+    "Chinese": ("zh", "zh-cn", "zh-hans", "zh-tw", "zh-hant", "cmn", "chinese", "mandarin"),
+    "English": ("en", "en-us", "en-gb", "english"),
+    "Cantonese": ("yue", "zh-hk", "cantonese"),
+    "French": ("fr", "french"),
+    "German": ("de", "german"),
+    "Italian": ("it", "italian"),
+    "Japanese": ("ja", "jp", "japanese"),
+    "Korean": ("ko", "kr", "korean"),
+    "Portuguese": ("pt", "pt-br", "pt-pt", "portuguese"),
+    "Russian": ("ru", "russian"),
+    "Spanish": ("es", "spanish"),
+}
+_ALIASES = {alias: name for name, aliases in LANGUAGES.items() for alias in aliases}
+ISO = {"Chinese": "zh", "English": "en", "Cantonese": "yue", "French": "fr", "German": "de", "Italian": "it",
+       "Japanese": "ja", "Korean": "ko", "Portuguese": "pt", "Russian": "ru", "Spanish": "es"}
+
+
+def parse_language(value: str | None) -> str | None:
+    """Canonical language name for an ISO code or name (case-insensitive); None if not given.
+
+    Raises ValueError naming the accepted values."""
+    if value is None or not str(value).strip():
+        return None
+    name = _ALIASES.get(str(value).strip().lower().replace("_", "-"))
+    if name is None:
+        raise ValueError(
+            f"unsupported language {value!r}; the aligner supports: "
+            + ", ".join(f"{ISO[n]} ({n})" for n in LANGUAGES)
+        )
+    return name
+
+
+# Function words that tell the Latin-script languages apart in lyrics.
+_STOPWORDS = {
+    "English": {"the", "and", "you", "i", "to", "a", "of", "my", "is", "in", "me", "it", "your", "love", "we"},
+    "French": {"le", "la", "les", "et", "je", "tu", "de", "des", "un", "une", "est", "pas", "que", "mon", "toi"},
+    "German": {"der", "die", "das", "und", "ich", "du", "nicht", "ist", "ein", "eine", "mich", "dich", "mein"},
+    "Italian": {"il", "la", "e", "che", "di", "non", "per", "un", "sono", "mi", "ti", "amore", "con", "gli"},
+    "Portuguese": {"o", "a", "e", "que", "de", "não", "eu", "um", "uma", "meu", "você", "com", "se", "do"},
+    "Spanish": {"el", "la", "y", "que", "de", "no", "yo", "tu", "un", "una", "mi", "te", "con", "amor", "es"},
+}
+
+
+def detect_language(text: str) -> str:
+    """Script first (kana -> Japanese, Hangul -> Korean, Han -> Chinese, Cyrillic -> Russian), then
+    function words for Latin script; English when nothing tells.
+
+    For the aligner the language only selects the unit splitter (Japanese, Korean, or whitespace/CJK for
+    all others), so a Latin-script guess never changes the alignment itself; it is reported back."""
+    counts = {"kana": 0, "hangul": 0, "han": 0, "cyrillic": 0, "latin": 0}
+    for ch in text:
+        o = ord(ch)
+        if 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF:
+            counts["kana"] += 1
+        elif 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F:
+            counts["hangul"] += 1
+        elif 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF:
+            counts["han"] += 1
+        elif 0x0400 <= o <= 0x04FF:
+            counts["cyrillic"] += 1
+        elif ch.isalpha() and unicodedata.name(ch, "").startswith("LATIN"):
+            counts["latin"] += 1
+    if counts["kana"]:
+        return "Japanese"
+    if counts["hangul"] >= max(counts["han"], counts["latin"], 1) * 0.3:
+        return "Korean"
+    if counts["han"] and counts["han"] * 2 >= counts["latin"]:
+        return "Chinese"
+    if counts["cyrillic"] > counts["latin"]:
+        return "Russian"
+    words = [w.strip(".,!?;:'\"()").lower() for w in text.split()]
+    scores = {lang: sum(w in sw for w in words) for lang, sw in _STOPWORDS.items()}
+    best = max(scores, key=lambda k: scores[k])
+    return best if scores[best] > scores["English"] else "English"
+
+
+# -- long audio ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # sample index, inclusive
+    end: int  # exclusive
+
+
+def plan_chunks(samples: np.ndarray, sr: int, window_s: float, frame_s: float = 0.05) -> list[Chunk]:
+    """Split audio into pieces of at most `window_s`, each cut at the quietest frame of the last 40% of
+    the window (a breath or a gap between phrases), so no word is cut in two where it can be avoided."""
+    n = len(samples)
+    win = int(window_s * sr)
+    if n <= win:
+        return [Chunk(0, n)]
+    hop = max(1, int(frame_s * sr))
+    frames = n // hop
+    energy = np.sqrt(np.mean(samples[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    chunks, start = [], 0
+    while n - start > win:
+        lo = (start + int(win * 0.6)) // hop
+        hi = (start + win) // hop
+        cut_frame = lo + int(np.argmin(energy[lo:hi])) if hi > lo else hi
+        cut = min(max(cut_frame * hop + hop // 2, start + hop), start + win)
+        chunks.append(Chunk(start, cut))
+        start = cut
+    chunks.append(Chunk(start, n))
+    return chunks
+
+
+def voiced_weights(samples: np.ndarray, chunks: Sequence[Chunk], sr: int, frame_s: float = 0.05) -> list[float]:
+    """How much of each chunk is sound above the song's quiet floor (a proxy for how much is sung in it)."""
+    hop = max(1, int(frame_s * sr))
+    frames = len(samples) // hop
+    if frames == 0:
+        return [1.0 for _ in chunks]
+    energy = np.sqrt(np.mean(samples[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    floor = np.percentile(energy, 20) * 2 + 1e-4
+    voiced = energy > floor
+    out = []
+    for c in chunks:
+        a, b = c.start // hop, max(c.start // hop + 1, c.end // hop)
+        out.append(float(voiced[a:b].sum()) + 1e-3 * (b - a))
+    return out
+
+
+def assign_lines(unit_counts: Sequence[int], weights: Sequence[float]) -> list[tuple[int, int]]:
+    """Give each chunk a contiguous range of lines [a, b) so that its share of units follows its weight.
+
+    Lines are never split across chunks; a line goes to the chunk where its middle unit falls."""
+    total = sum(unit_counts)
+    k = len(weights)
+    if k == 1 or total == 0:
+        return [(0, len(unit_counts))] + [(len(unit_counts), len(unit_counts))] * (k - 1)
+    wsum = sum(weights)
+    bounds = np.cumsum([w / wsum for w in weights]) * total  # unit index where each chunk ends
+    ranges, line, acc = [], 0, 0
+    for ci in range(k):
+        a = line
+        while line < len(unit_counts) and (ci == k - 1 or acc + unit_counts[line] / 2 <= bounds[ci]):
+            acc += unit_counts[line]
+            line += 1
+        ranges.append((a, line))
+    return ranges
+
+
+# -- lines from units ----------------------------------------------------------------------------------
+def rebuild_segments(
+    lines: Sequence[str],
+    line_units: Sequence[Sequence[str]],
+    unit_times: Sequence[tuple[float, float]],
+    duration: float,
+) -> list[dict]:
+    """Segments (one per input line, same order) from the flat list of unit times."""
+    assert sum(len(u) for u in line_units) == len(unit_times), "one time pair per unit"
+    segs: list[dict] = []
+    pos = 0
+    for text, units in zip(lines, line_units):
+        times = unit_times[pos : pos + len(units)]
+        pos += len(units)
+        words = [
+            {"text": u, "start": _r(min(max(s, 0.0), duration)), "end": _r(min(max(e, s, 0.0), duration))}
+            for u, (s, e) in zip(units, times)
+        ]
+        segs.append({"text": text, "start": None, "end": None, "words": words})
+    # Monotonic word times across the whole song (chunk borders included).
+    last = 0.0
+    for seg in segs:
+        for w in seg["words"]:
+            w["start"] = max(w["start"], last)
+            w["end"] = max(w["end"], w["start"])
+            last = w["start"]
+        if seg["words"]:
+            seg["start"], seg["end"] = seg["words"][0]["start"], seg["words"][-1]["end"]
+    # Lines without units sit in the gap between their timed neighbours.
+    for i, seg in enumerate(segs):
+        if seg["start"] is not None:
+            continue
+        prev_end = next((s["end"] for s in reversed(segs[:i]) if s["start"] is not None), 0.0)
+        next_start = next((s["start"] for s in segs[i + 1 :] if s["start"] is not None), None)
+        seg["start"] = prev_end
+        seg["end"] = max(prev_end, next_start if next_start is not None else min(duration, prev_end))
+    return segs
+
+
+def _r(t: float) -> float:
+    return round(float(t), 3)
+
+
+def units_for_lines(lines: Sequence[str], language: str, units_fn: Callable[[str, str], list[str]]) -> list[list[str]]:
+    return [units_fn(line, language) if line.strip() else [] for line in lines]

@@ -1,0 +1,81 @@
+"""Wire format of POST /api/v1/align (the seed "Qwen3 Alignment Service" fields, extended).
+
+JSON body, or multipart/form-data with the audio as an `audio` file part and the same fields as form
+fields (`lyrics` as a JSON array or newline-separated text, `metadata` as JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced"]
+
+
+class LyricsMetadata(BaseModel):
+    """Written as LRC header tags ([ti:] [ar:] [al:] [by:] [offset:])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=500)
+    artist: str | None = Field(None, max_length=500)
+    album: str | None = Field(None, max_length=500)
+    by: str | None = Field(None, max_length=200, description="LRC author tag")
+    offset_ms: int | None = Field(None, ge=-600_000, le=600_000, description="LRC [offset:] in milliseconds")
+
+
+class AlignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    audio_url: str | None = Field(
+        None, description="http(s):// URL or s3://bucket/key of the song (JSON requests; multipart sends `audio`)"
+    )
+    lyrics: list[str] = Field(
+        ..., description="Lyric lines in order. A single string is split on newlines. Blank lines are kept."
+    )
+    format: AlignFormat = Field("lrc", description="lrc | json | srt | vtt | lrc_enhanced")
+    language: str | None = Field(
+        None, description="ISO code or name (zh en yue fr de it ja ko pt ru es); detected from the lyrics if omitted"
+    )
+    metadata: LyricsMetadata | None = None
+
+    @field_validator("lyrics", mode="before")
+    @classmethod
+    def _split_text(cls, v):
+        if isinstance(v, str):
+            return v.splitlines()
+        return v
+
+    @field_validator("lyrics")
+    @classmethod
+    def _lines(cls, v: list[str]) -> list[str]:
+        return [line.rstrip("\r") for line in v]
+
+
+class AlignWord(BaseModel):
+    text: str
+    start: float
+    end: float
+
+
+class AlignSegment(BaseModel):
+    text: str
+    start: float
+    end: float
+    words: list[AlignWord]
+
+
+class AlignResponse(BaseModel):
+    """format=json. Other formats are text (LRC, SRT, VTT)."""
+
+    segments: list[AlignSegment]
+    language: str
+    duration: float
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: str
+    status_url: str
+    result_url: str

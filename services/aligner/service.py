@@ -1,0 +1,112 @@
+"""The aligner model service: owns the model, its admission queue and batching; no HTTP wire format.
+
+The gateway decodes the audio once and calls `align(audio, lines, language)`. Here: language (given or
+detected), units per line, long audio split at quiet points into windows the aligner can time, the chunks
+of all concurrent requests batched through one scheduler, lines rebuilt with global offsets.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bentoml
+import numpy as np
+
+from services.runtime.device import resolve_device, resolve_dtype_name
+from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from services.runtime.lifecycle import ModelHandle
+from services.runtime.logging import configure as configure_logging
+from services.runtime.remote import guarded
+from services.runtime.scheduler import Scheduler
+from services.runtime.settings import get_settings
+
+from . import lyrics
+from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine
+
+_S = get_settings()
+_CFG = _S.aligner
+
+
+@bentoml.service(
+    name="aligner",
+    # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it.
+    traffic={"timeout": _CFG.timeout + 30, "max_concurrency": _CFG.max_concurrency * 4 + _CFG.max_queue + 8},
+    # 0.6B params: ~1.2 GB fp32 / 2.4 GB peak with a 5-minute window; one T4-class GPU is plenty.
+    resources={"cpu": "2", "memory": "4Gi"},
+    envs=[{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}],
+)
+class Aligner:
+    def __init__(self) -> None:
+        configure_logging(_S.log_level, _S.log_json)
+        self.settings = _S
+        self.cfg = _CFG
+        model_id = "tiny:aligner" if _S.models == "tiny" else _CFG.model
+        self.handle: ModelHandle[QwenForcedAlignerEngine] = ModelHandle("aligner", model_id)
+        self.scheduler = Scheduler(
+            "aligner", model_id, self._run_batch,
+            max_batch_size=_CFG.max_batch_size, batch_wait_ms=_CFG.batch_wait_ms,
+            max_concurrency=_CFG.max_concurrency, max_queue=_CFG.max_queue, timeout=_CFG.timeout,
+        )
+        self.handle.start(self._load, lambda engine: engine.warmup())
+
+    def _load(self) -> QwenForcedAlignerEngine:
+        from services.runtime.sources import resolve_model_path
+
+        device = resolve_device(_S.device_for("aligner"))
+        dtype = resolve_dtype_name(_S.dtype_for("aligner"), device)
+        self.handle.device, self.handle.dtype = device, dtype
+        path = resolve_model_path(_S, "aligner", _CFG.model, _CFG.revision)
+        return QwenForcedAlignerEngine.load(path, device, dtype, threads=_S.torch_threads)
+
+    def _run_batch(self, jobs: list[AlignJob]) -> list[list[tuple[float, float]]]:
+        return self.handle.get().align(jobs)
+
+    def __is_ready__(self) -> bool:
+        return self.handle.ready
+
+    @bentoml.api
+    async def status(self) -> dict:
+        return {
+            **self.handle.info(),
+            "concurrency_limit": self.cfg.max_concurrency,
+            "queue_depth": self.scheduler.queue_depth,
+        }
+
+    @bentoml.api
+    @guarded("aligner")
+    async def align(self, audio: np.ndarray, lines: list[str], language: str | None = None) -> dict:
+        engine = self.handle.get()  # 503 with the state while loading or failed
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        duration = len(audio) / SAMPLE_RATE
+        if duration > self.cfg.max_audio_seconds:
+            raise PayloadTooLarge(f"audio is {duration:.0f}s; the limit is {self.cfg.max_audio_seconds:.0f}s",
+                                  param="audio", code="audio_too_long")
+        try:
+            lang = lyrics.parse_language(language) or lyrics.parse_language(self.cfg.default_language)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
+        lang = lang or lyrics.detect_language("\n".join(lines))
+        line_units = lyrics.units_for_lines(lines, lang, engine.units)
+        if not any(line_units):
+            raise Unprocessable("lyrics contain no alignable words (only blank lines or punctuation)",
+                                param="lyrics", code="empty_lyrics")
+
+        window = min(self.cfg.window_seconds, engine.max_seconds)
+        chunks = lyrics.plan_chunks(audio, SAMPLE_RATE, window)
+        ranges = lyrics.assign_lines([len(u) for u in line_units], lyrics.voiced_weights(audio, chunks, SAMPLE_RATE))
+        jobs = [
+            AlignJob(audio[c.start : c.end], [u for units in line_units[a:b] for u in units])
+            for c, (a, b) in zip(chunks, ranges)
+        ]
+        per_chunk = await self.scheduler.run(jobs)
+        unit_times: list[tuple[float, float]] = []
+        for c, times in zip(chunks, per_chunk):
+            offset = c.start / SAMPLE_RATE
+            unit_times += [(s + offset, e + offset) for s, e in times]
+        segments = lyrics.rebuild_segments(lines, line_units, unit_times, duration)
+        return {
+            "segments": segments,
+            "language": lyrics.ISO[lang],
+            "duration": round(duration, 3),
+            "chunks": len(chunks),
+        }

@@ -1,0 +1,134 @@
+"""The entry service: one port, every enabled model service behind it.
+
+`QWEN_SERVICES=aligner,asr,...` chooses which services exist in this process tree: the Gateway class is
+built at import time with a `bentoml.depends` only for those, so a disabled service starts no process and
+loads nothing. Public routes are FastAPI routers mounted on the gateway; BentoML keeps /livez, /readyz,
+/metrics and /docs. `bentoml serve services.gateway:Gateway` runs one process per service (production);
+`--development` runs them all in one process (small CPU machines, the offline demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from services.runtime.errors import ServiceUnavailable
+from services.runtime.http import EdgeMiddleware, install_error_handlers
+from services.runtime.logging import configure as configure_logging
+from services.runtime.settings import get_settings
+from services.runtime.tasks import TaskStore
+
+VERSION = "0.1.0"
+
+# service key -> (service module, class, routes module). Keys not listed are not built yet.
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "aligner": ("services.aligner.service", "Aligner", "services.aligner.routes"),
+}
+
+SETTINGS = get_settings()
+
+
+def enabled_keys() -> list[str]:
+    wanted = SETTINGS.services if SETTINGS.services is not None else list(REGISTRY)
+    missing = [k for k in wanted if k not in REGISTRY]
+    if missing:
+        raise RuntimeError(f"QWEN_SERVICES names services this build does not have: {missing}")
+    return wanted
+
+
+ENABLED = enabled_keys()
+
+app = FastAPI(
+    title="qwen-bento",
+    version=VERSION,
+    description="Six Qwen models behind production APIs, one BentoML Bento.",
+    docs_url=None,  # BentoML serves /docs
+    redoc_url=None,
+)
+install_error_handlers(app)
+_route_labels: list[str] = ["/v1/models"]
+for key in ENABLED:
+    routes_mod = importlib.import_module(REGISTRY[key][2])
+    app.include_router(routes_mod.router)
+    _route_labels += list(routes_mod.ROUTES)
+
+
+class _GatewayBase:
+    """Behaviour shared by every composition; the dependency attributes are added per build."""
+
+    def __init__(self) -> None:
+        configure_logging(SETTINGS.log_level, SETTINGS.log_json)
+        self.settings = SETTINGS
+        self.enabled = list(ENABLED)
+        self.tasks = TaskStore(ttl=SETTINGS.aligner.task_ttl_seconds, max_tasks=SETTINGS.aligner.max_tasks)
+        app.state.gateway = self
+        # In-process dependencies are created on first access: touch them now so models start loading.
+        for key in self.enabled:
+            getattr(self, key)
+
+    def require(self, key: str) -> None:
+        if key not in self.enabled:
+            raise ServiceUnavailable(f"the {key} service is not enabled (QWEN_SERVICES)", code="service_disabled")
+
+    async def service_status(self, key: str) -> dict:
+        try:
+            return await asyncio.wait_for(getattr(self, key).to_async.status(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - a dead or hung service is a state, not an error
+            return {"status": "unreachable", "model": None, "device": None, "dtype": None,
+                    "concurrency_limit": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    async def statuses(self) -> dict[str, dict]:
+        results = await asyncio.gather(*(self.service_status(k) for k in self.enabled))
+        return dict(zip(self.enabled, results))
+
+    async def __is_ready__(self) -> bool:
+        return all(s.get("status") == "ready" for s in (await self.statuses()).values())
+
+
+@app.get("/health", tags=["probes"], summary="200 when every enabled model is ready, else 503 with states")
+async def health(request: Request) -> JSONResponse:
+    gw = request.app.state.gateway
+    services = await gw.statuses()
+    states = {s.get("status") for s in services.values()}
+    if states <= {"ready"}:
+        status, code = "healthy", 200
+    elif "failed" in states or "unreachable" in states:
+        status, code = "unhealthy", 503
+    else:
+        status, code = "starting", 503
+    return JSONResponse({"status": status, "version": VERSION, "services": services}, status_code=code)
+
+
+@app.get("/v1/models", tags=["models"], summary="Models served by this deployment (OpenAI list format)")
+async def models(request: Request) -> JSONResponse:
+    gw = request.app.state.gateway
+    data = []
+    for key in gw.enabled:
+        cfg = gw.settings.service(key)
+        data.append({"id": cfg.model, "object": "model", "owned_by": "qwen-bento", "service": key,
+                     "aliases": [key]})
+    return JSONResponse({"object": "list", "data": data})
+
+
+def _build():
+    deps = {}
+    for key in ENABLED:
+        mod_name, cls_name, _ = REGISTRY[key]
+        deps[key] = bentoml.depends(getattr(importlib.import_module(mod_name), cls_name))
+    cls = type("Gateway", (_GatewayBase,), {"__module__": __name__, "__qualname__": "Gateway", **deps})
+    cls = bentoml.asgi_app(app, path="/")(cls)
+    svc = bentoml.service(
+        name="qwen-bento",
+        traffic={"timeout": 900},
+        resources={"cpu": "1", "memory": "1Gi"},
+    )(cls)
+    api_key = SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None
+    svc.add_asgi_middleware(EdgeMiddleware, api_key=api_key, routes=tuple(_route_labels))
+    return svc
+
+
+Gateway = _build()

@@ -1,0 +1,82 @@
+"""Decoding any common audio format (by content, not by name) to mono float32 at a target rate.
+
+PyAV's bundled ffmpeg reads wav/flac/mp3/ogg/opus/aac/m4a/webm...; the duration cap is checked on the
+container header before decoding (a 10-hour header is refused at once) and again while decoding (headers
+can lie), so memory stays bounded by the cap.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+
+
+@dataclass
+class DecodedAudio:
+    samples: np.ndarray  # float32, mono, [-1, 1]
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def decode_audio(
+    data: bytes, *, sample_rate: int = 16000, max_seconds: float | None = None, param: str = "file"
+) -> DecodedAudio:
+    import av
+
+    if not data:
+        raise InvalidRequest(f"{param} is empty", param=param, code="empty_audio")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.error.InvalidDataError, av.error.EOFError, UnicodeDecodeError, ValueError):
+        raise UnsupportedMedia(f"{param} is not a recognised audio format", param=param) from None
+    except av.error.FFmpegError as exc:
+        raise UnsupportedMedia(f"{param} could not be opened as audio: {exc.strerror or type(exc).__name__}",
+                               param=param) from None
+    with container:
+        streams = [s for s in container.streams if s.type == "audio"]
+        if not streams:
+            raise UnsupportedMedia(f"{param} has no audio stream", param=param)
+        stream = streams[0]
+        if max_seconds is not None:
+            declared = None
+            if stream.duration is not None and stream.time_base is not None:
+                declared = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                declared = container.duration / 1_000_000
+            if declared is not None and declared > max_seconds * 1.02 + 1:
+                raise PayloadTooLarge(f"{param}: audio is {declared:.0f}s long; the limit is {max_seconds:.0f}s",
+                                      param=param, code="audio_too_long")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        limit = None if max_seconds is None else int(max_seconds * sample_rate) + sample_rate
+        chunks: list[np.ndarray] = []
+        total = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray().reshape(-1)
+                    chunks.append(arr)
+                    total += arr.size
+                if limit is not None and total > limit:
+                    raise PayloadTooLarge(f"{param}: audio is longer than the {max_seconds:.0f}s limit",
+                                          param=param, code="audio_too_long")
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            if not chunks:
+                raise InvalidRequest(f"{param}: corrupt audio ({exc.strerror or type(exc).__name__})",
+                                     param=param, code="corrupt_audio") from None
+            # A damaged tail after good audio: keep what decoded (players do the same).
+    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if samples.size == 0:
+        raise InvalidRequest(f"{param}: no audio samples could be decoded", param=param, code="corrupt_audio")
+    if not np.isfinite(samples).all():
+        samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(samples, -1.0, 1.0, out=samples)
+    return DecodedAudio(samples, sample_rate)

@@ -1,0 +1,156 @@
+"""The gateway's HTTP edge, written once: request id, auth, access metrics, and the error envelope.
+
+`EdgeMiddleware` is a pure ASGI middleware (streaming responses pass through untouched) installed on the
+whole gateway app, BentoML's own routes included:
+- X-Request-ID: taken from the client when sane, else generated; echoed on every response; in every log.
+- Auth when QWEN_API_KEY is set: `X-API-Key: K` or `Authorization: Bearer K`, compared in constant time;
+  probes (/health, /livez, /readyz, /healthz) and /metrics stay open. The key is never logged.
+- Per-route request count, latency and in-flight gauges.
+`install_error_handlers(app)` renders every failure of the FastAPI routes as the one envelope.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+import uuid
+
+from .errors import InvalidRequest, QwenError, Unauthorized, Unprocessable
+from .logging import get_logger, request_id_var
+from .metrics import metrics
+
+log = get_logger("http")
+
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/metrics"})
+_RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _route_label(path: str, routes: frozenset[str]) -> str:
+    if path in routes or path in OPEN_PATHS:
+        return path
+    for r in routes:  # prefix routes such as /api/v1/align/tasks/{id}
+        if r.endswith("/*") and path.startswith(r[:-1]):
+            return r
+    return "other"
+
+
+class EdgeMiddleware:
+    def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = ()):
+        self.app = app
+        self._key = api_key.encode() if api_key else None
+        self._routes = frozenset(routes)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if self._key is None:
+            return True
+        presented = headers.get(b"x-api-key")
+        if presented is None:
+            auth = headers.get(b"authorization", b"")
+            if auth[:7].lower() == b"bearer ":
+                presented = auth[7:].strip()
+        if not presented:
+            return False
+        return hmac.compare_digest(presented, self._key)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        if not _RID_OK.match(rid):
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        path = scope.get("path", "")
+        method = scope.get("method", "GET")
+        route = _route_label(path, self._routes)
+        m = metrics()
+        status_holder = {"status": 500}
+        t0 = time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                hdrs = list(message.get("headers") or [])
+                hdrs.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": hdrs}
+            await send(message)
+
+        m.in_flight.labels(route).inc()
+        try:
+            if path not in OPEN_PATHS and not self._authorized(headers):
+                err = Unauthorized("missing or invalid API key: send X-API-Key or Authorization: Bearer")
+                await send_json(send_with_id, err.status, err.envelope(),
+                                extra_headers=[(b"www-authenticate", b'Bearer realm="qwen-bento"')])
+                return
+            await self.app(scope, receive, send_with_id)
+        finally:
+            dt = time.perf_counter() - t0
+            m.in_flight.labels(route).dec()
+            m.requests.labels(route, method, str(status_holder["status"])).inc()
+            m.latency.labels(route, method).observe(dt)
+            if route not in OPEN_PATHS:
+                log.info("request", extra={"method": method, "route": route, "status": status_holder["status"],
+                                           "duration_ms": round(dt * 1000, 1)})
+            request_id_var.reset(token)
+
+
+async def send_json(send, status: int, body: dict, extra_headers: list | None = None) -> None:
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += extra_headers or []
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def error_response(err: QwenError):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(err.envelope(), status_code=err.status, headers=err.headers())
+
+
+def validation_error(exc) -> QwenError:
+    """FastAPI/pydantic validation -> one envelope naming the first offending parameter."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "form", "path", "header")]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("request body is not valid JSON", code="invalid_json")
+    cls = InvalidRequest
+    text = f"{param}: {msg}" if param else msg
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return cls(text, param=param, code="invalid_value" if param else None)
+
+
+def install_error_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(QwenError)
+    async def _qwen(_req, exc: QwenError):
+        if exc.status >= 500:
+            log.warning("request failed", extra={"status": exc.status, "code": exc.code, "error": exc.message})
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req, exc):
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_req, exc: HTTPException):
+        err = QwenError(str(exc.detail), status=exc.status_code,
+                        code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
+        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req, exc: Exception):
+        log.error("unhandled error", exc_info=exc)
+        return error_response(QwenError("internal error; see the server log with this request id"))
+
+
+__all__ = ["EdgeMiddleware", "install_error_handlers", "error_response", "Unprocessable"]

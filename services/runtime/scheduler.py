@@ -1,0 +1,162 @@
+"""Admission control and adaptive micro-batching in front of one engine, written once for every service.
+
+`Scheduler.run(items)` admits a request's items into a bounded queue (full: 429 with a Retry-After
+estimated from recent batch times and queue depth), groups waiting items from concurrent requests into
+batches of at most `max_batch_size` (a batch leaves when full or `batch_wait_ms` after its first item
+arrived — and at once when a slot frees up with items already waiting), runs at most `max_concurrency`
+batches at a time in worker threads, and gives each request its own results, in order. A request that
+exceeds `timeout` gets a 504 and its not-yet-started items are dropped. With max_batch_size=1 it is a
+plain concurrency limit with a bounded queue.
+
+It lives in the model service's process, so it protects the device whoever calls. Engines that batch
+themselves (vLLM) are not put behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import Timeout, TooManyRequests
+from .metrics import metrics
+
+
+@dataclass
+class _Pending:
+    item: Any
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        service: str,
+        model: str,
+        run_batch: Callable[[list[Any]], Sequence[Any]],
+        *,
+        max_batch_size: int = 1,
+        batch_wait_ms: float = 0.0,
+        max_concurrency: int = 1,
+        max_queue: int = 16,
+        timeout: float = 300.0,
+    ):
+        self.service = service
+        self.model = model
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._running = 0
+        self._ewma_batch_seconds = 1.0
+        self._wake: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task | None = None
+        self._m = metrics()
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def retry_after(self) -> float:
+        batches_ahead = len(self._pending) / self.max_batch_size + 1
+        return max(1.0, self._ewma_batch_seconds * batches_ahead / self.max_concurrency)
+
+    async def run(self, items: Sequence[Any]) -> list[Any]:
+        """Run `items` (one request) through the engine; results in the same order."""
+        if not items:
+            return []
+        self._ensure_started()
+        if len(self._pending) + len(items) > self.max_queue + self._free_capacity():
+            self._m.rejected.labels(self.service, "queue_full").inc()
+            raise TooManyRequests(
+                f"{self.service} is at capacity ({self.max_concurrency} running, {len(self._pending)} queued); "
+                "retry later",
+                retry_after=self.retry_after(),
+            )
+        loop = asyncio.get_running_loop()
+        mine = [_Pending(it, loop.create_future()) for it in items]
+        self._pending.extend(mine)
+        self._gauge()
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(p.future for p in mine)), self.timeout))
+        except asyncio.TimeoutError:
+            self._m.rejected.labels(self.service, "timeout").inc()
+            raise Timeout(f"{self.service} did not finish within {self.timeout:.0f}s") from None
+        finally:
+            # Drop what has not started (timeout, client gone); started batches finish in their thread.
+            if any(not p.future.done() for p in mine):
+                self._pending = collections.deque(p for p in self._pending if p not in mine)
+                for p in mine:
+                    p.future.cancel()
+                self._gauge()
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _free_capacity(self) -> int:
+        return max(0, self.max_concurrency - self._running) * self.max_batch_size
+
+    def _gauge(self) -> None:
+        self._m.queue_depth.labels(self.service).set(len(self._pending))
+        self._m.active.labels(self.service).set(self._running)
+
+    def _ensure_started(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._wake = asyncio.Event()
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name=f"sched-{self.service}")
+
+    async def _dispatch(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._pending or self._running >= self.max_concurrency:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Batch window: wait for more items until the batch is full or the oldest item waited enough.
+            deadline = self._pending[0].arrived + self.batch_wait
+            while len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch: list[_Pending] = []
+            while self._pending and len(batch) < self.max_batch_size:
+                p = self._pending.popleft()
+                if not p.future.done():
+                    batch.append(p)
+            if not batch:
+                continue
+            self._running += 1
+            self._gauge()
+            asyncio.get_running_loop().create_task(self._execute(batch))
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
+            for p, r in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(r)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiting request
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            dt = time.perf_counter() - t0
+            self._ewma_batch_seconds = 0.8 * self._ewma_batch_seconds + 0.2 * dt
+            self._m.batch_size.labels(self.service).observe(len(batch))
+            self._m.inference.labels(self.service, self.model).observe(dt)
+            self._running -= 1
+            self._gauge()
+            if self._wake is not None:
+                self._wake.set()

@@ -1,0 +1,140 @@
+"""Every setting of the suite, read once from the environment (pydantic-settings).
+
+Global settings use the `QWEN_` prefix, per-service ones `QWEN_<SERVICE>_<FIELD>`. The names users of the
+seed services already know (SOW_QWEN3_*, ...) are accepted as aliases; the README's settings table is
+the one place they are all documented. Secrets are `SecretStr`: they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Device = Literal["auto", "cuda", "mps", "cpu"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+SERVICE_KEYS = ("aligner", "asr", "tts", "captioner", "diagram", "vl")
+# Comma lists in the environment ("aligner,asr"), not JSON.
+CommaList = Annotated[list[str], NoDecode]
+
+
+def env(*names: str) -> AliasChoices:
+    """Accept the canonical name first, then documented aliases (seed names)."""
+    return AliasChoices(*names)
+
+
+def _split_list(v):
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class ServiceSettings(_Base):
+    """Fields every model service has; subclasses set the prefix, the default model and limits."""
+
+    model: str = ""
+    revision: str | None = None
+    device: Device | None = None  # None: the global QWEN_DEVICE
+    dtype: DType | None = None  # None: the global QWEN_DTYPE
+    max_concurrency: int = Field(2, ge=1)
+    max_queue: int = Field(16, ge=0)
+    timeout: float = Field(300.0, gt=0)
+    max_batch_size: int = Field(4, ge=1)
+    batch_wait_ms: float = Field(10.0, ge=0)
+
+
+class AlignerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_ALIGNER_", extra="ignore", populate_by_name=True, frozen=True)
+
+    model: str = Field(
+        "Qwen/Qwen3-ForcedAligner-0.6B", validation_alias=env("QWEN_ALIGNER_MODEL", "SOW_QWEN3_MODEL_PATH")
+    )
+    device: Device | None = Field(None, validation_alias=env("QWEN_ALIGNER_DEVICE", "SOW_QWEN3_DEVICE"))
+    dtype: DType | None = Field(None, validation_alias=env("QWEN_ALIGNER_DTYPE", "SOW_QWEN3_DTYPE"))
+    max_concurrency: int = Field(
+        2, ge=1, validation_alias=env("QWEN_ALIGNER_MAX_CONCURRENCY", "SOW_QWEN3_MAX_CONCURRENT")
+    )
+    # Audio per aligner pass. The real head has 5000 classes x 80 ms (~400 s); stay well inside it.
+    window_seconds: float = Field(300.0, gt=5)
+    # Longest song accepted (decoded duration); longer input is a 413.
+    max_audio_seconds: float = Field(1200.0, gt=0)
+    max_lyrics_chars: int = Field(20000, gt=0)
+    max_lines: int = Field(2000, gt=0)
+    default_language: str | None = None
+    # Tasks (submit/status/result): results kept this long, at most this many at once.
+    task_ttl_seconds: float = Field(3600.0, gt=0)
+    max_tasks: int = Field(64, ge=1)
+
+
+class Settings(_Base):
+    model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", populate_by_name=True, frozen=True)
+
+    api_key: SecretStr | None = Field(None, validation_alias=env("QWEN_API_KEY", "SOW_QWEN3_API_KEY"))
+    device: Device = "auto"
+    dtype: DType = "auto"
+    services: CommaList | None = None  # None: every service this build has
+    models: Literal["hub", "tiny"] = "hub"
+    tiny_dir: str | None = None
+    model_cache: str | None = None  # HF cache dir; None: huggingface_hub's default (HF_HOME)
+    torch_threads: int | None = Field(None, ge=1)  # None: torch's default (all cores)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Media fetching (audio_url / image_url)
+    fetch_timeout: float = Field(20.0, gt=0)
+    fetch_max_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0)
+    # Hosts or CIDRs that may be fetched although they are loopback/private (tests, in-cluster storage).
+    fetch_private_allowlist: CommaList = Field(default_factory=list)
+    upload_max_bytes: int = Field(100 * 1024 * 1024, gt=0)
+
+    # s3://bucket/key (Cloudflare R2 or any S3-protocol store)
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=env("QWEN_S3_ENDPOINT_URL", "SOW_QWEN3_R2_ENDPOINT_URL")
+    )
+    s3_access_key_id: str | None = Field(
+        None, validation_alias=env("QWEN_S3_ACCESS_KEY_ID", "SOW_QWEN3_R2_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=env("QWEN_S3_SECRET_ACCESS_KEY", "SOW_QWEN3_R2_SECRET_ACCESS_KEY")
+    )
+    s3_region: str = "auto"
+    s3_bucket: str | None = Field(None, validation_alias=env("QWEN_S3_BUCKET", "SOW_QWEN3_R2_BUCKET"))
+
+    aligner: AlignerSettings = Field(default_factory=AlignerSettings)
+
+    @field_validator("services", "fetch_private_allowlist", mode="before")
+    @classmethod
+    def _lists(cls, v):
+        return _split_list(v)
+
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        unknown = [s for s in v if s not in SERVICE_KEYS]
+        if unknown:
+            raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(SERVICE_KEYS)}")
+        return v
+
+    def service(self, key: str) -> ServiceSettings:
+        return getattr(self, key)
+
+    def device_for(self, key: str) -> str:
+        return self.service(key).device or self.device
+
+    def dtype_for(self, key: str) -> str:
+        return self.service(key).dtype or self.dtype
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
