@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 2
 
 
 @dataclass
@@ -71,13 +72,16 @@ class QwenForcedAlignerEngine:
             return out  # type: ignore[return-value]
         w = self.wrapper
         # The prompt align() builds: audio placeholder, then two <timestamp> slots (start, end) per unit.
+        # The feature extractor fails on clips under ~25 ms (a chunk tail can be that short): pad with
+        # silence, which only adds time after the last word.
+        audios = [np.pad(jobs[i].audio, (0, max(0, MIN_SAMPLES - len(jobs[i].audio)))) for i in live]
         texts = [
             "<|audio_start|><|audio_pad|><|audio_end|>"
             + "<timestamp><timestamp>".join(jobs[i].units) + "<timestamp><timestamp>"
             for i in live
         ]
         with torch.inference_mode():
-            inputs = w.processor(text=texts, audio=[jobs[i].audio for i in live], return_tensors="pt", padding=True)
+            inputs = w.processor(text=texts, audio=audios, return_tensors="pt", padding=True)
             inputs = inputs.to(w.model.device).to(w.model.dtype)
             logits = w.model.thinker(**inputs).logits
             classes = logits.argmax(dim=-1)

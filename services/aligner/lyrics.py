@@ -186,11 +186,12 @@ def rebuild_segments(
         if seg["words"]:
             seg["start"], seg["end"] = seg["words"][0]["start"], seg["words"][-1]["end"]
     # Lines without units sit in the gap between their timed neighbours.
+    timed = [s["start"] is not None for s in segs]
     for i, seg in enumerate(segs):
-        if seg["start"] is not None:
+        if timed[i]:
             continue
-        prev_end = next((s["end"] for s in reversed(segs[:i]) if s["start"] is not None), 0.0)
-        next_start = next((s["start"] for s in segs[i + 1 :] if s["start"] is not None), None)
+        prev_end = next((segs[j]["end"] for j in range(i - 1, -1, -1) if timed[j]), 0.0)
+        next_start = next((segs[j]["start"] for j in range(i + 1, len(segs)) if timed[j]), None)
         seg["start"] = prev_end
         seg["end"] = max(prev_end, next_start if next_start is not None else min(duration, prev_end))
     return segs

@@ -1,0 +1,277 @@
+"""Tiny Qwen3-Omni captioner in the layout of Qwen/Qwen3-Omni-30B-A3B-Captioner (thinker only).
+
+Loads only through the production path:
+
+    model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(folder)                   # -> Qwen3OmniMoeProcessor
+
+The real captioner is the Qwen3-Omni thinker (audio encoder + vision encoder + MoE text decoder)
+without talker/code2wav: `enable_audio_output=False`, so `generate(..., return_audio=False)` returns
+`(token_ids, None)`. One user turn holding one audio part, no text prompt. ("real" values in
+comments are those of the published repo files; the hub is not reachable to re-check.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .tokenizer import build_qwen_tokenizer, single_token_id
+
+SEED = 3303
+SAMPLING_RATE = 16000
+
+# Qwen3-Omni added tokens in the real order (ids 151643..151675): the Qwen3 set, then the audio and
+# TTS markers. Tool/think tags are plain added tokens in the real tokenizer.
+SPECIAL_TOKENS = [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
+    "<tts_text_bos_single>", "<|audio_pad|>",
+]  # fmt: skip
+PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+# Qwen3OmniMoeProcessor.__init__ reads these attributes off the tokenizer (AttributeError otherwise);
+# the real tokenizer_config.json names them.
+MEDIA_TOKEN_NAMES = {
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+    "audio_token": "<|audio_pad|>",
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
+
+# Vision geometry shared with Qwen3-VL: 16 px patches, 2x2 merge -> one token per 32x32 px.
+PATCH_SIZE = 16
+MERGE_SIZE = 2
+TEMPORAL_PATCH_SIZE = 2
+PX_PER_TOKEN = (PATCH_SIZE * MERGE_SIZE) ** 2
+MIN_PIXELS = 4 * PX_PER_TOKEN  # tiny budget 4..16 tokens per image (the captioner never sees images)
+MAX_PIXELS = 16 * PX_PER_TOKEN
+
+# Whisper-style log-mel front end as in the real repo: 128 mel bins, 10 ms hop, 25 ms window. The
+# window is 300 s (n_samples 4.8M): the feature extractor truncates anything longer *silently*.
+MEL_BINS = 128
+CHUNK_LENGTH_S = 300
+
+# Real generation defaults of the captioner (its model card / generation_config.json): sampling at
+# temperature 0.6, top_p 0.95, top_k 20. HF's thinker.generate does not read them (it builds its own
+# greedy config from the thinker config); vLLM does, so they live in generation_config.json.
+GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+
+# Renders like the real Qwen3-Omni template: ChatML turns, no default system turn, audio parts as
+# <|audio_start|><|audio_pad|><|audio_end|> (the processor expands <|audio_pad|> to one token per
+# 80 ms, 13 per second), images/videos as <|vision_start|><|image_pad|/|video_pad|><|vision_end|>.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
+    "{{ '<|audio_start|><|audio_pad|><|audio_end|>' }}"
+    "{% elif part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'video' or 'video' in part %}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif 'text' in part %}{{ part['text'] }}"
+    "{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def build(out: Path) -> None:
+    import torch
+    from transformers import (
+        AutoProcessor,
+        GenerationConfig,
+        Qwen2VLImageProcessor,
+        Qwen3OmniMoeConfig,
+        Qwen3OmniMoeForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+
+    tok = build_qwen_tokenizer(
+        special_tokens=SPECIAL_TOKENS,
+        plain_tokens=PLAIN_TOKENS,
+        chat_template=CHAT_TEMPLATE,
+        extra_corpus=["a man speaks calmly over soft piano music", "birds sing in the background"],
+        init_kwargs={"extra_special_tokens": dict(MEDIA_TOKEN_NAMES)},
+    )
+    tok.save_pretrained(out, save_jinja_files=False)  # template inline, as in the real tokenizer_config
+    ids = {t: single_token_id(tok, t) for t in [*SPECIAL_TOKENS, "<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
+    # The talker path slices the prompt by role tokens (config system/user/assistant_token_id); the
+    # real vocabulary has them as single tokens (8948, 872, 77091), so must the tiny one.
+    role_ids = {w: single_token_id(tok, w) for w in ("system", "user", "assistant")}
+    vocab_size = _round_up(len(tok), 64)  # real: 152064 rows
+
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,  # real 2048
+        intermediate_size=128,  # dense MLP width, used only by mlp_only_layers (none, as real)
+        num_hidden_layers=2,  # real 48
+        num_attention_heads=2,  # real 32
+        num_key_value_heads=1,  # real 4
+        head_dim=32,  # real 128
+        hidden_act="silu",
+        max_position_embeddings=65536,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        # Interleaved 3-D mrope; sections sum to head_dim / 2. Real [24, 20, 20] / 4.
+        rope_scaling={"rope_type": "default", "mrope_section": [6, 5, 5], "interleaved": True,
+                      "mrope_interleaved": True},  # fmt: skip
+        attention_bias=False,
+        tie_word_embeddings=False,
+        # Sparse MoE in every layer like the real 30B-A3B (128 experts, top-8); tiny: 4 experts, top-2.
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,  # real 768
+        norm_topk_prob=True,
+    )
+    audio_config = dict(
+        num_mel_bins=MEL_BINS,  # must equal the feature extractor's feature_size
+        d_model=32,  # real 1280
+        encoder_layers=2,  # real 32
+        encoder_attention_heads=2,  # real 20
+        encoder_ffn_dim=64,  # real 5120
+        downsample_hidden_size=8,  # real 480 (3 stride-2 convs: 8x time reduction per chunk)
+        output_dim=text_config["hidden_size"],  # projected into the thinker's width
+        max_source_positions=1500,
+        # Chunking of the mel frames: 2 * n_window = 100 frames (1 s) per conv chunk. The processor's
+        # token count (13 tokens per 100 frames) hard-codes this, so n_window must stay 50.
+        n_window=50,
+        # Real captioner: attention in windows of 800 frames (8 s). In transformers 4.57 only the
+        # flash_attention_2 path honours these windows; sdpa/eager attend across the whole input.
+        n_window_infer=800,
+        conv_chunksize=500,
+        activation_function="gelu",
+        scale_embedding=False,
+    )
+    vision_config = dict(
+        depth=4,  # real 27
+        hidden_size=32,  # real 1152
+        intermediate_size=64,  # real 4304
+        num_heads=2,  # real 16
+        hidden_act="gelu_pytorch_tanh",
+        in_channels=3,
+        patch_size=PATCH_SIZE,
+        spatial_merge_size=MERGE_SIZE,
+        temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        out_hidden_size=text_config["hidden_size"],
+        num_position_embeddings=2304,
+        # DeepStack indexes must be < vision depth and no more than the text layers. Real [8, 16, 24].
+        deepstack_visual_indexes=[1, 2],
+    )
+    assert all(i < vision_config["depth"] for i in vision_config["deepstack_visual_indexes"])
+    assert len(vision_config["deepstack_visual_indexes"]) <= text_config["num_hidden_layers"]
+
+    thinker_config = dict(
+        text_config=text_config,
+        audio_config=audio_config,
+        vision_config=vision_config,
+        audio_token_id=ids["<|audio_pad|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        audio_start_token_id=ids["<|audio_start|>"],
+        audio_end_token_id=ids["<|audio_end|>"],
+        vision_start_token_id=ids["<|vision_start|>"],  # read by get_rope_index; not a named argument
+        vision_end_token_id=ids["<|vision_end|>"],
+        user_token_id=role_ids["user"],
+        position_id_per_seconds=13,  # real: 13 temporal position ids per second (audio 80 ms/token)
+        seconds_per_chunk=2,
+    )
+    config = Qwen3OmniMoeConfig(
+        thinker_config=thinker_config,
+        enable_audio_output=False,  # captioner: text out only, no talker/code2wav weights
+        im_start_token_id=ids["<|im_start|>"],
+        im_end_token_id=ids["<|im_end|>"],
+        tts_pad_token_id=ids["<tts_pad>"],
+        tts_bos_token_id=ids["<tts_text_bos>"],
+        tts_eos_token_id=ids["<tts_text_eod>"],
+        system_token_id=role_ids["system"],
+        user_token_id=role_ids["user"],
+        assistant_token_id=role_ids["assistant"],
+    )
+    config.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
+
+    torch.manual_seed(SEED)
+    model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
+    assert not hasattr(model, "talker")
+    spread_weights(model, SEED)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        **GENERATION_DEFAULTS,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        merge_size=MERGE_SIZE,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=MEL_BINS,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=160,
+        n_fft=400,
+        chunk_length=CHUNK_LENGTH_S,
+        padding_value=0.0,
+        return_attention_mask=True,
+        dither=0.0,
+    )
+    # Image processor and feature extractor both own preprocessor_config.json; saving them one after
+    # the other keeps only the last. The real repo holds the merged dict, each loader picking its keys.
+    merged = {**image_processor.to_dict(), **feature_extractor.to_dict()}
+    merged["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    merged["image_processor_type"] = type(image_processor).__name__
+    merged["feature_extractor_type"] = type(feature_extractor).__name__
+    merged["processor_class"] = "Qwen3OmniMoeProcessor"
+    merged.pop("_processor_class", None)
+    _write_json(out / "preprocessor_config.json", dict(sorted(merged.items())))
+    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+
+    # Smoke-load through the production loader: a broken folder fails the build, not a request.
+    processor = AutoProcessor.from_pretrained(out)
+    assert type(processor).__name__ == "Qwen3OmniMoeProcessor", type(processor)
+    assert processor.feature_extractor.feature_size == MEL_BINS
+    assert processor.audio_token == "<|audio_pad|>"
+
+
+def spread_weights(model, seed: int, std: float = 0.2) -> None:
+    """Re-draw every matrix with a wide normal distribution (norm layers keep their ones).
+
+    At the real initializer_range (0.02) a tiny random model collapses onto one token whatever the
+    input; std 0.2 makes greedy outputs depend on the audio. config.json keeps the real value.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

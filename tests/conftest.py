@@ -1,0 +1,12 @@
+import os
+
+# Tiny models on 2 shared cores: one thread each (2 threads made tiny generate 5-20x slower, FACTS §4).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass

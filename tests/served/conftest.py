@@ -1,0 +1,170 @@
+"""One real `bentoml serve` session for the whole test run, shared by every served test.
+
+Started lazily by the first test that needs it, in its own process group (SIGTERM, then SIGKILL to the
+group: BentoML's graceful shutdown can wait long). Beside it the tests start what users have: a local
+HTTP server holding songs (allowed by QWEN_FETCH_PRIVATE_ALLOWLIST) and a real S3-protocol server
+(moto's), both on loopback.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.audio_fixtures import encode, song
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-7f3a"
+BUCKET = "songs"
+START_TIMEOUT = float(os.environ.get("QWEN_TEST_START_TIMEOUT", "420"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    log: Path
+    media_url: str
+    s3_endpoint: str
+    health_seen: list[dict] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def client(self, key: str | None = API_KEY, **kw) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kw.pop("timeout", 300), **kw)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("media")
+    (d / "short.wav").write_bytes(encode(song(12.0, sr=16000), 16000, "wav"))
+    (d / "short.mp3").write_bytes(encode(song(12.0, sr=44100), 44100, "mp3"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def media_server(media_dir):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(media_dir), **kw)
+
+        def do_GET(self):
+            if self.path == "/to-metadata":
+                self.send_response(302)
+                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(media_dir):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="library/short.mp3", Body=(media_dir / "short.mp3").read_bytes())
+    yield endpoint
+    server.stop()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, media_server, s3_server) -> Served:
+    port = free_port()
+    work = tmp_path_factory.mktemp("served")
+    log = work / "bentoml.log"
+    env = {
+        **os.environ,
+        "BENTOML_CONFIG": str(ROOT / "configuration.yaml"),
+        "BENTOML_HOME": str(work / "bentoml_home"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "QWEN_MODELS": "tiny",
+        "QWEN_TINY_DIR": str(work / "tiny"),
+        "QWEN_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "QWEN_API_KEY": API_KEY,
+        "QWEN_FETCH_PRIVATE_ALLOWLIST": "127.0.0.1",
+        "QWEN_S3_ENDPOINT_URL": s3_server,
+        "QWEN_S3_ACCESS_KEY_ID": "testing",
+        "QWEN_S3_SECRET_ACCESS_KEY": "testing",
+        "QWEN_S3_REGION": "us-east-1",
+        "QWEN_ALIGNER_MAX_AUDIO_SECONDS": "660",
+    }
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
+           "--host", "127.0.0.1", "--port", str(port)]
+    fh = open(log, "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    s = Served(url=f"http://127.0.0.1:{port}", log=log, media_url=media_server, s3_endpoint=s3_server, proc=proc)
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{s.log_tail()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"not healthy after {START_TIMEOUT:.0f}s:\n{s.log_tail()}")
+                try:
+                    r = c.get("/health")
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+                    continue
+                body = r.json()
+                s.health_seen.append({"code": r.status_code, **body})
+                if r.status_code == 200:
+                    break
+                time.sleep(0.5)
+        yield s
+    finally:
+        _stop(proc)
+        fh.close()

@@ -1,0 +1,300 @@
+"""POST /api/v1/align through the real `bentoml serve` (gateway + aligner processes) on the tiny aligner.
+
+The tiny model's times are random: assertions are on formats, counts, ordering, bounds and statuses."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.audio_fixtures import encode, song
+
+pytestmark = pytest.mark.served
+
+LYRICS = ["Hello darkness my old friend", "", "I've come to talk with you again", "...",
+          "Hello darkness my old friend", "你好 世界"]
+LRC_LINE = re.compile(r"^\[(\d{2,}):(\d{2})\.(\d{2})\]( .*)?$")
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with served.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def wav(media_dir):
+    return (media_dir / "short.wav").read_bytes()
+
+
+def post_upload(client, audio: bytes, lyrics=LYRICS, filename="song.wav", **fields):
+    data = {"lyrics": json.dumps(lyrics), **fields}
+    return client.post("/api/v1/align", files={"audio": (filename, audio, "application/octet-stream")}, data=data)
+
+
+def lrc_seconds(m):
+    return int(m.group(1)) * 60 + int(m.group(2)) + int(m.group(3)) / 100
+
+
+def check_json(body, n_lines, duration):
+    assert set(body) == {"segments", "language", "duration"}
+    assert abs(body["duration"] - duration) < 0.1
+    segs = body["segments"]
+    assert [s["text"] for s in segs] == LYRICS[:n_lines] if n_lines == len(LYRICS) else len(segs) == n_lines
+    starts = [s["start"] for s in segs]
+    assert starts == sorted(starts)
+    for s in segs:
+        assert 0 <= s["start"] <= s["end"] <= body["duration"] + 1e-6
+        for w in s["words"]:
+            assert s["start"] <= w["start"] <= w["end"] <= s["end"] + 1e-6
+    return segs
+
+
+def test_health_went_from_loading_to_ready(served):
+    states = [h["services"]["aligner"]["status"] for h in served.health_seen]
+    assert states[-1] == "ready" and served.health_seen[-1]["code"] == 200
+    assert "loading" in states, f"never saw the loading state: {states}"
+    loading = next(h for h in served.health_seen if h["services"]["aligner"]["status"] == "loading")
+    assert loading["code"] == 503 and loading["status"] == "starting"
+    ready = served.health_seen[-1]["services"]["aligner"]
+    assert ready["device"] == "cpu" and ready["dtype"] == "float32" and ready["concurrency_limit"] == 2
+    assert ready["error"] is None and ready["model"] == "tiny:aligner"
+
+
+def test_probes_are_open_and_ready(served):
+    with served.client(key=None) as anon:
+        assert anon.get("/livez").status_code == 200
+        assert anon.get("/readyz").status_code == 200
+        assert anon.get("/health").json()["status"] == "healthy"
+        assert anon.get("/metrics").status_code == 200
+
+
+def test_lrc_upload_with_metadata_header(client, wav):
+    r = post_upload(client, wav, format="lrc", metadata=json.dumps({"title": "Song", "artist": "Me"}))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["x-request-id"]
+    lines = r.text.splitlines()
+    assert lines[:3] == ["[ti:Song]", "[ar:Me]", "[length:00:12]"]
+    body = lines[3:]
+    assert len(body) == len(LYRICS)
+    matches = [LRC_LINE.match(line) for line in body]
+    assert all(matches), body
+    times = [lrc_seconds(m) for m in matches]
+    assert times == sorted(times) and times[-1] <= 12.0
+    assert [(m.group(4) or "").strip() for m in matches] == [" ".join(x.split()) for x in LYRICS]
+
+
+def test_json_segments_and_words(client, wav):
+    r = post_upload(client, wav, format="json", language="en")
+    assert r.status_code == 200, r.text
+    segs = check_json(r.json(), len(LYRICS), 12.0)
+    assert r.json()["language"] == "en"
+    assert [len(s["words"]) for s in segs] == [5, 0, 7, 0, 5, 4]  # units: words, one per CJK char
+
+
+def test_srt_vtt_and_enhanced_lrc(client, wav):
+    spoken = [line for line in LYRICS if any(ch.isalnum() for ch in line)]
+    r = post_upload(client, wav, format="srt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-subrip")
+    blocks = r.text.strip().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [str(i) for i in range(1, len(blocks) + 1)]
+    assert len(blocks) == len([x for x in LYRICS if x.strip()])
+    assert all(re.match(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$", b.splitlines()[1]) for b in blocks)
+
+    r = post_upload(client, wav, format="vtt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/vtt")
+    assert r.text.startswith("WEBVTT\n\n")
+    assert len(re.findall(r"^\d\d:\d\d:\d\d\.\d{3} --> ", r.text, re.M)) == len([x for x in LYRICS if x.strip()])
+
+    r = post_upload(client, wav, format="lrc_enhanced")
+    assert r.status_code == 200
+    body = [line for line in r.text.splitlines() if not line.startswith(("[length", "[ti", "[ar"))]
+    assert len(body) == len(LYRICS)
+    word_lines = [line for line in body if "<" in line]
+    assert len(word_lines) == len(spoken)  # "..." has no units: a plain timed line, no word tags
+    for line in word_lines:
+        tags = re.findall(r"<(\d{2,}:\d{2}\.\d{2})>", line)
+        assert len(tags) >= 2 and tags == sorted(tags)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac", "m4a", "ogg"])
+def test_any_common_audio_format_is_decoded_by_content(client, fmt):
+    data = encode(song(6.0, sr=44100), 44100, fmt)
+    r = post_upload(client, data, filename="no-extension", format="json")
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["duration"] - 6.0) < 0.15
+
+
+def test_audio_url_from_a_web_server(client, served):
+    r = client.post("/api/v1/align", json={"audio_url": f"{served.media_url}/short.mp3", "lyrics": LYRICS,
+                                            "format": "json"})
+    assert r.status_code == 200, r.text
+    check_json(r.json(), len(LYRICS), 12.0)
+
+
+def test_lyrics_as_one_string_with_newlines(client, served):
+    r = client.post("/api/v1/align", json={"audio_url": f"{served.media_url}/short.wav",
+                                            "lyrics": "line one\n\nline two", "format": "json"})
+    assert r.status_code == 200, r.text
+    assert [s["text"] for s in r.json()["segments"]] == ["line one", "", "line two"]
+
+
+def test_s3_url_through_an_s3_protocol_server(client):
+    r = client.post("/api/v1/align", json={"audio_url": "s3://songs/library/short.mp3", "lyrics": LYRICS,
+                                            "format": "json"})
+    assert r.status_code == 200, r.text
+    check_json(r.json(), len(LYRICS), 12.0)
+
+
+def test_s3_missing_object_is_a_clear_400(client):
+    r = client.post("/api/v1/align", json={"audio_url": "s3://songs/nope.mp3", "lyrics": LYRICS})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "object_not_found" and r.json()["error"]["param"] == "audio_url"
+
+
+@pytest.mark.parametrize("url, status, code", [
+    ("http://169.254.169.254/latest/meta-data/", 400, "url_refused"),
+    ("http://10.0.0.1/song.mp3", 400, "url_refused"),
+    ("file:///etc/passwd", 400, "url_refused"),
+    ("/to-metadata", 400, "url_refused"),  # a redirect from an allowed host to the metadata address
+    ("/missing.mp3", 400, "fetch_failed"),
+    ("http://127.0.0.1:9/unreachable.mp3", 502, "fetch_failed"),
+])
+def test_url_refusals_and_failures(client, served, url, status, code):
+    if url.startswith("/"):
+        url = served.media_url + url
+    r = client.post("/api/v1/align", json={"audio_url": url, "lyrics": LYRICS})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["param"] == "audio_url" and err["message"]
+
+
+def test_auth_is_required_and_both_header_forms_work(served, wav):
+    with served.client(key=None) as anon:
+        r = post_upload(anon, wav)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        r = anon.post("/api/v1/align", headers={"Authorization": "Bearer wrong"}, json={"lyrics": ["a"]})
+        assert r.status_code == 401
+        r = anon.get("/v1/models", headers={"Authorization": f"Bearer {served_key()}"})
+        assert r.status_code == 200 and r.json()["data"][0]["service"] == "aligner"
+
+
+def served_key():
+    from tests.served.conftest import API_KEY
+
+    return API_KEY
+
+
+@pytest.mark.parametrize("case, status, code", [
+    ("text-as-wav", 415, "unsupported_media"),
+    ("empty-file", 400, "empty_audio"),
+    ("empty-lyrics", 422, "empty_lyrics"),
+    ("punctuation-lyrics", 422, "empty_lyrics"),
+    ("bad-format", 400, "invalid_value"),
+    ("bad-language", 400, "unsupported_language"),
+    ("no-audio", 400, "missing_audio"),
+    ("bad-json", 400, "invalid_json"),
+    ("unknown-field", 400, "invalid_value"),
+])
+def test_bad_input_gets_a_clear_4xx_envelope(client, wav, case, status, code):
+    if case == "text-as-wav":
+        r = post_upload(client, b"this is not audio\n" * 20, filename="song.wav")
+    elif case == "empty-file":
+        r = post_upload(client, b"")
+    elif case == "empty-lyrics":
+        r = post_upload(client, wav, lyrics=["", "  "])
+    elif case == "punctuation-lyrics":
+        r = post_upload(client, wav, lyrics=["...", "!?"])
+    elif case == "bad-format":
+        r = post_upload(client, wav, format="txt")
+    elif case == "bad-language":
+        r = post_upload(client, wav, language="klingon")
+    elif case == "no-audio":
+        r = client.post("/api/v1/align", json={"lyrics": ["a"]})
+    elif case == "bad-json":
+        r = client.post("/api/v1/align", content=b"{not json", headers={"content-type": "application/json"})
+    else:
+        r = client.post("/api/v1/align", json={"lyrics": ["a"], "audio_url": "http://x", "colour": "red"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code and err["message"]
+
+
+def test_audio_over_the_length_limit_is_413(client):
+    data = encode(song(700.0, sr=8000, phrase=5.0, gap=1.0), 8000, "flac")  # limit set to 660 s
+    r = post_upload(client, data)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long"
+
+
+def test_ten_minute_song_is_split_and_offset(client):
+    data = encode(song(600.0, sr=16000, phrase=4.0, gap=1.0), 16000, "flac")
+    lyrics = [f"line number {i} of the long song" for i in range(120)]
+    r = post_upload(client, data, lyrics=lyrics, format="json", language="en")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert abs(body["duration"] - 600.0) < 0.5 and len(body["segments"]) == 120
+    starts = [s["start"] for s in body["segments"]]
+    assert starts == sorted(starts) and max(s["end"] for s in body["segments"]) <= 600.0
+    # Lines of the later windows carry the window's global offset (a window starts at >= 180 s).
+    assert starts[-1] >= 180.0
+
+
+def test_task_submit_status_result_survives_the_client(served, wav):
+    with served.client() as c:
+        r = c.post("/api/v1/align/tasks", files={"audio": ("s.wav", wav)},
+                   data={"lyrics": json.dumps(LYRICS), "format": "srt"})
+        assert r.status_code == 202, r.text
+        task = r.json()
+        assert r.headers["location"] == task["status_url"]
+    # The submitting connection is closed; the task goes on. Poll from a new client.
+    with served.client() as c:
+        deadline = time.monotonic() + 120
+        while (st := c.get(task["status_url"]).json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert st["status"] == "succeeded", st
+        r = c.get(task["result_url"])
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-subrip")
+        assert r.text.startswith("1\n")
+        assert c.get("/api/v1/align/tasks/does-not-exist").status_code == 404
+
+
+def test_concurrent_requests_all_succeed(served, wav):
+    import concurrent.futures
+
+    def one(_):
+        with served.client() as c:
+            return post_upload(c, wav, format="json").status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(one, range(6)))
+    assert codes == [200] * 6
+
+
+def test_metrics_parse_and_cover_routes_models_and_batches(client, wav):
+    assert post_upload(client, wav).status_code == 200
+    text = httpx.get(str(client.base_url) + "/metrics").text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    reqs = [s for s in fams["qwen_requests"].samples if s.name == "qwen_requests_total"]
+    assert any(s.labels["route"] == "/api/v1/align" and s.labels["status"] == "200" and s.value >= 1 for s in reqs)
+    assert any(s.labels["status"] == "401" for s in reqs)
+    load = [s for s in fams["qwen_model_load_seconds"].samples if s.labels["service"] == "aligner"]
+    assert load and load[0].value > 0
+    inf = {s.name: s.value for s in fams["qwen_inference_seconds"].samples if s.name.endswith(("_count", "_sum"))}
+    assert inf["qwen_inference_seconds_count"] >= 1
+    batches = {s.name: s.value for s in fams["qwen_batch_size"].samples if s.name.endswith(("_count", "_sum"))}
+    assert batches["qwen_batch_size_sum"] >= batches["qwen_batch_size_count"] >= 1
+    assert "qwen_queue_depth" in fams and "qwen_requests_in_flight" in fams
+    lat = [s for s in fams["qwen_request_duration_seconds"].samples if s.name.endswith("_count")]
+    assert any(s.labels["route"] == "/api/v1/align" for s in lat)
+
+
+def test_worker_keeps_serving_after_bad_input(client, wav):
+    assert post_upload(client, b"\x00garbage").status_code == 415
+    assert post_upload(client, wav, format="lrc").status_code == 200

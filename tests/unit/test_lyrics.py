@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from services.aligner import lyrics
+
+
+def whitespace_units(text, language):
+    """The aligner's splitter for space languages: words, one unit per CJK char, punctuation dropped."""
+    from qwen_asr.inference.qwen3_forced_aligner import Qwen3ForceAlignProcessor
+
+    return Qwen3ForceAlignProcessor().encode_timestamp(text, language)[0]
+
+
+@pytest.mark.parametrize("value, name", [("en", "English"), ("ZH", "Chinese"), ("yue", "Cantonese"),
+                                         ("japanese", "Japanese"), ("pt-BR", "Portuguese"), (None, None), ("", None)])
+def test_parse_language(value, name):
+    assert lyrics.parse_language(value) == name
+
+
+def test_parse_language_unknown_lists_supported():
+    with pytest.raises(ValueError, match="supports: zh"):
+        lyrics.parse_language("klingon")
+
+
+@pytest.mark.parametrize("text, lang", [
+    ("Hello darkness my old friend", "English"), ("我们一起唱歌", "Chinese"), ("こんにちは世界", "Japanese"),
+    ("君の名は 世界", "Japanese"), ("사랑해요 당신", "Korean"), ("привет как дела", "Russian"),
+    ("je ne sais pas pourquoi tu es la", "French"), ("ich liebe dich und du mich nicht", "German"),
+    ("yo no sé por qué te quiero", "Spanish"),
+])
+def test_detect_language_by_script_then_function_words(text, lang):
+    assert lyrics.detect_language(text) == lang
+
+
+def test_rebuild_keeps_blank_and_punctuation_lines_in_order_and_repeats_get_their_own_times():
+    lines = ["Hello world", "", "...", "Hello world", "你好"]
+    units = lyrics.units_for_lines(lines, "English", whitespace_units)
+    assert units == [["Hello", "world"], [], [], ["Hello", "world"], ["你", "好"]]
+    times = [(1.0, 1.5), (1.5, 2.0), (5.0, 5.5), (5.5, 6.0), (7.0, 7.2), (7.2, 7.5)]
+    segs = lyrics.rebuild_segments(lines, units, times, duration=10.0)
+    assert [s["text"] for s in segs] == lines
+    assert (segs[0]["start"], segs[0]["end"]) == (1.0, 2.0)
+    assert (segs[3]["start"], segs[3]["end"]) == (5.0, 6.0)  # the second "Hello world" has its own time
+    assert segs[1]["start"] == segs[2]["start"] == 2.0 and segs[1]["end"] == 5.0  # blank lines fill the gap
+    assert [w["text"] for w in segs[4]["words"]] == ["你", "好"]
+
+
+def test_rebuild_makes_times_monotonic_and_clamps_to_duration():
+    lines = ["a b", "c"]
+    segs = lyrics.rebuild_segments(lines, [["a", "b"], ["c"]], [(3.0, 4.0), (2.0, 2.5), (50.0, 60.0)], duration=8.0)
+    starts = [w["start"] for s in segs for w in s["words"]]
+    assert starts == sorted(starts)
+    assert all(0 <= w["start"] <= w["end"] <= 8.0 for s in segs for w in s["words"])
+
+
+def test_units_japanese_uses_the_aligner_splitter():
+    units = lyrics.units_for_lines(["君の名は", ""], "Japanese", whitespace_units)
+    assert len(units[0]) >= 2 and units[1] == []
+
+
+def test_plan_chunks_cuts_long_audio_at_quiet_points_within_the_window():
+    sr = 1000
+    x = np.ones(sr * 700, dtype=np.float32) * 0.5
+    x[sr * 250 : sr * 251] = 0.0  # a gap between phrases inside the search zone of the first window
+    chunks = lyrics.plan_chunks(x, sr, window_s=300)
+    assert chunks[0].start == 0 and chunks[-1].end == len(x)
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
+    assert all(c.end - c.start <= 300 * sr for c in chunks)
+    assert 250 * sr <= chunks[0].end <= 251 * sr
+
+
+def test_plan_chunks_short_audio_is_one_chunk():
+    x = np.zeros(16000 * 10, dtype=np.float32)
+    assert lyrics.plan_chunks(x, 16000, 300) == [lyrics.Chunk(0, len(x))]
+
+
+def test_assign_lines_follows_weights_and_never_splits_a_line():
+    counts = [4] * 10
+    ranges = lyrics.assign_lines(counts, [1.0, 1.0])
+    assert ranges == [(0, 5), (5, 10)]
+    ranges = lyrics.assign_lines(counts, [3.0, 1.0])
+    assert ranges[0][1] in (7, 8) and ranges[-1][1] == 10
+    assert lyrics.assign_lines(counts, [1.0]) == [(0, 10)]

@@ -1,0 +1,109 @@
+"""The admission queue + micro-batcher, driven by a plain function (it is engine-agnostic)."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.runtime.errors import Timeout, TooManyRequests
+from services.runtime.scheduler import Scheduler
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_results_in_order():
+    calls = []
+
+    def run_batch(items):
+        calls.append(list(items))
+        time.sleep(0.05)
+        return [x * 10 for x in items]
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=4, batch_wait_ms=30, max_concurrency=1, max_queue=32)
+        return await asyncio.gather(s.run([1, 2]), s.run([3]), s.run([4, 5, 6]))
+
+    out = run(main())
+    assert out == [[10, 20], [30], [40, 50, 60]]
+    assert max(len(c) for c in calls) == 4  # a batch took items of several requests
+    assert sorted(x for c in calls for x in c) == [1, 2, 3, 4, 5, 6]
+
+
+def test_concurrency_limit_is_respected():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run_batch(items):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=2, max_queue=32)
+        await asyncio.gather(*(s.run([i]) for i in range(8)))
+
+    run(main())
+    assert peak[0] == 2
+
+
+def test_full_queue_answers_429_with_retry_after():
+    def run_batch(items):
+        time.sleep(0.2)
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=1, max_queue=2)
+        results = await asyncio.gather(*(s.run([i]) for i in range(6)), return_exceptions=True)
+        return results
+
+    results = run(main())
+    rejected = [r for r in results if isinstance(r, TooManyRequests)]
+    assert len(rejected) == 3 and all(r.retry_after >= 1 for r in rejected)
+    assert rejected[0].headers()["Retry-After"].isdigit()
+    assert sum(isinstance(r, list) for r in results) == 3
+
+
+def test_timeout_is_504_and_drops_unstarted_items():
+    seen = []
+
+    def run_batch(items):
+        seen.extend(items)
+        time.sleep(0.3)
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=1, max_queue=8, timeout=0.1)
+        r = await asyncio.gather(s.run(["a"]), s.run(["b"]), return_exceptions=True)
+        await asyncio.sleep(0.4)
+        return r, s.queue_depth
+
+    r, depth = run(main())
+    assert all(isinstance(x, Timeout) and x.status == 504 for x in r)
+    assert depth == 0 and seen == ["a"]  # "b" never started
+
+
+def test_engine_error_reaches_every_request_of_the_batch_and_the_scheduler_keeps_serving():
+    def run_batch(items):
+        if "boom" in items:
+            raise ValueError("engine failed")
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=4, batch_wait_ms=20, max_concurrency=1)
+        r = await asyncio.gather(s.run(["boom"]), s.run(["x"]), return_exceptions=True)
+        after = await s.run(["ok"])
+        return r, after
+
+    r, after = run(main())
+    assert all(isinstance(x, ValueError) for x in r)
+    assert after == ["ok"]
+
+
+def test_empty_request_runs_nothing():
+    assert run(Scheduler("t", "m", lambda items: pytest.fail("called")).run([])) == []
