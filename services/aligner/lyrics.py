@@ -99,21 +99,31 @@ class Chunk:
     end: int  # exclusive
 
 
-def plan_chunks(samples: np.ndarray, sr: int, window_s: float, frame_s: float = 0.05) -> list[Chunk]:
+FRAME_S = 0.05
+
+
+def frame_rms(samples: np.ndarray, sr: int, frame_s: float = FRAME_S) -> tuple[np.ndarray, int]:
+    """RMS energy per frame (and the frame hop in samples), without a full-size temporary copy."""
+    hop = max(1, int(frame_s * sr))
+    frames = len(samples) // hop
+    view = np.asarray(samples[: frames * hop], dtype=np.float32).reshape(frames, hop)
+    return np.sqrt(np.einsum("ij,ij->i", view, view) / hop), hop
+
+
+def plan_chunks(samples: np.ndarray, sr: int, window_s: float, energy: tuple[np.ndarray, int] | None = None,
+                ) -> list[Chunk]:
     """Split audio into pieces of at most `window_s`, each cut at the quietest frame of the last 40% of
     the window (a breath or a gap between phrases), so no word is cut in two where it can be avoided."""
     n = len(samples)
     win = int(window_s * sr)
     if n <= win:
         return [Chunk(0, n)]
-    hop = max(1, int(frame_s * sr))
-    frames = n // hop
-    energy = np.sqrt(np.mean(samples[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    rms, hop = energy if energy is not None else frame_rms(samples, sr)
     chunks, start = [], 0
     while n - start > win:
         lo = (start + int(win * 0.6)) // hop
         hi = (start + win) // hop
-        cut_frame = lo + int(np.argmin(energy[lo:hi])) if hi > lo else hi
+        cut_frame = lo + int(np.argmin(rms[lo:hi])) if hi > lo else hi
         cut = min(max(cut_frame * hop + hop // 2, start + hop), start + win)
         chunks.append(Chunk(start, cut))
         start = cut
@@ -121,15 +131,13 @@ def plan_chunks(samples: np.ndarray, sr: int, window_s: float, frame_s: float = 
     return chunks
 
 
-def voiced_weights(samples: np.ndarray, chunks: Sequence[Chunk], sr: int, frame_s: float = 0.05) -> list[float]:
+def voiced_weights(samples: np.ndarray, chunks: Sequence[Chunk], sr: int,
+                   energy: tuple[np.ndarray, int] | None = None) -> list[float]:
     """How much of each chunk is sound above the song's quiet floor (a proxy for how much is sung in it)."""
-    hop = max(1, int(frame_s * sr))
-    frames = len(samples) // hop
-    if frames == 0:
+    rms, hop = energy if energy is not None else frame_rms(samples, sr)
+    if len(rms) == 0:
         return [1.0 for _ in chunks]
-    energy = np.sqrt(np.mean(samples[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
-    floor = np.percentile(energy, 20) * 2 + 1e-4
-    voiced = energy > floor
+    voiced = rms > np.percentile(rms, 20) * 2 + 1e-4
     out = []
     for c in chunks:
         a, b = c.start // hop, max(c.start // hop + 1, c.end // hop)

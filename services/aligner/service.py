@@ -44,7 +44,7 @@ class Aligner:
         self.handle: ModelHandle[QwenForcedAlignerEngine] = ModelHandle("aligner", model_id)
         self.scheduler = Scheduler(
             "aligner", model_id, self._run_batch,
-            max_batch_size=_CFG.max_batch_size, batch_wait_ms=_CFG.batch_wait_ms,
+            max_batch_size=_CFG.max_batch_size or 1, batch_wait_ms=_CFG.batch_wait_ms,
             max_concurrency=_CFG.max_concurrency, max_queue=_CFG.max_queue, timeout=_CFG.timeout,
         )
         self.handle.start(self._load, lambda engine: engine.warmup())
@@ -55,6 +55,7 @@ class Aligner:
         device = resolve_device(_S.device_for("aligner"))
         dtype = resolve_dtype_name(_S.dtype_for("aligner"), device)
         self.handle.device, self.handle.dtype = device, dtype
+        self.scheduler.max_batch_size = _S.batch_size_for("aligner", device)
         path = resolve_model_path(_S, "aligner", _CFG.model, _CFG.revision)
         return QwenForcedAlignerEngine.load(path, device, dtype, threads=_S.torch_threads)
 
@@ -92,8 +93,10 @@ class Aligner:
                                 param="lyrics", code="empty_lyrics")
 
         window = min(self.cfg.window_seconds, engine.max_seconds)
-        chunks = lyrics.plan_chunks(audio, SAMPLE_RATE, window)
-        ranges = lyrics.assign_lines([len(u) for u in line_units], lyrics.voiced_weights(audio, chunks, SAMPLE_RATE))
+        energy = lyrics.frame_rms(audio, SAMPLE_RATE)
+        chunks = lyrics.plan_chunks(audio, SAMPLE_RATE, window, energy)
+        weights = lyrics.voiced_weights(audio, chunks, SAMPLE_RATE, energy)
+        ranges = lyrics.assign_lines([len(u) for u in line_units], weights)
         jobs = [
             AlignJob(audio[c.start : c.end], [u for units in line_units[a:b] for u in units])
             for c, (a, b) in zip(chunks, ranges)

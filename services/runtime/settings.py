@@ -46,7 +46,8 @@ class ServiceSettings(_Base):
     max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
     timeout: float = Field(300.0, gt=0)
-    max_batch_size: int = Field(4, ge=1)
+    # None: auto — 4 on CUDA, 1 elsewhere (on CPU a padded batch costs more than its parts: bench/).
+    max_batch_size: int | None = Field(None, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
 
 
@@ -61,8 +62,10 @@ class AlignerSettings(ServiceSettings):
     max_concurrency: int = Field(
         2, ge=1, validation_alias=env("QWEN_ALIGNER_MAX_CONCURRENCY", "SOW_QWEN3_MAX_CONCURRENT")
     )
-    # Audio per aligner pass. The real head has 5000 classes x 80 ms (~400 s); stay well inside it.
-    window_seconds: float = Field(300.0, gt=5)
+    # Audio per aligner pass (the real head times up to ~400 s: 5000 classes x 80 ms). Without
+    # flash-attention the audio encoder attends over the whole pass, so cost grows with its square:
+    # 120 s keeps a 10-minute song linear in time (bench/align.py). With flash-attn on GPU, 300 is fine.
+    window_seconds: float = Field(120.0, gt=5)
     # Longest song accepted (decoded duration); longer input is a 413.
     max_audio_seconds: float = Field(1200.0, gt=0)
     max_lyrics_chars: int = Field(20000, gt=0)
@@ -127,6 +130,9 @@ class Settings(_Base):
 
     def service(self, key: str) -> ServiceSettings:
         return getattr(self, key)
+
+    def batch_size_for(self, key: str, device: str) -> int:
+        return self.service(key).max_batch_size or (4 if device == "cuda" else 1)
 
     def device_for(self, key: str) -> str:
         return self.service(key).device or self.device
