@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve test test-unit test-served bench clean
+.PHONY: help uv venv tiny demo serve test test-unit test-served bench bento clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
@@ -54,3 +54,9 @@ bench: venv
 
 clean:
 	rm -rf .venv .pytest_cache
+
+bentos/requirements.txt: uv.lock | $(UV)
+	$(UV) export --frozen --no-hashes --no-dev --no-emit-project --format requirements-txt > $@
+
+bento: venv bentos/requirements.txt
+	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build .

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from services.runtime.errors import ServiceUnavailable
 from services.runtime.http import EdgeMiddleware, install_error_handlers
@@ -114,6 +115,14 @@ async def models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data})
 
 
+@app.get("/docs", include_in_schema=False)
+async def docs() -> FileResponse:
+    """Swagger UI over /docs.json, with BentoML's bundled assets (no CDN: works offline)."""
+    import _bentoml_impl.server as bentoml_server
+
+    return FileResponse(Path(bentoml_server.__file__).parent / "main-openapi.html")
+
+
 def _build():
     deps = {}
     for key in ENABLED:
@@ -127,7 +136,8 @@ def _build():
         resources={"cpu": "1", "memory": "1Gi"},
     )(cls)
     api_key = SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None
-    svc.add_asgi_middleware(EdgeMiddleware, api_key=api_key, routes=tuple(_route_labels))
+    svc.add_asgi_middleware(EdgeMiddleware, api_key=api_key, routes=tuple(_route_labels),
+                            docs_public=SETTINGS.docs_public)
     return svc
 
 

@@ -4,7 +4,8 @@
 whole gateway app, BentoML's own routes included:
 - X-Request-ID: taken from the client when sane, else generated; echoed on every response; in every log.
 - Auth when QWEN_API_KEY is set: `X-API-Key: K` or `Authorization: Bearer K`, compared in constant time;
-  probes (/health, /livez, /readyz, /healthz) and /metrics stay open. The key is never logged.
+  probes (/health, /livez, /readyz, /healthz), /metrics and (unless QWEN_DOCS_PUBLIC=false) /docs stay
+  open. The key is never logged.
 - Per-route request count, latency and in-flight gauges.
 `install_error_handlers(app)` renders every failure of the FastAPI routes as the one envelope.
 """
@@ -24,6 +25,9 @@ from .metrics import metrics
 log = get_logger("http")
 
 OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/healthz", "/metrics"})
+# API documentation (Swagger UI and its spec) is public unless QWEN_DOCS_PUBLIC=false.
+DOC_PATHS = frozenset({"/docs", "/docs.json"})
+DOC_PREFIXES = ("/static_content/",)
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -37,8 +41,9 @@ def _route_label(path: str, routes: frozenset[str]) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = ()):
+    def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = (), docs_public: bool = True):
         self.app = app
+        self._docs_public = docs_public
         self._key = api_key.encode() if api_key else None
         self._routes = frozenset(routes)
 
@@ -53,6 +58,11 @@ class EdgeMiddleware:
         if not presented:
             return False
         return hmac.compare_digest(presented, self._key)
+
+    def _is_open(self, path: str) -> bool:
+        if path in OPEN_PATHS:
+            return True
+        return self._docs_public and (path in DOC_PATHS or path.startswith(DOC_PREFIXES))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,17 +79,31 @@ class EdgeMiddleware:
         status_holder = {"status": 500}
         t0 = time.perf_counter()
 
+        replaced = {"on": False}
+
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 hdrs = list(message.get("headers") or [])
+                ctype = dict(hdrs).get(b"content-type", b"")
+                if message["status"] in (404, 405) and not ctype.startswith(b"application/json"):
+                    # BentoML's router answers unknown paths in plain text: keep the one envelope.
+                    replaced["on"] = True
+                    code = "not_found" if message["status"] == 404 else "method_not_allowed"
+                    err = QwenError(f"{method} {path}: {'no such route' if code == 'not_found' else 'method not allowed'}",
+                                    status=message["status"], code=code)
+                    err.type = "invalid_request_error"
+                    await send_json(send, err.status, err.envelope(), extra_headers=[(b"x-request-id", rid.encode())])
+                    return
                 hdrs.append((b"x-request-id", rid.encode()))
                 message = {**message, "headers": hdrs}
+            elif replaced["on"]:
+                return  # the plain-text body of a replaced response
             await send(message)
 
         m.in_flight.labels(route).inc()
         try:
-            if path not in OPEN_PATHS and not self._authorized(headers):
+            if not self._is_open(path) and not self._authorized(headers):
                 err = Unauthorized("missing or invalid API key: send X-API-Key or Authorization: Bearer")
                 await send_json(send_with_id, err.status, err.envelope(),
                                 extra_headers=[(b"www-authenticate", b'Bearer realm="qwen-bento"')])

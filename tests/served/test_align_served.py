@@ -298,3 +298,17 @@ def test_metrics_parse_and_cover_routes_models_and_batches(client, wav):
 def test_worker_keeps_serving_after_bad_input(client, wav):
     assert post_upload(client, b"\x00garbage").status_code == 415
     assert post_upload(client, wav, format="lrc").status_code == 200
+
+
+def test_docs_are_public_and_list_the_routes(served):
+    with served.client(key=None) as anon:
+        assert anon.get("/docs").status_code == 200
+        spec = anon.get("/docs.json").json()
+        assert {"/api/v1/align", "/api/v1/align/tasks", "/health"} <= set(spec["paths"])
+
+
+def test_unknown_route_and_method_use_the_envelope(client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.delete("/api/v1/align")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
