@@ -1,7 +1,8 @@
 # qwen-bento — two commands matter: `make demo` and `make test`. Everything installs from uv.lock.
 SHELL := /bin/bash
 UV_VERSION ?= 0.13.9
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else as a Python module (installed from PyPI, pinned, on first use).
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PY := .venv/bin/python
 PORT ?= 3000
 HOST ?= 127.0.0.1
@@ -16,13 +17,10 @@ help:
 	@echo "make test   - install from uv.lock and run the test suite (unit + served)"
 	@echo "make bench  - benchmarks (print ratios measured in one run)"
 
-# uv itself, pinned, from PyPI when missing.
-$(UV):
-	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+uv:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 
-uv: $(UV)
-
-.venv/.synced: uv.lock pyproject.toml | $(UV)
+.venv/.synced: uv.lock pyproject.toml | uv
 	$(UV) sync --frozen --extra dev
 	@touch $@
 
@@ -55,7 +53,7 @@ bench: venv
 clean:
 	rm -rf .venv .pytest_cache
 
-bentos/requirements.txt: uv.lock | $(UV)
+bentos/requirements.txt: uv.lock | uv
 	$(UV) export --frozen --no-hashes --no-dev --no-emit-project --format requirements-txt > $@
 
 bento: venv bentos/requirements.txt
