@@ -8,7 +8,9 @@ during instrumental breaks) and in JSON, and skipped in SRT/VTT, where an empty 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any
+
+from services.runtime.subtitles import clean_line, clock_time, to_srt, to_vtt  # noqa: F401 - re-exported
 
 FORMATS = ("lrc", "lrc_enhanced", "json", "srt", "vtt")
 
@@ -25,28 +27,10 @@ def _centis(t: float) -> int:
     return max(0, int(round(float(t) * 100)))
 
 
-def _millis(t: float) -> int:
-    return max(0, int(round(float(t) * 1000)))
-
-
 def lrc_time(t: float) -> str:
     """[mm:ss.xx] body: minutes are not wrapped into hours (LRC has no hour field), so 75:12.34 is valid."""
     cs = _centis(t)
     return f"{cs // 6000:02d}:{(cs % 6000) // 100:02d}.{cs % 100:02d}"
-
-
-def clock_time(t: float, sep: str) -> str:
-    """HH:MM:SS{sep}mmm for SRT (sep=',') and VTT (sep='.')."""
-    ms = _millis(t)
-    h, rem = divmod(ms, 3_600_000)
-    m, rem = divmod(rem, 60_000)
-    s, ms = divmod(rem, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-def _clean(text: str) -> str:
-    # A lyric line is one line of output: newlines inside it would start a bogus cue or tag.
-    return " ".join(str(text).split())
 
 
 def _header(metadata: dict[str, Any] | None, duration: float | None) -> list[str]:
@@ -55,7 +39,7 @@ def _header(metadata: dict[str, Any] | None, duration: float | None) -> list[str
     for tag, key in (("ti", "title"), ("ar", "artist"), ("al", "album"), ("by", "by")):
         value = md.get(key)
         if value:
-            out.append(f"[{tag}:{_clean(value)}]")
+            out.append(f"[{tag}:{clean_line(value)}]")
     if duration is not None:
         cs = _centis(duration)
         out.append(f"[length:{cs // 6000:02d}:{(cs % 6000) // 100:02d}]")
@@ -68,7 +52,7 @@ def _header(metadata: dict[str, Any] | None, duration: float | None) -> list[str
 def to_lrc(segments: list[dict], metadata: dict | None = None, duration: float | None = None) -> str:
     lines = _header(metadata, duration)
     for seg in segments:
-        text = _clean(seg["text"])
+        text = clean_line(seg["text"])
         lines.append(f"[{lrc_time(seg['start'])}]{(' ' + text) if text else ''}")
     return "\n".join(lines) + "\n"
 
@@ -79,42 +63,15 @@ def to_lrc_enhanced(segments: list[dict], metadata: dict | None = None, duration
     for seg in segments:
         words = seg.get("words") or []
         if not words:
-            text = _clean(seg["text"])
+            text = clean_line(seg["text"])
             lines.append(f"[{lrc_time(seg['start'])}]{(' ' + text) if text else ''}")
             continue
         parts = [f"[{lrc_time(seg['start'])}]"]
         for w in words:
-            parts.append(f"<{lrc_time(w['start'])}> {_clean(w['text'])}")
+            parts.append(f"<{lrc_time(w['start'])}> {clean_line(w['text'])}")
         parts.append(f"<{lrc_time(seg['end'])}>")
         lines.append(" ".join(parts))
     return "\n".join(lines) + "\n"
-
-
-def _cues(segments: Iterable[dict]) -> list[tuple[float, float, str]]:
-    cues = []
-    for seg in segments:
-        text = _clean(seg["text"])
-        if not text:
-            continue
-        start, end = float(seg["start"]), float(seg["end"])
-        if end <= start:  # zero-length cues are dropped by players: give them one frame
-            end = start + 0.01
-        cues.append((start, end, text))
-    return cues
-
-
-def to_srt(segments: list[dict]) -> str:
-    blocks = [
-        f"{i}\n{clock_time(s, ',')} --> {clock_time(e, ',')}\n{text}\n"
-        for i, (s, e, text) in enumerate(_cues(segments), start=1)
-    ]
-    return "\n".join(blocks)
-
-
-def to_vtt(segments: list[dict]) -> str:
-    blocks = ["WEBVTT\n"]
-    blocks += [f"{clock_time(s, '.')} --> {clock_time(e, '.')}\n{text}\n" for s, e, text in _cues(segments)]
-    return "\n".join(blocks)
 
 
 def to_json(segments: list[dict], language: str | None, duration: float | None) -> str:

@@ -12,6 +12,7 @@ import os
 import bentoml
 import numpy as np
 
+from services.runtime.chunking import frame_rms, plan_chunks
 from services.runtime.device import resolve_device, resolve_dtype_name
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from services.runtime.lifecycle import ModelHandle
@@ -93,8 +94,8 @@ class Aligner:
                                 param="lyrics", code="empty_lyrics")
 
         window = min(self.cfg.window_seconds, engine.max_seconds)
-        energy = lyrics.frame_rms(audio, SAMPLE_RATE)
-        chunks = lyrics.plan_chunks(audio, SAMPLE_RATE, window, energy)
+        energy = frame_rms(audio, SAMPLE_RATE)
+        chunks = plan_chunks(audio, SAMPLE_RATE, window, energy)
         weights = lyrics.voiced_weights(audio, chunks, SAMPLE_RATE, energy)
         ranges = lyrics.assign_lines([len(u) for u in line_units], weights)
         jobs = [

@@ -8,6 +8,9 @@ batches at a time in worker threads, and gives each request its own results, in 
 exceeds `timeout` gets a 504 and its not-yet-started items are dropped. With max_batch_size=1 it is a
 plain concurrency limit with a bounded queue.
 
+`async with scheduler.slot():` takes one running slot through the same queue for work that is not a
+batch call (a streamed synthesis), so streams and batches share one concurrency budget.
+
 It lives in the model service's process, so it protects the device whoever calls. Engines that batch
 themselves (vLLM) are not put behind it.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -29,6 +33,7 @@ class _Pending:
     item: Any
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    exclusive: bool = False  # a slot() holder: never batched, holds a running slot until released
 
 
 class Scheduler:
@@ -99,6 +104,44 @@ class Scheduler:
                     p.future.cancel()
                 self._gauge()
 
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """Hold one of the `max_concurrency` running slots (queued like a one-item request)."""
+        self._ensure_started()
+        if len(self._pending) + 1 > self.max_queue + self._free_capacity():
+            self._m.rejected.labels(self.service, "queue_full").inc()
+            raise TooManyRequests(f"{self.service} is at capacity; retry later", retry_after=self.retry_after())
+        mine = _Pending(None, asyncio.get_running_loop().create_future(), exclusive=True)
+        self._pending.append(mine)
+        self._gauge()
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(mine.future), self.timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if mine.future.done() and not mine.future.cancelled():
+                self._release()  # granted just as we gave up
+            else:
+                mine.future.cancel()
+                self._pending = collections.deque(p for p in self._pending if p is not mine)
+                self._gauge()
+            if isinstance(exc, asyncio.TimeoutError):
+                self._m.rejected.labels(self.service, "timeout").inc()
+                raise Timeout(f"{self.service} had no free slot within {self.timeout:.0f}s") from None
+            raise
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._m.inference.labels(self.service, self.model).observe(time.perf_counter() - t0)
+            self._release()
+
+    def _release(self) -> None:
+        self._running -= 1
+        self._gauge()
+        if self._wake is not None:
+            self._wake.set()
+
     # -- internals ----------------------------------------------------------------------------------
     def _free_capacity(self) -> int:
         return max(0, self.max_concurrency - self._running) * self.max_batch_size
@@ -127,8 +170,15 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), left)
                 except asyncio.TimeoutError:
                     break
+            if self._pending[0].exclusive:
+                p = self._pending.popleft()
+                if not p.future.done():
+                    self._running += 1  # released by the holder (slot())
+                    self._gauge()
+                    p.future.set_result(None)
+                continue
             batch: list[_Pending] = []
-            while self._pending and len(batch) < self.max_batch_size:
+            while self._pending and len(batch) < self.max_batch_size and not self._pending[0].exclusive:
                 p = self._pending.popleft()
                 if not p.future.done():
                     batch.append(p)
@@ -156,7 +206,4 @@ class Scheduler:
             self._ewma_batch_seconds = 0.8 * self._ewma_batch_seconds + 0.2 * dt
             self._m.batch_size.labels(self.service).observe(len(batch))
             self._m.inference.labels(self.service, self.model).observe(dt)
-            self._running -= 1
-            self._gauge()
-            if self._wake is not None:
-                self._wake.set()
+            self._release()

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from services.aligner import lyrics
+from services.runtime.chunking import Chunk, plan_chunks
 
 
 def whitespace_units(text, language):
@@ -62,7 +63,7 @@ def test_plan_chunks_cuts_long_audio_at_quiet_points_within_the_window():
     sr = 1000
     x = np.ones(sr * 700, dtype=np.float32) * 0.5
     x[sr * 250 : sr * 251] = 0.0  # a gap between phrases inside the search zone of the first window
-    chunks = lyrics.plan_chunks(x, sr, window_s=300)
+    chunks = plan_chunks(x, sr, window_s=300)
     assert chunks[0].start == 0 and chunks[-1].end == len(x)
     assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
     assert all(c.end - c.start <= 300 * sr for c in chunks)
@@ -71,7 +72,7 @@ def test_plan_chunks_cuts_long_audio_at_quiet_points_within_the_window():
 
 def test_plan_chunks_short_audio_is_one_chunk():
     x = np.zeros(16000 * 10, dtype=np.float32)
-    assert lyrics.plan_chunks(x, 16000, 300) == [lyrics.Chunk(0, len(x))]
+    assert plan_chunks(x, 16000, 300) == [Chunk(0, len(x))]
 
 
 def test_assign_lines_follows_weights_and_never_splits_a_line():

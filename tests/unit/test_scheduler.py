@@ -107,3 +107,42 @@ def test_engine_error_reaches_every_request_of_the_batch_and_the_scheduler_keeps
 
 def test_empty_request_runs_nothing():
     assert run(Scheduler("t", "m", lambda items: pytest.fail("called")).run([])) == []
+
+
+def test_slots_share_the_concurrency_budget_with_batches_and_are_released():
+    order = []
+
+    def run_batch(items):
+        order.append(("batch", tuple(items)))
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=4, max_concurrency=1, max_queue=8)
+
+        async def stream():
+            async with s.slot():
+                order.append(("slot-start",))
+                await asyncio.sleep(0.1)
+                order.append(("slot-end",))
+
+        t = asyncio.create_task(stream())
+        await asyncio.sleep(0.01)
+        r = await s.run([1, 2])  # must wait for the slot: one concurrency unit
+        await t
+        async with s.slot():  # released: can be taken again at once
+            pass
+        return r
+
+    assert run(main()) == [1, 2]
+    assert order.index(("slot-end",)) < order.index(("batch", (1, 2)))
+
+
+def test_slot_on_a_full_queue_is_429():
+    async def main():
+        s = Scheduler("t", "m", lambda items: items, max_concurrency=1, max_queue=0)
+        async with s.slot():
+            with pytest.raises(TooManyRequests):
+                async with s.slot():
+                    pass
+
+    run(main())
