@@ -28,6 +28,7 @@ VERSION = "0.1.0"
 # service key -> (service module, class, routes module). Keys not listed are not built yet.
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "aligner": ("services.aligner.service", "Aligner", "services.aligner.routes"),
+    "asr": ("services.asr.service", "ASR", "services.asr.routes"),
 }
 
 SETTINGS = get_settings()
@@ -110,8 +111,9 @@ async def models(request: Request) -> JSONResponse:
     data = []
     for key in gw.enabled:
         cfg = gw.settings.service(key)
-        data.append({"id": cfg.model, "object": "model", "owned_by": "qwen-bento", "service": key,
-                     "aliases": [key]})
+        aliases = list(dict.fromkeys([*getattr(cfg, "aliases", []), key]))
+        data.append({"id": cfg.model, "object": "model", "created": 0, "owned_by": "qwen-bento", "service": key,
+                     "aliases": aliases})
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -72,10 +72,3 @@ class AlignResponse(BaseModel):
     segments: list[AlignSegment]
     language: str
     duration: float
-
-
-class TaskAccepted(BaseModel):
-    task_id: str
-    status: str
-    status_url: str
-    result_url: str

@@ -13,9 +13,10 @@ from services.runtime import remote
 from services.runtime.errors import InvalidRequest, QwenError, Unprocessable
 from services.runtime.http import validation_error
 from services.runtime.media import load_audio, read_upload
+from services.runtime.tasks import add_task_routes
 
 from . import formats
-from .protocol import AlignRequest, AlignResponse, TaskAccepted
+from .protocol import AlignRequest, AlignResponse
 
 router = APIRouter(tags=["alignment"])
 
@@ -50,9 +51,9 @@ def gateway(request: Request):
     return request.app.state.gateway
 
 
-async def _parse(request: Request) -> tuple[AlignRequest, bytes | None]:
+async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
     ctype = request.headers.get("content-type", "")
-    settings = gateway(request).settings
+    settings = gw.settings
     if ctype.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=1, max_fields=16)
@@ -105,16 +106,27 @@ def _check_lyrics(req: AlignRequest, gw) -> None:
                         code="lyrics_too_long")
 
 
-async def _align(gw, req: AlignRequest, data: bytes | None) -> dict:
+Ctx = tuple[AlignRequest, "bytes | None"]
+
+
+async def _parse_checked(request: Request, gw) -> Ctx:
+    """Everything a client can get wrong is refused here, before any work (or task) starts."""
     gw.require("aligner")
+    req, data = await _parse(request, gw)
+    _check_lyrics(req, gw)
+    return req, data
+
+
+async def _run(gw, ctx: Ctx) -> dict:
+    req, data = ctx
     audio = await load_audio(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url",
                              max_seconds=gw.settings.aligner.max_audio_seconds)
-    result = await remote.call("aligner", gw.aligner.to_async.align(
+    return await remote.call("aligner", gw.aligner.to_async.align(
         audio=audio.samples, lines=req.lyrics, language=req.language))
-    return result
 
 
-def _render(req: AlignRequest, result: dict) -> Response:
+def _render(ctx: Ctx, result: dict) -> Response:
+    req = ctx[0]
     segments = result["segments"]
     if req.format == "json":
         return JSONResponse({"segments": segments, "language": result["language"], "duration": result["duration"]})
@@ -126,42 +138,10 @@ def _render(req: AlignRequest, result: dict) -> Response:
 @router.post("/api/v1/align", openapi_extra=_BODY_DOC, responses=_RESPONSES,
              summary="Align lyric lines to a song (LRC, enhanced LRC, SRT, VTT, JSON)")
 async def align(request: Request, gw=Depends(gateway)) -> Response:
-    req, data = await _parse(request)
-    _check_lyrics(req, gw)
-    return _render(req, await _align(gw, req, data))
+    ctx = await _parse_checked(request, gw)
+    return _render(ctx, await _run(gw, ctx))
 
 
-@router.post("/api/v1/align/tasks", status_code=202, openapi_extra=_BODY_DOC, response_model=TaskAccepted,
-             summary="Submit an alignment as a task; it runs even if the client disconnects")
-async def submit_align(request: Request, gw=Depends(gateway)) -> JSONResponse:
-    req, data = await _parse(request)
-    _check_lyrics(req, gw)
-    gw.require("aligner")
-
-    async def work():
-        return req, await _align(gw, req, data)
-
-    task = gw.tasks.submit("align", work)
-    base = f"/api/v1/align/tasks/{task.id}"
-    body = TaskAccepted(task_id=task.id, status=task.status, status_url=base, result_url=f"{base}/result")
-    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": base})
-
-
-@router.get("/api/v1/align/tasks/{task_id}", summary="Status of an alignment task")
-async def align_status(task_id: str, gw=Depends(gateway)) -> JSONResponse:
-    return JSONResponse(gw.tasks.get(task_id).describe())
-
-
-@router.get("/api/v1/align/tasks/{task_id}/result", summary="Result of an alignment task")
-async def align_result(task_id: str, gw=Depends(gateway)) -> Response:
-    task = gw.tasks.get(task_id)
-    if task.status == "failed" and task.error is not None:
-        raise task.error
-    if task.status != "succeeded":
-        raise QwenError(f"task is {task.status}; poll {f'/api/v1/align/tasks/{task_id}'}", status=409,
-                        code="task_not_finished")
-    req, result = task.result
-    return _render(req, result)
-
-
-ROUTES = ("/api/v1/align", "/api/v1/align/tasks", "/api/v1/align/tasks/*")
+ROUTES = ("/api/v1/align",) + add_task_routes(
+    router, path="/api/v1/align", kind="align", parse=_parse_checked, run=_run, render=_render,
+    openapi_extra=_BODY_DOC)

@@ -77,40 +77,66 @@ class Aligner:
     @bentoml.api
     @guarded("aligner")
     async def align(self, audio: np.ndarray, lines: list[str], language: str | None = None) -> dict:
-        engine = self.handle.get()  # 503 with the state while loading or failed
+        """Time `lines` (lyrics) against the whole `audio`."""
+        audio = self._checked(audio)
+        lang = self._language(language, lines)
+        return await self._align_spans(audio, [(0, len(audio), list(lines))], lang)
+
+    @bentoml.api
+    @guarded("aligner")
+    async def align_spans(self, audio: np.ndarray, spans: list[dict], language: str | None = None) -> dict:
+        """Time text already known per span of audio (ASR windows): spans [{"start","end","lines"}],
+        seconds. Each span's lines are aligned inside that span only."""
+        audio = self._checked(audio)
+        groups = [(int(s["start"] * SAMPLE_RATE), int(s["end"] * SAMPLE_RATE), list(s["lines"])) for s in spans]
+        lang = self._language(language, [line for g in groups for line in g[2]])
+        return await self._align_spans(audio, groups, lang)
+
+    def _checked(self, audio) -> np.ndarray:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
         if duration > self.cfg.max_audio_seconds:
             raise PayloadTooLarge(f"audio is {duration:.0f}s; the limit is {self.cfg.max_audio_seconds:.0f}s",
                                   param="audio", code="audio_too_long")
+        return audio
+
+    def _language(self, language: str | None, lines: list[str]) -> str:
         try:
             lang = lyrics.parse_language(language) or lyrics.parse_language(self.cfg.default_language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
-        lang = lang or lyrics.detect_language("\n".join(lines))
-        line_units = lyrics.units_for_lines(lines, lang, engine.units)
-        if not any(line_units):
-            raise Unprocessable("lyrics contain no alignable words (only blank lines or punctuation)",
-                                param="lyrics", code="empty_lyrics")
+        return lang or lyrics.detect_language("\n".join(lines))
 
+    async def _align_spans(self, audio: np.ndarray, groups: list[tuple[int, int, list[str]]], lang: str) -> dict:
+        engine = self.handle.get()  # 503 with the state while loading or failed
+        duration = len(audio) / SAMPLE_RATE
+        all_lines: list[str] = []
+        all_units: list[list[str]] = []
+        jobs: list[AlignJob] = []
+        offsets: list[float] = []
         window = min(self.cfg.window_seconds, engine.max_seconds)
-        energy = frame_rms(audio, SAMPLE_RATE)
-        chunks = plan_chunks(audio, SAMPLE_RATE, window, energy)
-        weights = lyrics.voiced_weights(audio, chunks, SAMPLE_RATE, energy)
-        ranges = lyrics.assign_lines([len(u) for u in line_units], weights)
-        jobs = [
-            AlignJob(audio[c.start : c.end], [u for units in line_units[a:b] for u in units])
-            for c, (a, b) in zip(chunks, ranges)
-        ]
-        per_chunk = await self.scheduler.run(jobs)
-        unit_times: list[tuple[float, float]] = []
-        for c, times in zip(chunks, per_chunk):
-            offset = c.start / SAMPLE_RATE
-            unit_times += [(s + offset, e + offset) for s, e in times]
-        segments = lyrics.rebuild_segments(lines, line_units, unit_times, duration)
+        for start, end, lines in groups:
+            part = audio[start:end]
+            line_units = lyrics.units_for_lines(lines, lang, engine.units)
+            all_lines += lines
+            all_units += line_units
+            # Windows inside the span, cut at quiet points; lines shared out by how much sound each has.
+            energy = frame_rms(part, SAMPLE_RATE)
+            chunks = plan_chunks(part, SAMPLE_RATE, window, energy)
+            weights = lyrics.voiced_weights(part, chunks, SAMPLE_RATE, energy)
+            ranges = lyrics.assign_lines([len(u) for u in line_units], weights)
+            for c, (a, b) in zip(chunks, ranges):
+                jobs.append(AlignJob(part[c.start : c.end], [u for units in line_units[a:b] for u in units]))
+                offsets.append((start + c.start) / SAMPLE_RATE)
+        if not any(all_units):
+            raise Unprocessable("no alignable words in the text (only blank lines or punctuation)",
+                                param="lyrics", code="empty_lyrics")
+        per_job = await self.scheduler.run(jobs)
+        unit_times = [(s + off, e + off) for off, times in zip(offsets, per_job) for s, e in times]
+        segments = lyrics.rebuild_segments(all_lines, all_units, unit_times, duration)
         return {
             "segments": segments,
             "language": lyrics.ISO[lang],
             "duration": round(duration, 3),
-            "chunks": len(chunks),
+            "chunks": len(jobs),
         }

@@ -76,6 +76,24 @@ class AlignerSettings(ServiceSettings):
     max_tasks: int = Field(64, ge=1)
 
 
+class ASRSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_ASR_", extra="ignore", populate_by_name=True, frozen=True)
+
+    model: str = "Qwen/Qwen3-ASR-1.7B"
+    # transformers in-process (any device), or vllm (CUDA: qwen_asr's vLLM backend; batches itself).
+    backend: Literal["transformers", "vllm"] = "transformers"
+    # The transformers model keeps per-call state on the module (rope_deltas): one call at a time per
+    # instance; throughput comes from batching windows of concurrent requests into one generate.
+    max_concurrency: int = Field(1, ge=1)
+    max_queue: int = Field(32, ge=0)
+    max_new_tokens: int = Field(512, ge=8)
+    window_seconds: float = Field(120.0, gt=5, le=1200)
+    max_audio_seconds: float = Field(3600.0, gt=0)
+    vllm_gpu_memory_utilization: float = Field(0.45, gt=0, le=1)  # the seed shared one T4 with TTS
+    vllm_max_model_len: int = Field(4096, ge=512)
+    aliases: CommaList = Field(default_factory=lambda: ["qwen3-asr", "asr", "whisper-1"])
+
+
 class Settings(_Base):
     model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", populate_by_name=True, frozen=True)
 
@@ -113,6 +131,7 @@ class Settings(_Base):
     s3_bucket: str | None = Field(None, validation_alias=env("QWEN_S3_BUCKET", "SOW_QWEN3_R2_BUCKET"))
 
     aligner: AlignerSettings = Field(default_factory=AlignerSettings)
+    asr: ASRSettings = Field(default_factory=ASRSettings)
 
     @field_validator("services", "fetch_private_allowlist", mode="before")
     @classmethod

@@ -14,6 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
 from .errors import NotFound, QwenError, TooManyRequests
 from .logging import get_logger
 
@@ -87,3 +90,44 @@ class TaskStore:
             raise NotFound(f"task {task_id!r} not found (unknown or expired)", param="task_id",
                            code="task_not_found")
         return task
+
+
+def add_task_routes(router, *, path: str, kind: str, parse, run, render, openapi_extra=None) -> tuple[str, ...]:
+    """The task form of a route: POST {path}/tasks (202 + Location), GET {path}/tasks/{id} (status),
+    GET {path}/tasks/{id}/result (the same response the plain route gives; 409 while running).
+
+    parse(request, gw) -> ctx validates everything before the task is accepted; run(gw, ctx) -> result
+    does the work; render(ctx, result) -> Response. Returns the route labels for metrics."""
+    def gateway(request: Request):
+        return request.app.state.gateway
+
+    @router.post(f"{path}/tasks", status_code=202, openapi_extra=openapi_extra,
+                 summary=f"Submit a {kind} task; it runs even if the client disconnects")
+    async def submit(request: Request) -> JSONResponse:
+        gw = gateway(request)
+        ctx = await parse(request, gw)
+
+        async def work():
+            return ctx, await run(gw, ctx)
+
+        task = gw.tasks.submit(kind, work)
+        base = f"{path}/tasks/{task.id}"
+        body = {"task_id": task.id, "status": task.status, "status_url": base, "result_url": f"{base}/result"}
+        return JSONResponse(body, status_code=202, headers={"Location": base})
+
+    @router.get(f"{path}/tasks/{{task_id}}", summary=f"Status of a {kind} task")
+    async def status(task_id: str, request: Request) -> JSONResponse:
+        return JSONResponse(gateway(request).tasks.get(task_id).describe())
+
+    @router.get(f"{path}/tasks/{{task_id}}/result", summary=f"Result of a {kind} task")
+    async def result(task_id: str, request: Request):
+        task = gateway(request).tasks.get(task_id)
+        if task.status == "failed" and task.error is not None:
+            raise task.error
+        if task.status != "succeeded":
+            raise QwenError(f"task is {task.status}; poll {path}/tasks/{task_id}", status=409,
+                            code="task_not_finished")
+        ctx, out = task.result
+        return render(ctx, out)
+
+    return (f"{path}/tasks", f"{path}/tasks/*")

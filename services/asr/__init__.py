@@ -1,0 +1,1 @@
+"""Speech recognition (Qwen3-ASR) behind OpenAI's POST /v1/audio/transcriptions."""

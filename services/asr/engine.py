@@ -1,0 +1,79 @@
+"""Qwen3-ASR behind a small Protocol: transformers (CPU/MPS/CUDA) or vLLM (CUDA), same API.
+
+`qwen_asr.Qwen3ASRModel.transcribe` takes lists (one generate over the batch), strips the model's
+`language X<asr_text>` prefix and forces a language when given. The service chunks long audio itself
+(quiet-point windows) so every item here is one window; the engine only batches.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 2  # the package's minimum input (0.5 s); shorter windows are padded
+
+
+@dataclass
+class ASRItem:
+    audio: np.ndarray  # float32 mono 16 kHz, one window
+    context: str = ""  # becomes the system message (OpenAI `prompt`)
+    language: str | None = None  # package language name; None: the model detects it
+
+
+@dataclass
+class ASRResult:
+    language: str  # package name, "" when the model gave none
+    text: str
+
+
+def _printable(text: str) -> str:
+    """Drop control characters a decoder can emit (never meaningful in a transcript), trim."""
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc").strip()
+
+
+class ASREngine(Protocol):
+    backend: str
+
+    def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]: ...
+
+
+class QwenASREngine:
+    def __init__(self, model, backend: str):
+        self.model = model  # qwen_asr.Qwen3ASRModel
+        self.backend = backend
+
+    @classmethod
+    def load(cls, path: str, *, backend: str, device: str, dtype: str, max_new_tokens: int,
+             threads: int | None = None, vllm_kwargs: dict | None = None) -> "QwenASREngine":
+        import torch
+        from qwen_asr import Qwen3ASRModel
+
+        from services.runtime.device import torch_dtype
+
+        if threads:
+            torch.set_num_threads(threads)
+        if backend == "vllm":
+            # vLLM batches itself; qwen_asr registers its model class with vLLM (CUDA only).
+            model = Qwen3ASRModel.LLM(model=path, max_new_tokens=max_new_tokens, **(vllm_kwargs or {}))
+        else:
+            model = Qwen3ASRModel.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device,
+                                                  max_new_tokens=max_new_tokens, max_inference_batch_size=32)
+        return cls(model, backend)
+
+    def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]:
+        if not items:
+            return []
+        audios = [(np.pad(it.audio, (0, max(0, MIN_SAMPLES - len(it.audio)))), SAMPLE_RATE) for it in items]
+        outs = self.model.transcribe(
+            audio=audios,
+            context=[it.context for it in items],
+            language=[it.language for it in items],
+        )
+        return [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
+
+    def warmup(self) -> None:
+        self.transcribe([ASRItem(np.zeros(SAMPLE_RATE, dtype=np.float32))])

@@ -1,0 +1,68 @@
+"""Wire format of POST /v1/audio/transcriptions: OpenAI's multipart fields, in OpenAI's order."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+Granularity = Literal["word", "segment"]
+
+
+class TranscriptionRequest(BaseModel):
+    """Form fields (the audio itself is the `file` part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="model id, a short alias (qwen3-asr, asr) or whisper-1")
+    language: str | None = Field(None, description="ISO-639-1 code or name; forces the language when given")
+    prompt: str | None = Field(None, max_length=4000, description="context for the model (names, terms)")
+    response_format: ResponseFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0, description="accepted for compatibility; decoding is greedy")
+    timestamp_granularities: list[Granularity] = Field(
+        default_factory=list, description="word and/or segment; only with response_format=verbose_json"
+    )
+    stream: bool = False
+
+    @model_validator(mode="after")
+    def _openai_rules(self):
+        if self.timestamp_granularities and self.response_format != "verbose_json":
+            raise ValueError("timestamp_granularities requires response_format=verbose_json")
+        if self.stream:
+            raise ValueError("stream=true is not supported for transcriptions; omit it")
+        return self
+
+
+class Word(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class Segment(BaseModel):
+    """OpenAI's segment fields; the decoder statistics Qwen3-ASR does not produce are null."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+
+
+class Transcription(BaseModel):
+    text: str
+
+
+class TranscriptionVerbose(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[Segment] | None = None
+    words: list[Word] | None = None
