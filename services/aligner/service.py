@@ -87,8 +87,11 @@ class Aligner:
     async def align_spans(self, audio: np.ndarray, spans: list[dict], language: str | None = None) -> dict:
         """Time text already known per span of audio (ASR windows): spans [{"start","end","lines"}],
         seconds. Each span's lines are aligned inside that span only."""
-        audio = self._checked(audio)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         groups = [(int(s["start"] * SAMPLE_RATE), int(s["end"] * SAMPLE_RATE), list(s["lines"])) for s in spans]
+        # The length limit is per span here (each is one ASR window), not for the whole recording.
+        for start, end, _ in groups:
+            self._checked(audio[start:end])
         lang = self._language(language, [line for g in groups for line in g[2]])
         return await self._align_spans(audio, groups, lang)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -25,13 +25,13 @@ class TranscriptionRequest(BaseModel):
     )
     stream: bool = False
 
-    @model_validator(mode="after")
-    def _openai_rules(self):
+    def openai_rule_violation(self) -> tuple[str, str] | None:
+        """(param, message) when the fields break a rule OpenAI enforces across fields."""
         if self.timestamp_granularities and self.response_format != "verbose_json":
-            raise ValueError("timestamp_granularities requires response_format=verbose_json")
+            return "timestamp_granularities", "timestamp_granularities requires response_format=verbose_json"
         if self.stream:
-            raise ValueError("stream=true is not supported for transcriptions; omit it")
-        return self
+            return "stream", "stream=true is not supported for transcriptions; omit it"
+        return None
 
 
 class Word(BaseModel):

@@ -78,6 +78,8 @@ async def _parse(request: Request, gw) -> tuple[TranscriptionRequest, bytes]:
         req = TranscriptionRequest.model_validate(fields)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    if violation := req.openai_rule_violation():
+        raise InvalidRequest(violation[1], param=violation[0], code="invalid_value")
     resolve_model(gw, req.model)
     data = await read_upload(upload, max_bytes=gw.settings.upload_max_bytes, param="file")
     return req, data

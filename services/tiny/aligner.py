@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tokenizer import build_qwen_tokenizer, single_token_id
+from .common import audio_encoder, output_dir, round_up
+from .tokenizer import build_qwen_tokenizer, media_chat_template, single_token_id, token_ids
 
 SEED = 0
 
@@ -53,19 +54,7 @@ EXTRA_SPECIAL_TOKENS = {"audio_token": AUDIO_PAD, "audio_bos_token": AUDIO_START
 #   <|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n
 #   <|im_start|>assistant\n
 # Our own Jinja; an audio part becomes the single <|audio_pad|> the processor expands per frame.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
-    "{{ '<|audio_start|><|audio_pad|><|audio_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = media_chat_template(audio=True)
 
 # Real: 128 mel bins (WhisperFeatureExtractor feature_size == audio_config.num_mel_bins). Kept: the
 # encoder's conv stack and the processor's length formula (13 tokens per 100 frames) depend on it.
@@ -84,15 +73,14 @@ def build_tokenizer():
         init_kwargs={"extra_special_tokens": dict(EXTRA_SPECIAL_TOKENS)},
         chat_template=CHAT_TEMPLATE,
     )
-    for name in (AUDIO_START, AUDIO_END, AUDIO_PAD, ASR_TEXT, TIMESTAMP):
-        single_token_id(tok, name)
+    token_ids(tok, (AUDIO_START, AUDIO_END, AUDIO_PAD, ASR_TEXT, TIMESTAMP))
     return tok
 
 
 def padded_vocab_size(tok, multiple: int = 64) -> int:
     # Real embeddings are padded past the tokenizer (151936 / 152064 rows for ~151.7k tokens); keep
     # a few unused rows so code paths that meet ids without a token (decode skips them) are exercised.
-    return -(-len(tok) // multiple) * multiple + multiple
+    return round_up(len(tok), multiple) + multiple
 
 
 def feature_extractor():
@@ -114,25 +102,7 @@ def feature_extractor():
 def thinker_config(tok, **extra) -> dict:
     """The thinker sub-config (audio encoder + Qwen3 text decoder) as the real repos store it."""
     return dict(
-        audio_config=dict(
-            num_mel_bins=NUM_MEL_BINS,
-            d_model=32,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            # Real 480 conv channels; the conv stack shape (3 stride-2 convs) is unchanged.
-            downsample_hidden_size=8,
-            # Audio features are scattered into the text embeddings: output_dim == text hidden size.
-            output_dim=TEXT_HIDDEN,
-            # Real windows: 100-frame conv chunks (n_window * 2) and 8 s attention windows
-            # (n_window_infer 800 frames). The encoder and processor length formulas assume these.
-            n_window=50,
-            n_window_infer=800,
-            conv_chunksize=500,
-            max_source_positions=1500,
-            scale_embedding=False,
-            activation_function="gelu",
-        ),
+        audio_config=audio_encoder(NUM_MEL_BINS, TEXT_HIDDEN),
         text_config=dict(
             vocab_size=padded_vocab_size(tok),
             hidden_size=TEXT_HIDDEN,
@@ -204,8 +174,7 @@ def save_model(out: Path, config) -> None:
 def build(out: Path) -> None:
     from qwen_asr.core.transformers_backend import Qwen3ASRConfig
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     tok = build_tokenizer()
     config = Qwen3ASRConfig(
         # "forced_aligner" in the thinker's model_type is what makes the thinker build a

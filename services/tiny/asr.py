@@ -25,6 +25,7 @@ from pathlib import Path
 # The shared Qwen3-ASR pieces live in aligner.py: a cached tiny ASR folder is only rebuilt on
 # changes there if the cache fingerprint of "asr" also hashes services.tiny.aligner.
 from . import aligner as shared
+from .common import output_dir
 from .tokenizer import single_token_id
 
 
@@ -32,8 +33,7 @@ def build(out: Path) -> None:
     from qwen_asr.core.transformers_backend import Qwen3ASRConfig
     from qwen_asr.inference.utils import SUPPORTED_LANGUAGES
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     tok = shared.build_tokenizer()
     im_end = single_token_id(tok, "<|im_end|>")
     endoftext = single_token_id(tok, "<|endoftext|>")

@@ -13,25 +13,28 @@ comments are those of the published repo files; the hub is not reachable to re-c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .tokenizer import build_qwen_tokenizer, single_token_id
+from .common import audio_encoder, init_model, output_dir, round_up, vision_tower, write_json
+from .tokenizer import (
+    AUDIO_TTS_SPECIAL,
+    QWEN3_PLAIN,
+    QWEN_SPECIAL,
+    TEXT_BY_KEY,
+    build_media_tokenizer,
+    media_chat_template,
+    role_ids,
+    tts_token_config,
+    vision_token_config,
+)
 
 SEED = 3303
 SAMPLING_RATE = 16000
 
 # Qwen3-Omni added tokens in the real order (ids 151643..151675): the Qwen3 set, then the audio and
 # TTS markers. Tool/think tags are plain added tokens in the real tokenizer.
-SPECIAL_TOKENS = [
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-    "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
-    "<tts_text_bos_single>", "<|audio_pad|>",
-]  # fmt: skip
-PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+SPECIAL_TOKENS = [*QWEN_SPECIAL, *AUDIO_TTS_SPECIAL]
+PLAIN_TOKENS = QWEN3_PLAIN
 # Qwen3OmniMoeProcessor.__init__ reads these attributes off the tokenizer (AttributeError otherwise);
 # the real tokenizer_config.json names them.
 MEDIA_TOKEN_NAMES = {
@@ -49,6 +52,7 @@ PATCH_SIZE = 16
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 PX_PER_TOKEN = (PATCH_SIZE * MERGE_SIZE) ** 2
+VISION_GEOMETRY = dict(patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
 MIN_PIXELS = 4 * PX_PER_TOKEN  # tiny budget 4..16 tokens per image (the captioner never sees images)
 MAX_PIXELS = 16 * PX_PER_TOKEN
 
@@ -65,28 +69,7 @@ GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "to
 # Renders like the real Qwen3-Omni template: ChatML turns, no default system turn, audio parts as
 # <|audio_start|><|audio_pad|><|audio_end|> (the processor expands <|audio_pad|> to one token per
 # 80 ms, 13 per second), images/videos as <|vision_start|><|image_pad|/|video_pad|><|vision_end|>.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
-    "{{ '<|audio_start|><|audio_pad|><|audio_end|>' }}"
-    "{% elif part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif 'text' in part %}{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+CHAT_TEMPLATE = media_chat_template(audio=True, vision=True, text_test=TEXT_BY_KEY)
 
 
 def build(out: Path) -> None:
@@ -100,23 +83,21 @@ def build(out: Path) -> None:
         WhisperFeatureExtractor,
     )
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     torch.set_num_threads(1)
 
-    tok = build_qwen_tokenizer(
-        special_tokens=SPECIAL_TOKENS,
-        plain_tokens=PLAIN_TOKENS,
-        chat_template=CHAT_TEMPLATE,
+    tok, ids = build_media_tokenizer(
+        out,
+        SPECIAL_TOKENS,
+        PLAIN_TOKENS,
+        CHAT_TEMPLATE,
         extra_corpus=["a man speaks calmly over soft piano music", "birds sing in the background"],
         init_kwargs={"extra_special_tokens": dict(MEDIA_TOKEN_NAMES)},
     )
-    tok.save_pretrained(out, save_jinja_files=False)  # template inline, as in the real tokenizer_config
-    ids = {t: single_token_id(tok, t) for t in [*SPECIAL_TOKENS, "<|endoftext|>", "<|im_start|>", "<|im_end|>"]}
     # The talker path slices the prompt by role tokens (config system/user/assistant_token_id); the
     # real vocabulary has them as single tokens (8948, 872, 77091), so must the tiny one.
-    role_ids = {w: single_token_id(tok, w) for w in ("system", "user", "assistant")}
-    vocab_size = _round_up(len(tok), 64)  # real: 152064 rows
+    roles = role_ids(tok)
+    vocab_size = round_up(len(tok), 64)  # real: 152064 rows
 
     text_config = dict(
         vocab_size=vocab_size,
@@ -143,76 +124,40 @@ def build(out: Path) -> None:
         moe_intermediate_size=32,  # real 768
         norm_topk_prob=True,
     )
-    audio_config = dict(
-        num_mel_bins=MEL_BINS,  # must equal the feature extractor's feature_size
-        d_model=32,  # real 1280
-        encoder_layers=2,  # real 32
-        encoder_attention_heads=2,  # real 20
-        encoder_ffn_dim=64,  # real 5120
-        downsample_hidden_size=8,  # real 480 (3 stride-2 convs: 8x time reduction per chunk)
-        output_dim=text_config["hidden_size"],  # projected into the thinker's width
-        max_source_positions=1500,
-        # Chunking of the mel frames: 2 * n_window = 100 frames (1 s) per conv chunk. The processor's
-        # token count (13 tokens per 100 frames) hard-codes this, so n_window must stay 50.
-        n_window=50,
-        # Real captioner: attention in windows of 800 frames (8 s). In transformers 4.57 only the
-        # flash_attention_2 path honours these windows; sdpa/eager attend across the whole input.
-        n_window_infer=800,
-        conv_chunksize=500,
-        activation_function="gelu",
-        scale_embedding=False,
-    )
-    vision_config = dict(
-        depth=4,  # real 27
-        hidden_size=32,  # real 1152
-        intermediate_size=64,  # real 4304
-        num_heads=2,  # real 16
+    # Real audio encoder: d_model 1280, 32 layers, 20 heads, ffn 5120.
+    audio_config = audio_encoder(MEL_BINS, text_config["hidden_size"])
+    # Real vision tower: depth 27, hidden 1152, intermediate 4304, 16 heads.
+    vision_config = vision_tower(
+        text_config,
+        **VISION_GEOMETRY,
         hidden_act="gelu_pytorch_tanh",
-        in_channels=3,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        out_hidden_size=text_config["hidden_size"],
         num_position_embeddings=2304,
-        # DeepStack indexes must be < vision depth and no more than the text layers. Real [8, 16, 24].
-        deepstack_visual_indexes=[1, 2],
+        deepstack_visual_indexes=[1, 2],  # real [8, 16, 24]
     )
-    assert all(i < vision_config["depth"] for i in vision_config["deepstack_visual_indexes"])
-    assert len(vision_config["deepstack_visual_indexes"]) <= text_config["num_hidden_layers"]
 
     thinker_config = dict(
         text_config=text_config,
         audio_config=audio_config,
         vision_config=vision_config,
         audio_token_id=ids["<|audio_pad|>"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
         audio_start_token_id=ids["<|audio_start|>"],
         audio_end_token_id=ids["<|audio_end|>"],
-        vision_start_token_id=ids["<|vision_start|>"],  # read by get_rope_index; not a named argument
-        vision_end_token_id=ids["<|vision_end|>"],
-        user_token_id=role_ids["user"],
+        # vision_start_token_id is read by get_rope_index; not a named argument of the thinker config.
+        **vision_token_config(ids),
+        user_token_id=roles["user"],
         position_id_per_seconds=13,  # real: 13 temporal position ids per second (audio 80 ms/token)
         seconds_per_chunk=2,
     )
     config = Qwen3OmniMoeConfig(
         thinker_config=thinker_config,
         enable_audio_output=False,  # captioner: text out only, no talker/code2wav weights
-        im_start_token_id=ids["<|im_start|>"],
-        im_end_token_id=ids["<|im_end|>"],
-        tts_pad_token_id=ids["<tts_pad>"],
-        tts_bos_token_id=ids["<tts_text_bos>"],
-        tts_eos_token_id=ids["<tts_text_eod>"],
-        system_token_id=role_ids["system"],
-        user_token_id=role_ids["user"],
-        assistant_token_id=role_ids["assistant"],
+        **tts_token_config(ids),
+        system_token_id=roles["system"],
+        user_token_id=roles["user"],
+        assistant_token_id=roles["assistant"],
     )
-    config.architectures = ["Qwen3OmniMoeForConditionalGeneration"]
-
-    torch.manual_seed(SEED)
-    model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
+    model = init_model(Qwen3OmniMoeForConditionalGeneration, config, SEED)
     assert not hasattr(model, "talker")
-    spread_weights(model, SEED)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -224,9 +169,7 @@ def build(out: Path) -> None:
     image_processor = Qwen2VLImageProcessor(
         min_pixels=MIN_PIXELS,
         max_pixels=MAX_PIXELS,
-        patch_size=PATCH_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        merge_size=MERGE_SIZE,
+        **VISION_GEOMETRY,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
@@ -248,8 +191,7 @@ def build(out: Path) -> None:
     merged["feature_extractor_type"] = type(feature_extractor).__name__
     merged["processor_class"] = "Qwen3OmniMoeProcessor"
     merged.pop("_processor_class", None)
-    _write_json(out / "preprocessor_config.json", dict(sorted(merged.items())))
-    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    write_json(out / "preprocessor_config.json", dict(sorted(merged.items())))
 
     # Smoke-load through the production loader: a broken folder fails the build, not a request.
     processor = AutoProcessor.from_pretrained(out)
@@ -257,21 +199,3 @@ def build(out: Path) -> None:
     assert processor.feature_extractor.feature_size == MEL_BINS
     assert processor.audio_token == "<|audio_pad|>"
 
-
-def spread_weights(model, seed: int, std: float = 0.2) -> None:
-    """Re-draw every matrix with a wide normal distribution (norm layers keep their ones).
-
-    At the real initializer_range (0.02) a tiny random model collapses onto one token whatever the
-    input; std 0.2 makes greedy outputs depend on the audio. config.json keeps the real value.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

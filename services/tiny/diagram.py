@@ -23,7 +23,23 @@ import copy
 import json
 from pathlib import Path
 
-from .tokenizer import build_qwen_tokenizer, single_token_id
+from .common import (
+    init_model,
+    output_dir,
+    round_up,
+    set_chatml_generation,
+    vision_preprocessing,
+    vision_tower,
+    write_json,
+)
+from .tokenizer import (
+    QWEN3_PLAIN,
+    QWEN_SPECIAL,
+    TEXT_BY_KEY,
+    build_media_tokenizer,
+    media_chat_template,
+    vision_token_config,
+)
 
 SEED = 3002
 ADAPTERS = {"default": 3101, "alt": 3202}  # adapter name -> seed of its LoRA matrices
@@ -33,19 +49,15 @@ LORA_ALPHA = 16
 
 # Qwen3 added tokens in the real order (ids 151643..151668 in the real vocabulary). Tool and think
 # tags are plain added tokens in the real tokenizer (decoded, not skipped as special).
-SPECIAL_TOKENS = [
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-]  # fmt: skip
-PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+SPECIAL_TOKENS = QWEN_SPECIAL
+PLAIN_TOKENS = QWEN3_PLAIN
 
 # Qwen3-VL vision geometry: 16 px patches, 2x2 merged per LLM token -> one token per 32x32 px.
 PATCH_SIZE = 16
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 PX_PER_TOKEN = (PATCH_SIZE * MERGE_SIZE) ** 2  # 1024
+VISION_GEOMETRY = dict(patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
 # Real image budget: size = {shortest_edge: 65536, longest_edge: 16777216} = 64..16384 tokens.
 # Tiny: 4..16 tokens per image.
 MIN_PIXELS = 4 * PX_PER_TOKEN  # 4096
@@ -59,31 +71,7 @@ IMAGE_STD = [0.5, 0.5, 0.5]
 # Renders like the real Qwen3-VL template: no default system turn, each image part as
 # <|vision_start|><|image_pad|><|vision_end|> (expanded by the processor to one token per 32x32 px),
 # optional "Picture N: " labels, ChatML turns.
-CHAT_TEMPLATE = (
-    "{% set counts = namespace(image=0, video=0) %}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "{% set counts.image = counts.image + 1 %}"
-    "{% if add_vision_id %}{{ 'Picture ' ~ counts.image ~ ': ' }}{% endif %}"
-    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "{% set counts.video = counts.video + 1 %}"
-    "{% if add_vision_id %}{{ 'Video ' ~ counts.video ~ ': ' }}{% endif %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif 'text' in part %}{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+CHAT_TEMPLATE = media_chat_template(vision=True, vision_labels=True, text_test=TEXT_BY_KEY)
 
 
 def build(out: Path) -> None:
@@ -91,23 +79,12 @@ def build(out: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     torch.set_num_threads(1)
 
-    tok = build_qwen_tokenizer(
-        special_tokens=SPECIAL_TOKENS,
-        plain_tokens=PLAIN_TOKENS,
-        chat_template=CHAT_TEMPLATE,
-        extra_corpus=["recognise this diagram", "| step | action | role |"],
-    )
-    # Real layout: template inline in tokenizer_config.json and in chat_template.json (no .jinja file).
-    tok.save_pretrained(out, save_jinja_files=False)
-    ids = {t: single_token_id(tok, t) for t in ["<|endoftext|>", "<|im_end|>", "<|vision_start|>",
-                                                "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]}  # fmt: skip
-    for word in ("system", "user", "assistant"):
-        single_token_id(tok, word)
-    vocab_size = _round_up(len(tok), 64)  # real: 151936 rows for 151669 tokens
+    tok, ids = build_media_tokenizer(out, SPECIAL_TOKENS, PLAIN_TOKENS, CHAT_TEMPLATE,
+                                     extra_corpus=["recognise this diagram", "| step | action | role |"])  # fmt: skip
+    vocab_size = round_up(len(tok), 64)  # real: 151936 rows for 151669 tokens
 
     text_layers = 3  # real 28
     text_config = dict(
@@ -129,67 +106,32 @@ def build(out: Path) -> None:
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
     )
-    vision_config = dict(
-        depth=4,  # real 24
-        hidden_size=32,  # real 1024
-        intermediate_size=64,  # real 4096
-        num_heads=2,  # real 16
+    # Real vision tower: depth 24, hidden 1024, intermediate 4096, 16 heads.
+    vision_config = vision_tower(
+        text_config,
+        **VISION_GEOMETRY,
         hidden_act="gelu_pytorch_tanh",
-        in_channels=3,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        out_hidden_size=text_config["hidden_size"],
         num_position_embeddings=2304,  # real: a learned 48x48 grid, interpolated to each image
-        # DeepStack: features of these vision blocks are added to the first len(...) decoder layers.
-        # Each index must be < vision depth, and there must be no more of them than text layers.
-        # Real [5, 11, 17] of 24 blocks into 28 layers; tiny: 3 of 4 blocks into 3 layers.
+        # DeepStack: real [5, 11, 17] of 24 blocks into 28 layers; tiny: 3 of 4 blocks into 3 layers.
         deepstack_visual_indexes=[0, 1, 2],
     )
-    assert all(i < vision_config["depth"] for i in vision_config["deepstack_visual_indexes"])
-    assert len(vision_config["deepstack_visual_indexes"]) <= text_layers
 
     config = Qwen3VLConfig(
         text_config=text_config,
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **vision_token_config(ids),
         tie_word_embeddings=True,
     )
-    config.architectures = ["Qwen3VLForConditionalGeneration"]
-
-    torch.manual_seed(SEED)
-    base = Qwen3VLForConditionalGeneration(config).to(torch.float32).eval()
-    spread_weights(base, SEED)
-    # Real generation_config.json: sampling (temperature 0.7, top_p 0.8, top_k 20), stop on
-    # <|im_end|> or <|endoftext|>, pad with <|endoftext|>. Tests pass do_sample=False.
-    gen = base.generation_config
-    gen.bos_token_id = ids["<|endoftext|>"]
-    gen.pad_token_id = ids["<|endoftext|>"]
-    gen.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    gen.do_sample = True
-    gen.temperature = 0.7
-    gen.top_p = 0.8
-    gen.top_k = 20
-    gen.repetition_penalty = 1.0
+    base = init_model(Qwen3VLForConditionalGeneration, config, SEED)
+    # Real generation_config.json samples (temperature 0.7, top_p 0.8, top_k 20). Tests pass do_sample=False.
+    set_chatml_generation(base, ids, do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0)
     base.save_pretrained(out, safe_serialization=True)
 
     common = dict(
-        patch_size=PATCH_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        merge_size=MERGE_SIZE,
-        image_mean=IMAGE_MEAN,
-        image_std=IMAGE_STD,
-        do_resize=True,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        do_convert_rgb=True,
+        **vision_preprocessing(**VISION_GEOMETRY, mean=IMAGE_MEAN, std=IMAGE_STD),
         processor_class="Qwen3VLProcessor",
     )
-    _write_json(
+    write_json(
         out / "preprocessor_config.json",
         {
             # The real file has only the `size` dict, which the fast processor reads. The slow
@@ -202,7 +144,7 @@ def build(out: Path) -> None:
             "image_processor_type": "Qwen2VLImageProcessorFast",
         },
     )
-    _write_json(
+    write_json(
         out / "video_preprocessor_config.json",
         {
             "size": {"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS},
@@ -210,7 +152,6 @@ def build(out: Path) -> None:
             "video_processor_type": "Qwen3VLVideoProcessor",
         },
     )
-    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
 
     for name, seed in ADAPTERS.items():
         lora = LoraConfig(
@@ -237,7 +178,7 @@ def build(out: Path) -> None:
         cfg_path = target / "adapter_config.json"
         adapter_cfg = json.loads(cfg_path.read_text())
         adapter_cfg["target_modules"] = list(LORA_TARGETS)
-        _write_json(cfg_path, adapter_cfg)
+        write_json(cfg_path, adapter_cfg)
         del peft_model
 
     # Smoke-load the processor through the production loader: a broken folder fails the build.
@@ -245,23 +186,3 @@ def build(out: Path) -> None:
     assert type(processor).__name__ == "Qwen3VLProcessor", type(processor)
     assert processor.image_processor.size["longest_edge"] == MAX_PIXELS
 
-
-def spread_weights(model, seed: int, std: float = 0.2) -> None:
-    """Re-draw every matrix with a wide normal distribution (norm layers keep their ones).
-
-    At the real initializer_range (0.02) a tiny random model collapses onto one token whatever the
-    input, which would make "batched == sequential" and "adapter changes the output" vacuous. With
-    std 0.2 greedy outputs depend on prompt and image, and the top-2 logit margins dwarf the ~1e-6
-    float32 noise that left padding introduces. config.json keeps the real initializer_range.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

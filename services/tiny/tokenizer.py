@@ -3,12 +3,17 @@
 Real Qwen checkpoints ship a 151k byte-level BPE vocabulary; the tiny ones keep the same pre-tokenizer,
 the same special strings and the same `Qwen2TokenizerFast` class, with a few hundred learned merges so
 that the whole folder stays small. Deterministic: the corpus is fixed and BPE training is not random.
+
+Also the tokenizer-side pieces the families share: the special-token lists, the ChatML chat template
+with media parts (`media_chat_template`), id look-ups and the VL/Omni save layout.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from .common import write_json
 
 # The Qwen2 pre-tokenizer split (transformers' qwen2 tokenization module, PRETOKENIZE_REGEX).
 QWEN_SPLIT = (
@@ -17,19 +22,92 @@ QWEN_SPLIT = (
 )
 
 BASE_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The special tokens Qwen2.5 and Qwen3 vocabularies add after ChatML's, in the real order.
+QWEN_SPECIAL = [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]  # fmt: skip
+# The audio and TTS markers the Qwen3-Omni and Qwen3-TTS vocabularies add next (real ids 151669..151675).
+AUDIO_TTS_SPECIAL = [
+    "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
+    "<tts_text_bos_single>", "<|audio_pad|>",
+]  # fmt: skip
+# Qwen3's tool and think tags: plain added tokens in the real tokenizer (decoded, not skipped as special).
+QWEN3_PLAIN = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
-# Qwen's ChatML template (text only); families with media parts pass their own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+# How a content part counts as text: the ChatML and Qwen3-ASR templates test its type, the VL/Omni
+# ones (which also accept bare {"image": ...} parts) test for the key.
+TEXT_BY_TYPE = "part['type'] == 'text'"
+TEXT_BY_KEY = "'text' in part"
+
+_AUDIO_PART = (
+    "part['type'] == 'audio' or 'audio' in part or 'audio_url' in part",
+    "{{ '<|audio_start|><|audio_pad|><|audio_end|>' }}",
 )
+
+
+def _vision_part(kind: str, cond: str, label: str | None) -> tuple[str, str]:
+    body = f"{{{{ '<|vision_start|><|{kind}_pad|><|vision_end|>' }}}}"
+    if label is not None:  # optional "Picture N: " / "Video N: " labels (add_vision_id)
+        body = (
+            f"{{% set counts.{kind} = counts.{kind} + 1 %}}"
+            f"{{% if add_vision_id %}}{{{{ '{label} ' ~ counts.{kind} ~ ': ' }}}}{{% endif %}}" + body
+        )
+    return cond, body
+
+
+def media_chat_template(
+    *,
+    default_system: str | None = None,
+    audio: bool = False,
+    vision: bool = False,
+    vision_labels: bool = False,
+    text_test: str = TEXT_BY_TYPE,
+) -> str:
+    """A ChatML Jinja template in the shape of the real Qwen ones (our own Jinja, same rendering).
+
+    default_system: system turn prepended when the conversation does not open with one (Qwen2.5-VL).
+    audio: audio parts render as <|audio_start|><|audio_pad|><|audio_end|>. vision: image/video parts
+    render as <|vision_start|><|image_pad|/|video_pad|><|vision_end|> (the processor expands each pad
+    per merged patch or audio frame). vision_labels: with add_vision_id, "Picture N: " / "Video N: ".
+    """
+    parts = [_AUDIO_PART] if audio else []
+    if vision:
+        images = "part['type'] == 'image' or 'image' in part or 'image_url' in part"
+        videos = "part['type'] == 'video' or 'video' in part"
+        parts.append(_vision_part("image", images, "Picture" if vision_labels else None))
+        parts.append(_vision_part("video", videos, "Video" if vision_labels else None))
+    parts.append((text_test, "{{ part['text'] }}"))
+    branches = "".join(
+        f"{{% {'if' if i == 0 else 'elif'} {cond} %}}{body}" for i, (cond, body) in enumerate(parts)
+    )
+    system = ""
+    if default_system is not None:
+        system = (
+            "{% if loop.first and message['role'] != 'system' %}"
+            f"{{{{ '<|im_start|>system\\n{default_system}<|im_end|>\\n' }}}}"
+            "{% endif %}"
+        )
+    return (
+        ("{% set counts = namespace(image=0, video=0) %}" if vision_labels else "")
+        + "{% for message in messages %}"
+        + system
+        + "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        + branches
+        + "{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+# Qwen's ChatML template (text only); families with media parts build their own.
+CHATML_TEMPLATE = media_chat_template()
 
 # Words the models' prompts slice at fixed positions must be single tokens: repeat them so BPE merges
 # them fully. The rest gives the tokenizer some coverage of the 11 aligner languages.
@@ -127,3 +205,52 @@ def single_token_id(tokenizer, text: str) -> int:
     if len(ids) != 1:
         raise AssertionError(f"{text!r} must be one token, got {ids}")
     return ids[0]
+
+
+def token_ids(tokenizer, texts: Iterable[str]) -> dict[str, int]:
+    """{text: id} for strings that must each be one token."""
+    return {t: single_token_id(tokenizer, t) for t in texts}
+
+
+def role_ids(tokenizer) -> dict[str, int]:
+    """The ChatML role names' ids: single tokens in the real vocabulary (e.g. 8948, 872, 77091)."""
+    return token_ids(tokenizer, ("system", "user", "assistant"))
+
+
+def vision_token_config(ids: dict[str, int]) -> dict[str, int]:
+    """The config keys naming the image/video placeholder tokens (Qwen2.5-VL, Qwen3-VL, Omni thinker)."""
+    return dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def tts_token_config(ids: dict[str, int]) -> dict[str, int]:
+    """The config keys naming the ChatML and TTS text markers (Qwen3-Omni, Qwen3-TTS)."""
+    return dict(
+        im_start_token_id=ids["<|im_start|>"],
+        im_end_token_id=ids["<|im_end|>"],
+        tts_pad_token_id=ids["<tts_pad>"],
+        tts_bos_token_id=ids["<tts_text_bos>"],
+        tts_eos_token_id=ids["<tts_text_eod>"],
+    )
+
+
+def build_media_tokenizer(
+    out: Path, special_tokens: Sequence[str], plain_tokens: Sequence[str], chat_template: str, **kwargs
+):
+    """build_qwen_tokenizer(...) saved in the real VL/Omni layout, its role names checked.
+
+    Real layout: the chat template sits inline in tokenizer_config.json and in the processor's
+    chat_template.json; transformers 4.57 would otherwise write a chat_template.jinja the real repos lack.
+    Returns the tokenizer and {special token: id} for the ChatML and the given special tokens.
+    """
+    tok = build_qwen_tokenizer(
+        special_tokens=special_tokens, plain_tokens=plain_tokens, chat_template=chat_template, **kwargs
+    )
+    tok.save_pretrained(out, save_jinja_files=False)
+    write_json(Path(out) / "chat_template.json", {"chat_template": chat_template})
+    role_ids(tok)
+    return tok, token_ids(tok, [*BASE_SPECIAL, *special_tokens])

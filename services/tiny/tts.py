@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tokenizer import build_qwen_tokenizer, single_token_id
+from .common import output_dir
+from .tokenizer import AUDIO_TTS_SPECIAL, build_qwen_tokenizer, single_token_id, token_ids, tts_token_config
 
 SEED = 0
 
@@ -76,15 +77,7 @@ TARGET_RMS = 0.2  # tiny codec output level: clearly audible, rarely clipped by 
 
 # Text-side specials of the Qwen3 vocabulary that the TTS prompt uses, in their real order (real ids
 # 151669..151675). <tts_pad>/<tts_text_bos>/<tts_text_eod> are the config's tts_{pad,bos,eos}_token_id.
-TTS_SPECIALS = [
-    "<|audio_start|>",
-    "<|audio_end|>",
-    "<tts_pad>",
-    "<tts_text_bos>",
-    "<tts_text_eod>",
-    "<tts_text_bos_single>",
-    "<|audio_pad|>",
-]
+TTS_SPECIALS = AUDIO_TTS_SPECIAL
 
 # generation_config.json is read by Qwen3TTSModel as a plain dict of defaults for generate_custom_voice
 # (it is not a transformers GenerationConfig there). The real file samples (do_sample true, temperature
@@ -121,7 +114,7 @@ def _tokenizer(out: Path):
 def _talker_config(tok):
     from qwen_tts.core.models import Qwen3TTSConfig
 
-    ids = {t: single_token_id(tok, t) for t in ("<|im_start|>", "<|im_end|>", *TTS_SPECIALS)}
+    ids = token_ids(tok, ("<|im_start|>", "<|im_end|>", *TTS_SPECIALS))
     head_dim = 16
     # Init scale only (real 0.02, a training-time knob): at 0.02 a tiny talker's attention is nearly
     # uniform and the speaker/language/text tokens barely move the greedy codes; 0.1 lets the prompt
@@ -174,17 +167,22 @@ def _talker_config(tok):
         # empty/None-ish size would drop it too): the 1.7B size is the one that accepts instructions.
         tts_model_size="1b7",
         tts_model_type="custom_voice",
-        im_start_token_id=ids["<|im_start|>"],
-        im_end_token_id=ids["<|im_end|>"],
-        tts_pad_token_id=ids["<tts_pad>"],
-        tts_bos_token_id=ids["<tts_text_bos>"],
-        tts_eos_token_id=ids["<tts_text_eod>"],
+        **tts_token_config(ids),
     )
 
 
 def _codec_config():
     from qwen_tts.core import Qwen3TTSTokenizerV2Config
 
+    # The codec's encoder and decoder transformers share one tiny size (real: hidden 512, 8 layers each).
+    transformer = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
     encoder = dict(
         # Mimi encoder (real: 64 filters, hidden 512, 8 layers, codebook_dim 256, 32 quantizers). Only
         # voice cloning (Base model) encodes audio; it ships in every speech_tokenizer/ all the same.
@@ -194,12 +192,7 @@ def _codec_config():
         sampling_rate=SAMPLE_RATE,
         upsampling_ratios=[8, 6, 5, 4],
         num_filters=2,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
+        **transformer,
         sliding_window=250,
         codebook_size=CODEBOOK_SIZE,
         codebook_dim=8,
@@ -215,12 +208,7 @@ def _codec_config():
         codebook_dim=16,
         latent_dim=16,
         decoder_dim=32,  # halves per upsample block: 32 -> 16 -> 8 -> 4 -> 2 channels
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
+        **transformer,
         sliding_window=72,  # real: the decoder transformer attends over 72 frames (matters for streaming)
         max_position_embeddings=8000,
         num_quantizers=NUM_CODE_GROUPS,
@@ -299,8 +287,7 @@ def build(out: Path) -> None:
     from qwen_tts.core.models import Qwen3TTSForConditionalGeneration
     from transformers import EncodecFeatureExtractor
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
 

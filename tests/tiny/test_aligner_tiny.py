@@ -5,24 +5,15 @@ Weights are random: assert counts, types, ranges and ordering, never which times
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pytest
 
 from services.tiny import aligner as tiny_aligner
-from services.tiny import ensure
+from tests.tiny.helpers import assert_rebuild_identical, noise
 
+FAMILY = "aligner"
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return ensure("aligner", root=tmp_path_factory.mktemp("tiny-aligner"))
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +22,6 @@ def model(folder):
     from qwen_asr import Qwen3ForcedAligner
 
     return Qwen3ForcedAligner.from_pretrained(str(folder), dtype=torch.float32, device_map="cpu")
-
-
-def _noise(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
 
 
 def _assert_spans(result, units, limit):
@@ -74,7 +60,7 @@ def test_real_layout(folder, model):
 def test_align_one_english_sample(model):
     text = "Hello world, this is a tiny aligner test."
     units = model.aligner_processor.encode_timestamp(text, "English")[0]
-    results = model.align(audio=[(_noise(3.0), SR)], text=[text], language=["English"])
+    results = model.align(audio=[(noise(3.0), SR)], text=[text], language=["English"])
     assert len(results) == 1 and len(results[0]) == len(units) == 8
     _assert_spans(results[0], units, tiny_aligner.MAX_ALIGN_SECONDS)
 
@@ -82,7 +68,7 @@ def test_align_one_english_sample(model):
 def test_align_batch_with_cjk_and_empty_text(model):
     texts = ["你好世界 hello", "le chat dort", ""]
     langs = ["Chinese", "French", "English"]
-    audios = [(_noise(2.0, 1), SR), (_noise(1.5, 2), SR), (_noise(1.0, 3), SR)]
+    audios = [(noise(2.0, 1), SR), (noise(1.5, 2), SR), (noise(1.0, 3), SR)]
     results = model.align(audio=audios, text=texts, language=langs)
     assert len(results) == 3
     for result, text, lang in zip(results, texts, langs):
@@ -94,21 +80,14 @@ def test_align_batch_with_cjk_and_empty_text(model):
 
 
 def test_build_is_deterministic(folder, tmp_path):
-    tiny_aligner.build(tmp_path)
-
-    def digest(path):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    assert all(digest(tmp_path / n) == digest(folder / n) for n in names)
+    assert_rebuild_identical(tiny_aligner.build, folder, tmp_path)
 
 
 @pytest.mark.slow
 def test_ten_minute_file_stays_in_range(model):
     seconds = 600.0
     text = " ".join(["word"] * 1500)
-    results = model.align(audio=[(_noise(seconds), SR)], text=[text], language=["English"])
+    results = model.align(audio=[(noise(seconds), SR)], text=[text], language=["English"])
     units = model.aligner_processor.encode_timestamp(text, "English")[0]
     assert len(results[0]) == len(units) == 1500
     _assert_spans(results[0], units, seconds + 8.0)

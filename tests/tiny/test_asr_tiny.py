@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from services.tiny import ensure
+from tests.tiny.helpers import noise
 
+FAMILY = "asr"
 SR = 16000
 MAX_NEW_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return ensure("asr", root=tmp_path_factory.mktemp("tiny-asr"))
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +24,6 @@ def model(folder):
     return Qwen3ASRModel.from_pretrained(
         str(folder), max_new_tokens=MAX_NEW_TOKENS, dtype=torch.float32, device_map="cpu"
     )
-
-
-def _noise(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
 
 
 def test_real_layout(folder, model):
@@ -66,7 +53,7 @@ def test_real_layout(folder, model):
 def test_transcribe_auto_language(model):
     from qwen_asr.inference.qwen3_asr import ASRTranscription
 
-    results = model.transcribe(audio=(_noise(2.0), SR), language=None, context="")
+    results = model.transcribe(audio=(noise(2.0), SR), language=None, context="")
     assert isinstance(results, list) and len(results) == 1
     assert isinstance(results[0], ASRTranscription)
     assert isinstance(results[0].language, str) and isinstance(results[0].text, str)
@@ -74,12 +61,12 @@ def test_transcribe_auto_language(model):
 
 
 def test_transcribe_forced_language_and_batch(model):
-    results = model.transcribe(audio=(_noise(1.0, 1), SR), language="English", context="")
+    results = model.transcribe(audio=(noise(1.0, 1), SR), language="English", context="")
     assert len(results) == 1 and results[0].language == "English"  # forced, not generated
     assert isinstance(results[0].text, str)
 
     batch = model.transcribe(
-        audio=[(_noise(1.5, 2), SR), (_noise(0.7, 3), SR)], language=[None, "english"], context="names: Ada"
+        audio=[(noise(1.5, 2), SR), (noise(0.7, 3), SR)], language=[None, "english"], context="names: Ada"
     )
     assert len(batch) == 2
     assert all(isinstance(r.language, str) and isinstance(r.text, str) for r in batch)
@@ -91,7 +78,7 @@ def test_tiny_generation_runs_to_max_new_tokens(model):
     import torch
 
     prompt = model._build_text_prompt(context="", force_language=None)
-    inputs = model.processor(text=[prompt], audio=[_noise(1.0)], return_tensors="pt", padding=True)
+    inputs = model.processor(text=[prompt], audio=[noise(1.0)], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS)
     new = out.sequences[:, inputs["input_ids"].shape[1] :]

@@ -5,35 +5,24 @@ Weights are random: assert shapes, types and counts, never text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
 from services.tiny import captioner as tiny_captioner
-from services.tiny import ensure
+from tests.tiny.helpers import assert_rebuild_identical, load_model_and_processor
 
+FAMILY = "captioner"
 SR = 16000
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return ensure("captioner", root=tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def loaded(folder):
-    import torch
-    from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
+    from transformers import Qwen3OmniMoeForConditionalGeneration
 
-    model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(folder)
-    return model, processor
+    return load_model_and_processor(folder, Qwen3OmniMoeForConditionalGeneration)
 
 
 def _audio(seconds: float, seed: int = 0) -> np.ndarray:
@@ -112,11 +101,4 @@ def test_generate_returns_token_ids(loaded):
 
 
 def test_build_is_deterministic(folder, tmp_path):
-    tiny_captioner.build(tmp_path)
-
-    def digest(path):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    assert all(digest(tmp_path / n) == digest(folder / n) for n in names)
+    assert_rebuild_identical(tiny_captioner.build, folder, tmp_path)

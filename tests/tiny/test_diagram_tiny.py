@@ -6,56 +6,28 @@ logits, never text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pytest
 
 from services.tiny import diagram as tiny_diagram
-from services.tiny import ensure
+from tests.tiny import helpers
 
+FAMILY = "diagram"
 MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return ensure("diagram", root=tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
 def loaded(folder):
-    import torch
     from peft import PeftModel
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
 
-    base = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(folder)
+    base, processor = helpers.load_model_and_processor(folder, Qwen3VLForConditionalGeneration)
     model = PeftModel.from_pretrained(base, folder / "adapters" / "default", adapter_name="default")
     model.load_adapter(folder / "adapters" / "alt", adapter_name="alt")
     model.set_adapter("default")
     model.eval()
     return model, processor
-
-
-def _image(h: int, w: int, seed: int):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _prompt(processor, image, text: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def _new_tokens(model, inputs):
-    out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-    return [row.tolist() for row in out[:, inputs["input_ids"].shape[1] :]]
 
 
 def test_real_layout(folder, loaded):
@@ -93,49 +65,28 @@ def test_real_layout(folder, loaded):
 
 @pytest.mark.parametrize("use_fast", [True, False])
 def test_big_image_becomes_few_tokens(folder, use_fast):
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(folder, use_fast=use_fast)
-    image = _image(3000, 4000, 1)
-    inputs = processor(text=[_prompt(processor, image, "x")], images=[image], return_tensors="pt")
-    n_tokens = int(inputs["image_grid_thw"].prod()) // tiny_diagram.MERGE_SIZE**2
-    assert 4 <= n_tokens <= tiny_diagram.MAX_PIXELS // tiny_diagram.PX_PER_TOKEN
-    assert int((inputs["input_ids"] == processor.image_token_id).sum()) == n_tokens
+    helpers.assert_big_image_becomes_few_tokens(folder, use_fast, tiny_diagram)
 
 
 def test_generate_with_adapter(loaded):
-    import torch
-
     model, processor = loaded
     model.set_adapter("default")
-    image = _image(240, 320, 2)
-    inputs = processor(text=[_prompt(processor, image, "Recognise this diagram.")], images=[image],
-                       return_tensors="pt", padding=True)  # fmt: skip
-    out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-    assert out.dtype == torch.long and out.shape[0] == 1
-    assert 1 <= out.shape[1] - inputs["input_ids"].shape[1] <= MAX_NEW
+    helpers.generate_for_image(model, processor, helpers.image(240, 320, 2), "Recognise this diagram.", MAX_NEW)
 
 
 def test_batched_equals_sequential_with_adapter(loaded):
     model, processor = loaded
     model.set_adapter("default")
-    images = [_image(3000, 4000, 3), _image(64, 64, 4), _image(200, 500, 5)]
     texts = ["Describe this diagram.", "What is it?", "| step | action | role | the quick brown fox"]
-    prompts = [_prompt(processor, im, t) for im, t in zip(images, texts)]
-
-    sequential = [_new_tokens(model, processor(text=[p], images=[im], return_tensors="pt"))[0]
-                  for p, im in zip(prompts, images)]  # fmt: skip
-    batch = processor(text=prompts, images=images, return_tensors="pt", padding=True, padding_side="left")
-    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # really padded
-    assert _new_tokens(model, batch) == sequential
+    helpers.assert_batched_equals_sequential(model, processor, texts, MAX_NEW)
 
 
 def test_adapters_and_base_give_different_logits(loaded):
     import torch
 
     model, processor = loaded
-    image = _image(128, 128, 6)
-    inputs = processor(text=[_prompt(processor, image, "hello")], images=[image], return_tensors="pt")
+    img = helpers.image(128, 128, 6)
+    inputs = processor(text=[helpers.image_prompt(processor, img, "hello")], images=[img], return_tensors="pt")
 
     def last_logits():
         with torch.no_grad():
@@ -154,12 +105,4 @@ def test_adapters_and_base_give_different_logits(loaded):
 
 
 def test_build_is_deterministic(folder, tmp_path):
-    tiny_diagram.build(tmp_path)
-
-    def digest(path):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    names = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert names == sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                           if p.is_file() and not p.name.startswith("."))  # fmt: skip
-    assert all(digest(tmp_path / n) == digest(folder / n) for n in names)
+    helpers.assert_rebuild_identical(tiny_diagram.build, folder, tmp_path)

@@ -5,15 +5,15 @@ Weights are random: assert rates, shapes, dtypes, lengths, levels and control fl
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from services.tiny import ensure
 from services.tiny import tts as tiny_tts
+from tests.tiny.helpers import assert_rebuild_identical
 
+FAMILY = "tts"
 SR = 24000
 FRAME = 1920  # samples per 12.5 Hz codec frame
 VOICES = ["aiden", "dylan", "eric", "ono_anna", "ryan", "serena", "sohee", "uncle_fu", "vivian"]
@@ -21,14 +21,6 @@ LANGUAGES = [
     "auto", "chinese", "english", "french", "german", "italian",
     "japanese", "korean", "portuguese", "russian", "spanish",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    return ensure("tts", root=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +117,4 @@ def test_all_nine_speakers(model):
 
 
 def test_build_is_deterministic(folder, tmp_path):
-    tiny_tts.build(tmp_path)
-
-    def files(root):
-        return sorted(
-            p.relative_to(root) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
-
-    def digest(path):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-
-    assert files(tmp_path) == files(folder)
-    for rel in files(folder):
-        assert digest(tmp_path / rel) == digest(folder / rel), rel
+    assert_rebuild_identical(tiny_tts.build, folder, tmp_path)

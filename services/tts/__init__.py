@@ -1,0 +1,1 @@
+"""Text to speech (Qwen3-TTS CustomVoice): nine built-in voices, whole-clip and streamed synthesis."""

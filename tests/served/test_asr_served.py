@@ -1,0 +1,123 @@
+"""POST /v1/audio/transcriptions through the real `bentoml serve`, driven by the unmodified openai SDK.
+
+The tiny ASR's text is random: assertions are on types, formats, timing bounds and statuses."""
+
+from __future__ import annotations
+
+import re
+
+import openai
+import pytest
+
+from tests.audio_fixtures import encode, song
+
+pytestmark = pytest.mark.served
+
+
+@pytest.fixture(scope="module")
+def oai(served):
+    return served.openai()
+
+
+@pytest.fixture(scope="module")
+def wav(media_dir):
+    return (media_dir / "short.wav").read_bytes()
+
+
+def test_json_and_text(oai, wav):
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="json")
+    assert isinstance(r.text, str)
+    t = oai.audio.transcriptions.create(model="qwen3-asr", file=("a.wav", wav), response_format="text")
+    assert isinstance(t, str) and "language " not in t and "<asr_text>" not in t
+
+
+def test_srt_and_vtt(oai, wav):
+    srt = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="srt")
+    assert isinstance(srt, str)
+    if srt.strip():  # a window whose random text has no letters yields no cue
+        assert srt.startswith("1\n")
+        assert re.search(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$", srt, re.M)
+    vtt = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="vtt")
+    assert vtt.startswith("WEBVTT")
+
+
+def test_verbose_json_segments_and_words(oai, wav):
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="verbose_json",
+                                        timestamp_granularities=["word", "segment"], language="en")
+    assert r.language == "english"
+    assert abs(r.duration - 12.0) < 0.1
+    assert isinstance(r.text, str) and isinstance(r.segments, list) and isinstance(r.words, list)
+    for seg in r.segments:
+        assert 0 <= seg.start <= seg.end <= r.duration + 1e-6 and isinstance(seg.text, str)
+    starts = [w.start for w in r.words]
+    assert starts == sorted(starts)
+    assert all(0 <= w.start <= w.end <= r.duration + 1e-6 and w.word for w in r.words)
+
+
+def test_verbose_json_default_has_segments_not_words(oai, wav):
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="verbose_json")
+    d = r.model_dump()
+    assert "segments" in d and d.get("words") is None
+
+
+def test_prompt_and_language_name_are_accepted(oai, wav):
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), language="zh",
+                                        prompt="Qwen, BentoML", response_format="verbose_json")
+    assert r.language == "chinese"
+
+
+@pytest.mark.parametrize("kwargs, exc, code", [
+    ({"model": "gpt-9"}, openai.NotFoundError, "model_not_found"),
+    ({"response_format": "json", "timestamp_granularities": ["word"]}, openai.BadRequestError, "invalid_value"),
+    ({"language": "klingon"}, openai.BadRequestError, "unsupported_language"),
+    ({"response_format": "xml"}, openai.BadRequestError, "invalid_value"),
+    ({"temperature": 3}, openai.BadRequestError, "invalid_value"),
+])
+def test_bad_parameters_are_4xx_in_the_envelope(oai, wav, kwargs, exc, code):
+    args = {"model": "whisper-1", "file": ("a.wav", wav), **kwargs}
+    with pytest.raises(exc) as e:
+        oai.audio.transcriptions.create(**args)
+    assert e.value.body["code"] == code and e.value.body["message"]
+
+
+@pytest.mark.parametrize("data, status, code", [
+    (b"", 400, "empty_audio"),
+    (b"just some text, not audio\n" * 40, 415, "unsupported_media"),
+])
+def test_bad_files(oai, data, status, code):
+    with pytest.raises(openai.APIStatusError) as e:
+        oai.audio.transcriptions.create(model="whisper-1", file=("speech.wav", data))
+    assert e.value.status_code == status and e.value.body["code"] == code
+
+
+def test_missing_key_is_401(served, wav):
+    with pytest.raises(openai.AuthenticationError):
+        served.openai(key="wrong").audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
+
+
+def test_models_list_has_asr_aliases(oai):
+    ids = {m.id for m in oai.models.list().data}
+    assert {"Qwen/Qwen3-ASR-1.7B", "Qwen/Qwen3-ForcedAligner-0.6B"} <= ids
+
+
+def test_twenty_minute_file_is_windowed(oai):
+    data = encode(song(1200.0, sr=8000, phrase=6.0, gap=1.5), 8000, "flac")
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("long.flac", data), response_format="verbose_json")
+    assert abs(r.duration - 1200.0) < 1.0
+    assert len(r.segments) >= 1 and r.segments[-1].end <= 1200.0 + 1e-6
+
+
+def test_task_form(served, wav):
+    import time
+
+    with served.client() as c:
+        r = c.post("/v1/audio/transcriptions/tasks", files={"file": ("a.wav", wav)},
+                   data={"model": "whisper-1", "response_format": "text"})
+        assert r.status_code == 202, r.text
+        task = r.json()
+        deadline = time.monotonic() + 120
+        while c.get(task["status_url"]).json()["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        res = c.get(task["result_url"])
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
