@@ -29,6 +29,7 @@ VERSION = "0.1.0"
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "aligner": ("services.aligner.service", "Aligner", "services.aligner.routes"),
     "asr": ("services.asr.service", "ASR", "services.asr.routes"),
+    "tts": ("services.tts.service", "TTS", "services.tts.routes"),
 }
 
 SETTINGS = get_settings()

@@ -65,3 +65,79 @@ async def call(service: str, awaitable: Awaitable[Any]) -> Any:
     if isinstance(result, dict) and ERROR_KEY in result:
         raise QwenError.from_payload(result[ERROR_KEY])
     return result
+
+
+# -- streams ---------------------------------------------------------------------------------------------
+# A streamed API cannot change its HTTP status once bytes flow, and chunk boundaries do not survive the
+# socket between processes. So a model service's stream starts with one JSON line — {"ok": true} or
+# {"__qwen_error__": payload} — and the gateway reads that line before it opens its own response: errors
+# found before the first audio byte (validation, admission 429, loading 503) keep their status.
+STREAM_OK = b'{"ok": true}\n'
+
+
+def stream_error(err: QwenError) -> bytes:
+    import json
+
+    return json.dumps({ERROR_KEY: err.payload()}).encode() + b"\n"
+
+
+async def open_stream(service: str, agen):
+    """Read the header line of a model service's stream; raise its error, or return an async iterator of
+    the remaining bytes."""
+    import json
+
+    buf = b""
+    it = agen.__aiter__()
+    while b"\n" not in buf:
+        try:
+            buf += await call(service, it.__anext__())
+        except StopAsyncIteration:
+            raise ServiceUnavailable(f"{service} closed the stream before it started",
+                                     code="service_unavailable", retry_after=5) from None
+    head, rest = buf.split(b"\n", 1)
+    header = json.loads(head)
+    if ERROR_KEY in header:
+        raise QwenError.from_payload(header[ERROR_KEY])
+
+    async def body():
+        if rest:
+            yield rest
+        async for chunk in it:
+            yield chunk
+
+    return body()
+
+
+async def relay_thread_iterator(make_iter, cancel):
+    """Consume a blocking iterator in a worker thread, yielding its items here as they come.
+
+    `cancel` (a threading.Event) is set when the consumer stops early (client gone), so the producer
+    can end its work; the thread is always joined before this generator finishes."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def produce():
+        try:
+            for item in make_iter():
+                loop.call_soon_threadsafe(q.put_nowait, item)
+                if cancel.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            loop.call_soon_threadsafe(q.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(q.put_nowait, done)
+
+    thread = threading.Thread(target=produce, name="stream-producer", daemon=True)
+    thread.start()
+    try:
+        while (item := await q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        await asyncio.to_thread(thread.join)

@@ -94,6 +94,24 @@ class ASRSettings(ServiceSettings):
     aliases: CommaList = Field(default_factory=lambda: ["qwen3-asr", "asr", "whisper-1"])
 
 
+class TTSSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_TTS_", extra="ignore", populate_by_name=True, frozen=True)
+
+    model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"
+    # The talker keeps per-call state on the module: one generation at a time per instance; batches
+    # of concurrent non-streamed requests go through one generate call instead.
+    max_concurrency: int = Field(1, ge=1)
+    max_queue: int = Field(16, ge=0)
+    max_input_chars: int = Field(4096, ge=1)  # OpenAI's limit for `input`
+    # Frames are 80 ms; the real model's ceiling is 8191 (~10.9 min). Each request is also capped by its
+    # text length (50 + 4 per character): a model that never stops cannot run away.
+    max_frames: int = Field(8191, ge=2, le=8191)
+    frames_per_char: float = Field(4.0, gt=0)
+    stream_chunk_frames: int = Field(6, ge=1)  # streamed audio every ~0.5 s
+    stream_first_chunk_frames: int = Field(2, ge=1)  # first audio after ~0.16 s of speech
+    aliases: CommaList = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "qwen3-tts", "tts"])
+
+
 class Settings(_Base):
     model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", populate_by_name=True, frozen=True)
 
@@ -132,6 +150,7 @@ class Settings(_Base):
 
     aligner: AlignerSettings = Field(default_factory=AlignerSettings)
     asr: ASRSettings = Field(default_factory=ASRSettings)
+    tts: TTSSettings = Field(default_factory=TTSSettings)
 
     @field_validator("services", "fetch_private_allowlist", mode="before")
     @classmethod

@@ -85,6 +85,13 @@ _VOICE_TABLE: dict[str, tuple[str, str, str]] = {
 }
 
 
+# What the real CustomVoice checkpoint serves, known without loading it (the gateway validates requests
+# and lists voices from these; the engine checks again against the loaded model).
+VOICES: list[Voice] = [Voice(k, *v) for k, v in _VOICE_TABLE.items()]
+LANGUAGES: list[str] = ["auto", "chinese", "english", "french", "german", "italian", "japanese", "korean",
+                        "portuguese", "russian", "spanish"]
+
+
 class SpeechEngine(Protocol):
     sample_rate: int  # 24000
     voices: list[Voice]

@@ -147,6 +147,8 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_ALIGNER_MAX_AUDIO_SECONDS": "660",
         # The tiny ASR never emits EOS (the real stop ids are hard-coded): every window runs to this.
         "QWEN_ASR_MAX_NEW_TOKENS": "24",
+        # The tiny talker never emits EOS either: every synthesis is this many 80 ms frames.
+        "QWEN_TTS_MAX_FRAMES": "40",
     }
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]

@@ -1,0 +1,152 @@
+"""POST /v1/audio/speech and GET /v1/audio/voices through the real `bentoml serve`, with the openai SDK.
+
+The tiny talker never emits EOS: every synthesis is QWEN_TTS_MAX_FRAMES (40) frames = 3.2 s at 24 kHz.
+Audio is decoded back with PyAV; assertions are on rates, durations, formats, timing order, statuses."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import av
+import numpy as np
+import openai
+import pytest
+
+pytestmark = pytest.mark.served
+
+SECONDS = 40 * 0.08
+
+
+@pytest.fixture(scope="module")
+def oai(served):
+    return served.openai()
+
+
+def decode(data: bytes) -> tuple[int, float]:
+    with av.open(io.BytesIO(data)) as c:
+        s = c.streams.audio[0]
+        n = sum(f.samples for f in c.decode(s))
+        return s.rate, n / s.rate
+
+
+@pytest.mark.parametrize("fmt, rate", [("mp3", 24000), ("opus", 48000), ("aac", 24000), ("flac", 24000),
+                                       ("wav", 24000)])
+def test_every_format_decodes_to_the_right_rate_and_length(oai, fmt, rate):
+    r = oai.audio.speech.create(model="tts-1", voice="vivian", input="Hello there.", response_format=fmt)
+    got_rate, seconds = decode(r.content)
+    assert got_rate == rate
+    assert abs(seconds - SECONDS) < 0.15, seconds
+
+
+def test_pcm_is_24k_s16le(oai):
+    r = oai.audio.speech.create(model="tts-1", voice="Ryan", input="Hello there.", response_format="pcm")
+    assert r.response.headers["content-type"] == "audio/pcm"
+    samples = np.frombuffer(r.content, dtype="<i2")
+    assert len(samples) == int(SECONDS * 24000) and np.abs(samples).max() > 0
+
+
+def test_content_types(served):
+    with served.client() as c:
+        for fmt, ctype in [("mp3", "audio/mpeg"), ("wav", "audio/wav"), ("flac", "audio/flac"),
+                           ("aac", "audio/aac"), ("opus", "audio/ogg")]:
+            r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "aiden",
+                                                  "response_format": fmt})
+            assert r.status_code == 200 and r.headers["content-type"] == ctype
+
+
+def test_speed_stretches_duration(oai):
+    fast = oai.audio.speech.create(model="tts-1", voice="vivian", input="Hello.", response_format="wav", speed=2.0)
+    slow = oai.audio.speech.create(model="tts-1", voice="vivian", input="Hello.", response_format="wav", speed=0.5)
+    assert abs(decode(fast.content)[1] - SECONDS / 2) < 0.1
+    assert abs(decode(slow.content)[1] - SECONDS * 2) < 0.15
+
+
+@pytest.mark.parametrize("model", ["tts-1-hd", "qwen3-tts", "tts-1-en", "tts-1-hd-ja", "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"])
+def test_model_names_and_language_suffixes(oai, model):
+    r = oai.audio.speech.create(model=model, voice="SOHEE", input="Hello.", response_format="wav")
+    assert decode(r.content)[0] == 24000
+
+
+def test_instructions_are_accepted(oai):
+    r = oai.audio.speech.create(model="tts-1", voice="serena", input="Hello.", instructions="Speak softly.",
+                                response_format="wav")
+    assert abs(decode(r.content)[1] - SECONDS) < 0.1
+
+
+def test_streaming_sends_audio_before_synthesis_ends(oai):
+    t0 = time.perf_counter()
+    arrivals, chunks = [], []
+    with oai.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="ryan", input="A longer sentence to stream.", response_format="mp3",
+        extra_body={"stream_format": "audio"},
+    ) as resp:
+        assert resp.headers["content-type"] == "audio/mpeg"
+        for chunk in resp.iter_bytes(1024):
+            arrivals.append(time.perf_counter() - t0)
+            chunks.append(chunk)
+    total = arrivals[-1]
+    assert len(chunks) >= 3
+    assert arrivals[0] < total / 2, (arrivals[0], total)  # the first bytes well before the end
+    assert abs(decode(b"".join(chunks))[1] - SECONDS) < 0.15
+
+
+def test_stream_true_alias_and_wav_stream(served):
+    with served.client() as c:
+        with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "eric",
+                                                         "response_format": "wav", "stream": True}) as r:
+            assert r.status_code == 200
+            data = b"".join(r.iter_bytes())
+    rate, seconds = decode(data)
+    assert rate == 24000 and abs(seconds - SECONDS) < 0.1
+
+
+def test_sse_stream_events(served):
+    with served.client() as c:
+        with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "dylan",
+                                                         "response_format": "pcm", "stream_format": "sse"}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == {"type": "speech.audio.done"}
+    import base64
+
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"} and len(pcm) == int(SECONDS * 24000) * 2
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"input": "", "voice": "vivian"}, 400, "empty_input"),
+    ({"input": "   ", "voice": "vivian"}, 400, "empty_input"),
+    ({"input": "Hi", "voice": "bob"}, 400, "invalid_voice"),
+    ({"input": "Hi", "voice": "vivian", "response_format": "ogg"}, 400, "invalid_value"),
+    ({"input": "Hi", "voice": "vivian", "speed": 10}, 400, "invalid_value"),
+    ({"input": "Hi", "voice": "vivian", "speed": 0.1}, 400, "invalid_value"),
+    ({"input": "x" * 5000, "voice": "vivian"}, 413, "input_too_long"),
+    ({"input": "Hi", "voice": "vivian", "model": "tts-2"}, 404, "model_not_found"),
+    ({"input": "Hi", "voice": "vivian", "stream": True, "speed": 10}, 400, "invalid_value"),
+    ({"input": "Hi", "voice": "bob", "stream_format": "sse"}, 400, "invalid_voice"),
+])
+def test_bad_requests_are_refused_before_any_audio(served, body, status, code):
+    with served.client() as c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", **body})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_unknown_voice_lists_the_valid_ones(oai):
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.audio.speech.create(model="tts-1", voice="bob", input="Hi")
+    assert "vivian" in e.value.body["message"] and e.value.body["param"] == "voice"
+
+
+def test_voices_and_models(served, oai):
+    with served.client() as c:
+        v = c.get("/v1/audio/voices").json()
+    assert {x["id"] for x in v["data"]} == {"vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden",
+                                             "ono_anna", "sohee"}
+    assert all(x["language"] and x["description"] for x in v["data"])
+    models = oai.models.list().data
+    tts = next(m for m in models if m.id == "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice")
+    assert {"tts-1", "tts-1-hd", "qwen3-tts"} <= set(tts.model_extra["aliases"])
