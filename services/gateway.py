@@ -54,8 +54,9 @@ app = FastAPI(
 )
 install_error_handlers(app)
 _route_labels: list[str] = ["/v1/models"]
+_ROUTE_MODULES = {}
 for key in ENABLED:
-    routes_mod = importlib.import_module(REGISTRY[key][2])
+    routes_mod = _ROUTE_MODULES[key] = importlib.import_module(REGISTRY[key][2])
     app.include_router(routes_mod.router)
     _route_labels += list(routes_mod.ROUTES)
 
@@ -112,7 +113,8 @@ async def models(request: Request) -> JSONResponse:
     data = []
     for key in gw.enabled:
         cfg = gw.settings.service(key)
-        aliases = list(dict.fromkeys([*getattr(cfg, "aliases", []), key]))
+        extra = getattr(_ROUTE_MODULES[key], "model_aliases", lambda _cfg: [])(cfg)
+        aliases = list(dict.fromkeys([*getattr(cfg, "aliases", []), *extra, key]))
         data.append({"id": cfg.model, "object": "model", "created": 0, "owned_by": "qwen-bento", "service": key,
                      "aliases": aliases})
     return JSONResponse({"object": "list", "data": data})

@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 
 from services.runtime.chunking import frame_rms, plan_chunks
-from services.runtime.device import resolve_device, resolve_dtype_name
+from services.runtime.device import place
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from services.runtime.lifecycle import ModelHandle
 from services.runtime.logging import configure as configure_logging
@@ -53,9 +53,7 @@ class Aligner:
     def _load(self) -> QwenForcedAlignerEngine:
         from services.runtime.sources import resolve_model_path
 
-        device = resolve_device(_S.device_for("aligner"))
-        dtype = resolve_dtype_name(_S.dtype_for("aligner"), device)
-        self.handle.device, self.handle.dtype = device, dtype
+        device, dtype = place(_S, "aligner", self.handle)
         self.scheduler.max_batch_size = _S.batch_size_for("aligner", device)
         path = resolve_model_path(_S, "aligner", _CFG.model, _CFG.revision)
         return QwenForcedAlignerEngine.load(path, device, dtype, threads=_S.torch_threads)

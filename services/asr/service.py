@@ -12,7 +12,7 @@ import bentoml
 import numpy as np
 
 from services.runtime.chunking import plan_chunks
-from services.runtime.device import resolve_device, resolve_dtype_name
+from services.runtime.device import place
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
 from services.runtime.lifecycle import ModelHandle
 from services.runtime.logging import configure as configure_logging
@@ -53,9 +53,7 @@ class ASR:
     def _load(self) -> QwenASREngine:
         from services.runtime.sources import resolve_model_path
 
-        device = resolve_device(_S.device_for("asr"))
-        dtype = resolve_dtype_name(_S.dtype_for("asr"), device)
-        self.handle.device, self.handle.dtype = device, dtype
+        device, dtype = place(_S, "asr", self.handle)
         if _CFG.backend == "vllm":
             self.scheduler.max_batch_size = _CFG.max_batch_size or 32
         else:

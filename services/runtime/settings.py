@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Device = Literal["auto", "cuda", "mps", "cpu"]
+# auto | cpu | mps | cuda | cuda:N (a GPU index: per-service placement on multi-GPU hosts)
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 SERVICE_KEYS = ("aligner", "asr", "tts", "captioner", "diagram", "vl")
@@ -49,6 +50,9 @@ class ServiceSettings(_Base):
     # None: auto — 4 on CUDA, 1 elsewhere (on CPU a padded batch costs more than its parts: bench/).
     max_batch_size: int | None = Field(None, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
+    # Share of one GPU's memory this service may allocate (torch's per-process cap), for models that
+    # share a GPU (the seed ran ASR + TTS on one T4 at 0.45 each). None: no cap.
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
 
 
 class AlignerSettings(ServiceSettings):
@@ -171,7 +175,7 @@ class Settings(_Base):
         return getattr(self, key)
 
     def batch_size_for(self, key: str, device: str) -> int:
-        return self.service(key).max_batch_size or (4 if device == "cuda" else 1)
+        return self.service(key).max_batch_size or (4 if device.startswith("cuda") else 1)
 
     def device_for(self, key: str) -> str:
         return self.service(key).device or self.device

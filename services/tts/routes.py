@@ -47,6 +47,11 @@ def model_language(gw, model: str) -> str | None:
                    code="model_not_found")
 
 
+def model_aliases(cfg) -> list[str]:
+    """The language-forcing model names, listed by GET /v1/models."""
+    return [f"{p}{k}" for p in ("tts-1-", "tts-1-hd-") for k in MODEL_LANGUAGES]
+
+
 async def _validated(request: Request, gw) -> tuple[SpeechRequest, str | None]:
     try:
         body = await request.json()

@@ -14,7 +14,7 @@ import bentoml
 import numpy as np
 
 from services.runtime import remote
-from services.runtime.device import resolve_device, resolve_dtype_name
+from services.runtime.device import place
 from services.runtime.errors import InvalidRequest, QwenError
 from services.runtime.lifecycle import ModelHandle
 from services.runtime.logging import configure as configure_logging
@@ -51,9 +51,7 @@ class TTS:
     def _load(self) -> QwenTTSEngine:
         from services.runtime.sources import resolve_model_path
 
-        device = resolve_device(_S.device_for("tts"))
-        dtype = resolve_dtype_name(_S.dtype_for("tts"), device)
-        self.handle.device, self.handle.dtype = device, dtype
+        device, dtype = place(_S, "tts", self.handle)
         self.scheduler.max_batch_size = _S.batch_size_for("tts", device)
         path = resolve_model_path(_S, "tts", _CFG.model, _CFG.revision)
         return QwenTTSEngine.load(path, device, dtype, threads=_S.torch_threads,

@@ -149,6 +149,9 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_ASR_MAX_NEW_TOKENS": "24",
         # The tiny talker never emits EOS either: every synthesis is this many 80 ms frames.
         "QWEN_TTS_MAX_FRAMES": "40",
+        # Exercise adaptive batching across requests (CPU default is 1: bench/ shows why).
+        "QWEN_ASR_MAX_BATCH_SIZE": "4",
+        "QWEN_ASR_BATCH_WAIT_MS": "50",
     }
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]

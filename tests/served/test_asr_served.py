@@ -121,3 +121,30 @@ def test_task_form(served, wav):
             time.sleep(0.2)
         res = c.get(task["result_url"])
         assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+
+
+def test_concurrent_requests_are_batched_into_one_generate(served, wav):
+    import concurrent.futures
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def batch_stats():
+        text = httpx.get(served.url + "/metrics").text
+        fam = next(f for f in text_string_to_metric_families(text) if f.name == "qwen_batch_size")
+        vals = {s.name: s.value for s in fam.samples if s.labels.get("service") == "asr" and
+                s.name.endswith(("_sum", "_count"))}
+        return vals.get("qwen_batch_size_sum", 0), vals.get("qwen_batch_size_count", 0)
+
+    before = batch_stats()
+    oai = served.openai()
+
+    def one(_):
+        return oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="text")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(one, range(4)))
+    assert all(isinstance(t, str) for t in texts)
+    after = batch_stats()
+    items, calls = after[0] - before[0], after[1] - before[1]
+    assert items == 4 and calls < 4  # four requests' windows went through fewer generate calls

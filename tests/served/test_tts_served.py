@@ -149,4 +149,4 @@ def test_voices_and_models(served, oai):
     assert all(x["language"] and x["description"] for x in v["data"])
     models = oai.models.list().data
     tts = next(m for m in models if m.id == "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice")
-    assert {"tts-1", "tts-1-hd", "qwen3-tts"} <= set(tts.model_extra["aliases"])
+    assert {"tts-1", "tts-1-hd", "qwen3-tts", "tts-1-en", "tts-1-hd-zh"} <= set(tts.model_extra["aliases"])
