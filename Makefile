@@ -49,6 +49,7 @@ test-served: venv
 
 bench: venv
 	$(PY) bench/align.py
+	$(PY) bench/speech.py
 
 clean:
 	rm -rf .venv .pytest_cache

@@ -7,11 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, QwenError, Unprocessable
-from services.runtime.http import validation_error
+from services.runtime.http import read_json_object, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.tasks import add_task_routes
 
@@ -78,20 +77,11 @@ async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
             data = await read_upload(upload, max_bytes=settings.upload_max_bytes, param="audio")
         payload = fields
     elif ctype.startswith("application/json") or not ctype:
-        try:
-            payload = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
-        if not isinstance(payload, dict):
-            raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+        payload = await read_json_object(request)
         data = None
     else:
         raise QwenError("send application/json or multipart/form-data", status=415, code="unsupported_content_type")
-    try:
-        req = AlignRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    return req, data
+    return validate(AlignRequest, payload), data
 
 
 def _check_lyrics(req: AlignRequest, gw) -> None:

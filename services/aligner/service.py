@@ -7,70 +7,40 @@ of all concurrent requests batched through one scheduler, lines rebuilt with glo
 
 from __future__ import annotations
 
-import os
-
 import bentoml
 import numpy as np
 
 from services.runtime.chunking import frame_rms, plan_chunks
-from services.runtime.device import place
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
-from services.runtime.lifecycle import ModelHandle
-from services.runtime.logging import configure as configure_logging
+from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
-from services.runtime.scheduler import Scheduler
 from services.runtime.settings import get_settings
 
 from . import lyrics
 from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine
 
-_S = get_settings()
-_CFG = _S.aligner
+_CFG = get_settings().aligner
 
 
 @bentoml.service(
     name="aligner",
-    # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it.
-    traffic={"timeout": _CFG.timeout + 30, "max_concurrency": _CFG.max_concurrency * 4 + _CFG.max_queue + 8},
+    traffic=traffic(_CFG),
     # 0.6B params: ~1.2 GB fp32 / 2.4 GB peak with a 5-minute window; one T4-class GPU is plenty.
     resources={"cpu": "2", "memory": "4Gi"},
-    envs=[{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}],
+    envs=thread_envs(),
 )
-class Aligner:
-    def __init__(self) -> None:
-        configure_logging(_S.log_level, _S.log_json)
-        self.settings = _S
-        self.cfg = _CFG
-        model_id = "tiny:aligner" if _S.models == "tiny" else _CFG.model
-        self.handle: ModelHandle[QwenForcedAlignerEngine] = ModelHandle("aligner", model_id)
-        self.scheduler = Scheduler(
-            "aligner", model_id, self._run_batch,
-            max_batch_size=_CFG.max_batch_size or 1, batch_wait_ms=_CFG.batch_wait_ms,
-            max_concurrency=_CFG.max_concurrency, max_queue=_CFG.max_queue, timeout=_CFG.timeout,
-        )
-        self.handle.start(self._load, lambda engine: engine.warmup())
+class Aligner(ModelService[QwenForcedAlignerEngine]):
+    key = "aligner"
 
-    def _load(self) -> QwenForcedAlignerEngine:
-        from services.runtime.sources import resolve_model_path
-
-        device, dtype = place(_S, "aligner", self.handle)
-        self.scheduler.max_batch_size = _S.batch_size_for("aligner", device)
-        path = resolve_model_path(_S, "aligner", _CFG.model, _CFG.revision)
-        return QwenForcedAlignerEngine.load(path, device, dtype, threads=_S.torch_threads)
+    def load_engine(self, path: str, device: str, dtype: str) -> QwenForcedAlignerEngine:
+        return QwenForcedAlignerEngine.load(path, device, dtype, threads=self.settings.torch_threads)
 
     def _run_batch(self, jobs: list[AlignJob]) -> list[list[tuple[float, float]]]:
         return self.handle.get().align(jobs)
 
-    def __is_ready__(self) -> bool:
-        return self.handle.ready
-
     @bentoml.api
     async def status(self) -> dict:
-        return {
-            **self.handle.info(),
-            "concurrency_limit": self.cfg.max_concurrency,
-            "queue_depth": self.scheduler.queue_depth,
-        }
+        return self.status_info()
 
     @bentoml.api
     @guarded("aligner")

@@ -6,11 +6,10 @@ import re
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, NotFound, QwenError
-from services.runtime.http import validation_error
+from services.runtime.http import validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.subtitles import to_srt, to_vtt
 from services.runtime.tasks import add_task_routes
@@ -74,10 +73,7 @@ async def _parse(request: Request, gw) -> tuple[TranscriptionRequest, bytes]:
             fields.setdefault("timestamp_granularities", []).append(value)
         else:
             fields[key] = value
-    try:
-        req = TranscriptionRequest.model_validate(fields)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    req = validate(TranscriptionRequest, fields)
     if violation := req.openai_rule_violation():
         raise InvalidRequest(violation[1], param=violation[0], code="invalid_value")
     resolve_model(gw, req.model)

@@ -150,6 +150,27 @@ def validation_error(exc) -> QwenError:
     return cls(text, param=param, code="invalid_value" if param else None)
 
 
+async def read_json_object(request) -> dict:
+    """The request body as a JSON object, or a 400 in the envelope."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def validate(model_cls, payload: dict):
+    """`model_cls.model_validate(payload)`, with validation errors as one 400 naming the parameter."""
+    from pydantic import ValidationError
+
+    try:
+        return model_cls.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 def install_error_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException

@@ -12,12 +12,11 @@ import numpy as np
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 from services.runtime import remote
 from services.runtime.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
 from services.runtime.errors import InvalidRequest, NotFound, QwenError
-from services.runtime.http import validation_error
+from services.runtime.http import read_json_object, validate
 from services.runtime.logging import get_logger
 
 from .engine import LANGUAGES, VOICES
@@ -53,16 +52,7 @@ def model_aliases(cfg) -> list[str]:
 
 
 async def _validated(request: Request, gw) -> tuple[SpeechRequest, str | None]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
-    try:
-        req = SpeechRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    req = validate(SpeechRequest, await read_json_object(request))
     language = model_language(gw, req.model)
     if req.language is not None:
         language = req.language.strip().lower()

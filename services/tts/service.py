@@ -6,7 +6,6 @@ It returns float32 PCM at 24 kHz; encoding, speed and the wire format are the ga
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import AsyncGenerator
 
@@ -14,55 +13,33 @@ import bentoml
 import numpy as np
 
 from services.runtime import remote
-from services.runtime.device import place
 from services.runtime.errors import InvalidRequest, QwenError
-from services.runtime.lifecycle import ModelHandle
-from services.runtime.logging import configure as configure_logging
+from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
-from services.runtime.scheduler import Scheduler
 from services.runtime.settings import get_settings
 
 from .engine import QwenTTSEngine, SpeechItem
 
-_S = get_settings()
-_CFG = _S.tts
+_CFG = get_settings().tts
 
 
 @bentoml.service(
     name="tts",
-    traffic={"timeout": _CFG.timeout + 30, "max_concurrency": _CFG.max_concurrency * 8 + _CFG.max_queue + 8},
+    traffic=traffic(_CFG),
     # 1.7B talker + codec: ~3.9 GB bf16 (the seed's T4 held it at 45% next to the ASR).
     resources={"cpu": "2", "memory": "8Gi"},
-    envs=[{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}],
+    envs=thread_envs(),
 )
-class TTS:
-    def __init__(self) -> None:
-        configure_logging(_S.log_level, _S.log_json)
-        self.cfg = _CFG
-        model_id = "tiny:tts" if _S.models == "tiny" else _CFG.model
-        self.handle: ModelHandle[QwenTTSEngine] = ModelHandle("tts", model_id)
-        self.scheduler = Scheduler(
-            "tts", model_id, self._run_batch,
-            max_batch_size=_CFG.max_batch_size or 1, batch_wait_ms=_CFG.batch_wait_ms,
-            max_concurrency=_CFG.max_concurrency, max_queue=_CFG.max_queue, timeout=_CFG.timeout,
-        )
-        self.handle.start(self._load, lambda engine: engine.warmup())
+class TTS(ModelService[QwenTTSEngine]):
+    key = "tts"
 
-    def _load(self) -> QwenTTSEngine:
-        from services.runtime.sources import resolve_model_path
-
-        device, dtype = place(_S, "tts", self.handle)
-        self.scheduler.max_batch_size = _S.batch_size_for("tts", device)
-        path = resolve_model_path(_S, "tts", _CFG.model, _CFG.revision)
-        return QwenTTSEngine.load(path, device, dtype, threads=_S.torch_threads,
-                                  chunk_frames=_CFG.stream_chunk_frames,
-                                  first_chunk_frames=_CFG.stream_first_chunk_frames)
+    def load_engine(self, path: str, device: str, dtype: str) -> QwenTTSEngine:
+        return QwenTTSEngine.load(path, device, dtype, threads=self.settings.torch_threads,
+                                  chunk_frames=self.cfg.stream_chunk_frames,
+                                  first_chunk_frames=self.cfg.stream_first_chunk_frames)
 
     def _run_batch(self, items: list[SpeechItem]) -> list[np.ndarray]:
         return self.handle.get().synthesize_batch(items)
-
-    def __is_ready__(self) -> bool:
-        return self.handle.ready
 
     def _item(self, text: str, voice: str, language: str | None, instructions: str | None) -> SpeechItem:
         engine = self.handle.get()
@@ -74,9 +51,7 @@ class TTS:
 
     @bentoml.api
     async def status(self) -> dict:
-        return {**self.handle.info(), "concurrency_limit": self.scheduler.max_concurrency,
-                "queue_depth": self.scheduler.queue_depth,
-                "sample_rate": self.handle.get().sample_rate if self.handle.ready else None}
+        return self.status_info()
 
     @bentoml.api
     @guarded("tts")

@@ -1,0 +1,77 @@
+"""What every model service shares: background loading on the right device, the scheduler, readiness.
+
+A model service subclasses `ModelService`, sets `key`, implements `load_engine` and `_run_batch`, and
+adds its own `@bentoml.api` methods (plus `status`, which returns `status_info()`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .device import place
+from .lifecycle import ModelHandle
+from .logging import configure as configure_logging
+from .scheduler import Scheduler
+from .settings import ServiceSettings, get_settings
+
+E = TypeVar("E")
+
+
+def traffic(cfg: ServiceSettings) -> dict:
+    # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it.
+    return {"timeout": cfg.timeout + 30, "max_concurrency": cfg.max_concurrency * 8 + cfg.max_queue + 8}
+
+
+def thread_envs() -> list[dict]:
+    # BentoML sets no OMP_NUM_THREADS: every model process would take all cores (FACTS §5).
+    return [{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}]
+
+
+class ModelService(Generic[E]):
+    key: ClassVar[str]
+
+    def __init__(self) -> None:
+        s = self.settings = get_settings()
+        configure_logging(s.log_level, s.log_json)
+        self.cfg = s.service(self.key)
+        self.model_id = f"tiny:{self.key}" if s.models == "tiny" else self.cfg.model
+        self.handle: ModelHandle[E] = ModelHandle(self.key, self.model_id)
+        self.scheduler = Scheduler(
+            self.key, self.model_id, self._run_batch,
+            max_batch_size=self.cfg.max_batch_size or 1, batch_wait_ms=self.cfg.batch_wait_ms,
+            max_concurrency=self.engine_concurrency(), max_queue=self.cfg.max_queue, timeout=self.cfg.timeout,
+        )
+        self.handle.start(self._load, self.warmup)
+
+    # -- overridable --------------------------------------------------------------------------------
+    def engine_concurrency(self) -> int:
+        return self.cfg.max_concurrency
+
+    def batch_size(self, device: str) -> int:
+        return self.settings.batch_size_for(self.key, device)
+
+    def load_engine(self, path: str, device: str, dtype: str) -> E:
+        raise NotImplementedError
+
+    def warmup(self, engine: E) -> None:
+        engine.warmup()  # type: ignore[attr-defined]
+
+    def _run_batch(self, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------
+    def _load(self) -> E:
+        from .sources import resolve_model_path
+
+        device, dtype = place(self.settings, self.key, self.handle)
+        self.scheduler.max_batch_size = self.batch_size(device)
+        path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision)
+        return self.load_engine(path, device, dtype)
+
+    def __is_ready__(self) -> bool:
+        return self.handle.ready
+
+    def status_info(self) -> dict:
+        return {**self.handle.info(), "concurrency_limit": self.scheduler.max_concurrency,
+                "queue_depth": self.scheduler.queue_depth}
