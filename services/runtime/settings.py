@@ -47,7 +47,8 @@ class ServiceSettings(_Base):
     max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
     timeout: float = Field(300.0, gt=0)
-    # None: auto — 4 on CUDA, 1 elsewhere (on CPU a padded batch costs more than its parts: bench/).
+    # None: auto — 4 on CUDA, 1 elsewhere. On CPU the aligner ran faster unbatched (bench/align.py);
+    # tiny TTS gained from batching on CPU (bench/speech.py), a real 1.7B model on CPU is compute-bound.
     max_batch_size: int | None = Field(None, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
     # Share of one GPU's memory this service may allocate (torch's per-process cap), for models that
