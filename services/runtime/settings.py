@@ -117,6 +117,39 @@ class TTSSettings(ServiceSettings):
     aliases: CommaList = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "qwen3-tts", "tts"])
 
 
+class CaptionerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_CAPTIONER_", extra="ignore", populate_by_name=True,
+                                      frozen=True)
+
+    model: str = "Qwen/Qwen3-Omni-30B-A3B-Captioner"
+    # auto: vllm on CUDA, transformers elsewhere (CPU/MPS fallback, tiny model in tests).
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    # The model card is the authority: detail perception is best up to 30 s. Longer audio is a 413
+    # unless the request asks for truncation explicitly (`truncate_audio: true`).
+    max_audio_seconds: float = Field(30.0, gt=0)
+    # The seed's request defaults; max_tokens is also capped by the context left after the prompt.
+    temperature: float = Field(0.6, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(20, ge=-1)
+    max_tokens: int = Field(16384, ge=1)
+    max_model_len: int = Field(32768, ge=256)
+    # The transformers backend runs one generation at a time (module state; batched clips would attend
+    # to each other: the audio encoder ignores its mask). vLLM takes max_num_seqs at once.
+    max_concurrency: int = Field(1, ge=1)
+    max_queue: int = Field(16, ge=0)
+    # vLLM subprocess (the seed's knobs). tensor_parallel_size None: every visible GPU.
+    vllm_command: str = "vllm serve"
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = Field(0, ge=0, le=65535)  # 0: a free port
+    vllm_tensor_parallel_size: int | None = Field(None, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.95, gt=0, le=1)
+    vllm_max_num_seqs: int = Field(8, ge=1)
+    vllm_extra_args: str = ""  # appended to the command line as is (shell-split)
+    vllm_start_timeout: float = Field(1800.0, gt=0)
+    vllm_restart_backoff: float = Field(5.0, ge=0)
+    aliases: CommaList = Field(default_factory=lambda: ["captioner", "qwen3-omni-captioner"])
+
+
 class Settings(_Base):
     model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", populate_by_name=True, frozen=True)
 
@@ -156,6 +189,7 @@ class Settings(_Base):
     aligner: AlignerSettings = Field(default_factory=AlignerSettings)
     asr: ASRSettings = Field(default_factory=ASRSettings)
     tts: TTSSettings = Field(default_factory=TTSSettings)
+    captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
 
     @field_validator("services", "fetch_private_allowlist", mode="before")
     @classmethod

@@ -1,0 +1,198 @@
+"""The captioner behind one async Protocol, two backends:
+
+- `TransformersCaptionEngine`: the Omni thinker in-process (CPU/MPS fallback, the tiny model in tests);
+  one generation at a time (module state; batched clips would attend to each other).
+- `VLLMCaptionEngine` (services/captioner/vllm_backend.py): a managed `vllm serve` subprocess that the
+  service proxies; vLLM batches itself.
+
+Both take decoded 16 kHz mono audio (the gateway fetched, decoded and length-checked it) and sampling
+parameters, and give the caption text with token usage, whole or as a stream of deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Delta:
+    """A piece of a streamed caption; the last one has finish_reason and usage set."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class CaptionEngine(Protocol):
+    backend: str
+    max_model_len: int
+
+    async def complete(self, audio: np.ndarray, params: GenParams) -> Completion: ...
+
+    def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]: ...
+
+    async def metrics_text(self) -> str:
+        """Prometheus text of the backend itself (vLLM's own /metrics), '' when it has none."""
+
+    async def close(self) -> None: ...
+
+
+class TransformersCaptionEngine:
+    backend = "transformers"
+
+    def __init__(self, model, processor, max_model_len: int):
+        import torch
+
+        self._torch = torch
+        self.model = model
+        self.processor = processor
+        self.max_model_len = max_model_len
+        self._lock = threading.Lock()
+        tok = processor.tokenizer
+        self.eos_id = int(tok.convert_tokens_to_ids("<|im_end|>"))
+
+    @classmethod
+    def load(cls, path: str, device: str, dtype: str, *, max_model_len: int, threads: int | None = None):
+        import torch
+        from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
+
+        from services.runtime.device import torch_dtype
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(dtype),
+                                                                     device_map=device)
+        model.eval()
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(model, processor, max_model_len)
+
+    # -- sync core (worker threads) ------------------------------------------------------------------
+    def _inputs(self, audio: np.ndarray):
+        # The captioner takes no text: the user turn is the audio alone (the model card's usage).
+        messages = [{"role": "user", "content": [{"type": "audio", "audio": audio}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], audio=[audio], return_tensors="pt", padding=True)
+        return inputs.to(self.model.device).to(self.model.dtype)
+
+    def _gen_kwargs(self, params: GenParams, prompt_len: int) -> dict:
+        budget = max(1, min(params.max_tokens, self.max_model_len - prompt_len))
+        kw = dict(return_audio=False, thinker_max_new_tokens=budget, thinker_eos_token_id=self.eos_id)
+        # transformers' thinker.generate ignores generation_config.json's sampling defaults: pass them.
+        if params.temperature > 0:
+            kw.update(thinker_do_sample=True, thinker_temperature=params.temperature, thinker_top_p=params.top_p,
+                      thinker_top_k=params.top_k if params.top_k > 0 else None)
+        else:
+            kw.update(thinker_do_sample=False)
+        return kw
+
+    def _finish(self, new_ids: list[int], budget: int) -> str:
+        return "stop" if (new_ids and new_ids[-1] == self.eos_id) or len(new_ids) < budget else "length"
+
+    def complete_sync(self, audio: np.ndarray, params: GenParams) -> Completion:
+        with self._lock, self._torch.inference_mode():
+            if params.seed is not None:
+                self._torch.manual_seed(params.seed)
+            inputs = self._inputs(audio)
+            prompt_len = int(inputs["input_ids"].shape[1])
+            kw = self._gen_kwargs(params, prompt_len)
+            ids, _ = self.model.generate(**inputs, **kw)
+            new = ids[0, prompt_len:].tolist()
+        text = self.processor.tokenizer.decode(new, skip_special_tokens=True)
+        return Completion(text=text, finish_reason=self._finish(new, kw["thinker_max_new_tokens"]),
+                          usage=Usage(prompt_len, len(new)))
+
+    def stream_sync(self, audio: np.ndarray, params: GenParams, cancel: threading.Event):
+        """Text deltas as the thinker generates (transformers' TextIteratorStreamer in the loop)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        with self._lock:
+            if params.seed is not None:
+                self._torch.manual_seed(params.seed)
+            inputs = self._inputs(audio)
+            prompt_len = int(inputs["input_ids"].shape[1])
+            kw = self._gen_kwargs(params, prompt_len)
+            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            result: dict = {}
+
+            def run():
+                try:
+                    with self._torch.inference_mode():
+                        ids, _ = self.model.generate(**inputs, **kw, thinker_streamer=streamer,
+                                                     thinker_stopping_criteria=StoppingCriteriaList([_Cancel()]))
+                    result["new"] = ids[0, prompt_len:].tolist()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    result["error"] = exc
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="caption-generate", daemon=True)
+            worker.start()
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield Delta(text=piece)
+            finally:
+                if worker.is_alive():  # the consumer left early: stop generating at the next step
+                    cancel.set()
+                worker.join()
+            if "error" in result:
+                raise result["error"]
+        new = result.get("new", [])
+        yield Delta(finish_reason=self._finish(new, kw["thinker_max_new_tokens"]), usage=Usage(prompt_len, len(new)))
+
+    # -- async API -----------------------------------------------------------------------------------
+    async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:
+        return await asyncio.to_thread(self.complete_sync, audio, params)
+
+    async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
+        from services.runtime.remote import relay_thread_iterator
+
+        cancel = threading.Event()
+        async for delta in relay_thread_iterator(lambda: self.stream_sync(audio, params, cancel), cancel):
+            yield delta
+
+    async def metrics_text(self) -> str:
+        return ""
+
+    async def close(self) -> None:
+        return None
+
+    def warmup(self) -> None:
+        self.complete_sync(np.zeros(SAMPLE_RATE, dtype=np.float32),
+                           GenParams(max_tokens=2, temperature=0.0, top_p=1.0, top_k=-1))
