@@ -17,6 +17,8 @@ import bentoml
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from services.runtime.chat import ChatHandler
+from services.runtime.chat import make_router as make_chat_router
 from services.runtime.errors import ServiceUnavailable
 from services.runtime.http import EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
@@ -30,6 +32,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "aligner": ("services.aligner.service", "Aligner", "services.aligner.routes"),
     "asr": ("services.asr.service", "ASR", "services.asr.routes"),
     "tts": ("services.tts.service", "TTS", "services.tts.routes"),
+    "captioner": ("services.captioner.service", "Captioner", "services.captioner.routes"),
 }
 
 SETTINGS = get_settings()
@@ -55,10 +58,18 @@ app = FastAPI(
 install_error_handlers(app)
 _route_labels: list[str] = ["/v1/models"]
 _ROUTE_MODULES = {}
+_CHAT_HANDLERS: dict[str, ChatHandler] = {}  # model name -> the service's chat handler
 for key in ENABLED:
     routes_mod = _ROUTE_MODULES[key] = importlib.import_module(REGISTRY[key][2])
-    app.include_router(routes_mod.router)
+    if hasattr(routes_mod, "router"):
+        app.include_router(routes_mod.router)
     _route_labels += list(routes_mod.ROUTES)
+    if hasattr(routes_mod, "CHAT"):
+        for name in routes_mod.CHAT.names(SETTINGS.service(key)):
+            _CHAT_HANDLERS[name] = routes_mod.CHAT
+if _CHAT_HANDLERS:
+    app.include_router(make_chat_router(_CHAT_HANDLERS))
+    _route_labels.append("/v1/chat/completions")
 
 
 class _GatewayBase:
@@ -88,6 +99,21 @@ class _GatewayBase:
     async def statuses(self) -> dict[str, dict]:
         results = await asyncio.gather(*(self.service_status(k) for k in self.enabled))
         return dict(zip(self.enabled, results))
+
+    async def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics text plus the backends' own (vLLM's `vllm:*` series), merged."""
+        extra = []
+        for key in self.enabled:
+            dep = getattr(self, key)
+            if not hasattr(_SERVICE_CLASSES[key].inner, "backend_metrics"):
+                continue
+            try:
+                text = await asyncio.wait_for(dep.to_async.backend_metrics(), timeout=5)
+            except Exception:  # noqa: BLE001 - a backend without metrics must not break /metrics
+                continue
+            if text:
+                extra.append(text if text.endswith("\n") else text + "\n")
+        return content + "".join(extra)
 
     async def __is_ready__(self) -> bool:
         return all(s.get("status") == "ready" for s in (await self.statuses()).values())
@@ -128,11 +154,11 @@ async def docs() -> FileResponse:
     return FileResponse(Path(bentoml_server.__file__).parent / "main-openapi.html")
 
 
+_SERVICE_CLASSES = {key: getattr(importlib.import_module(REGISTRY[key][0]), REGISTRY[key][1]) for key in ENABLED}
+
+
 def _build():
-    deps = {}
-    for key in ENABLED:
-        mod_name, cls_name, _ = REGISTRY[key]
-        deps[key] = bentoml.depends(getattr(importlib.import_module(mod_name), cls_name))
+    deps = {key: bentoml.depends(cls) for key, cls in _SERVICE_CLASSES.items()}
     cls = type("Gateway", (_GatewayBase,), {"__module__": __name__, "__qualname__": "Gateway", **deps})
     cls = bentoml.asgi_app(app, path="/")(cls)
     svc = bentoml.service(

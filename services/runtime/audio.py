@@ -26,8 +26,11 @@ class DecodedAudio:
 
 
 def decode_audio(
-    data: bytes, *, sample_rate: int = 16000, max_seconds: float | None = None, param: str = "file"
+    data: bytes, *, sample_rate: int = 16000, max_seconds: float | None = None, param: str = "file",
+    truncate: bool = False,
 ) -> DecodedAudio:
+    """Mono float32 at `sample_rate`. Past `max_seconds`: a 413, or with `truncate` the first
+    `max_seconds` (decoding stops there)."""
     import av
 
     if not data:
@@ -50,11 +53,11 @@ def decode_audio(
                 declared = float(stream.duration * stream.time_base)
             elif container.duration is not None:
                 declared = container.duration / 1_000_000
-            if declared is not None and declared > max_seconds * 1.02 + 1:
+            if declared is not None and declared > max_seconds * 1.02 + 1 and not truncate:
                 raise PayloadTooLarge(f"{param}: audio is {declared:.0f}s long; the limit is {max_seconds:.0f}s",
                                       param=param, code="audio_too_long")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        limit = None if max_seconds is None else int(max_seconds * sample_rate) + sample_rate
+        limit = None if max_seconds is None else int(max_seconds * sample_rate) + (0 if truncate else sample_rate)
         chunks: list[np.ndarray] = []
         total = 0
         try:
@@ -64,6 +67,8 @@ def decode_audio(
                     chunks.append(arr)
                     total += arr.size
                 if limit is not None and total > limit:
+                    if truncate:
+                        break
                     raise PayloadTooLarge(f"{param}: audio is longer than the {max_seconds:.0f}s limit",
                                           param=param, code="audio_too_long")
             for out in resampler.resample(None):
@@ -74,6 +79,8 @@ def decode_audio(
                                      param=param, code="corrupt_audio") from None
             # A damaged tail after good audio: keep what decoded (players do the same).
     samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if truncate and max_seconds is not None:
+        samples = samples[: int(max_seconds * sample_rate)]
     if samples.size == 0:
         raise InvalidRequest(f"{param}: no audio samples could be decoded", param=param, code="corrupt_audio")
     if not np.isfinite(samples).all():

@@ -20,6 +20,24 @@ async def read_upload(upload, *, max_bytes: int, param: str) -> bytes:
     return bytes(buf)
 
 
+def decode_base64(value: str, *, max_bytes: int, param: str) -> bytes:
+    """Bytes of base64 text or a `data:...;base64,` URL, size-capped before decoding."""
+    import base64
+    import binascii
+
+    text = value.strip()
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise InvalidRequest(f"{param}: only base64 data: URLs are accepted", param=param, code="invalid_url")
+    if len(text) * 3 // 4 > max_bytes:
+        raise PayloadTooLarge(f"{param} exceeds the {max_bytes}-byte limit", param=param)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{param} is not valid base64", param=param, code="invalid_base64") from None
+
+
 async def load_audio(
     settings: Settings,
     *,
@@ -29,15 +47,19 @@ async def load_audio(
     url_param: str,
     max_seconds: float,
     sample_rate: int = 16000,
+    truncate: bool = False,
 ) -> DecodedAudio:
     if data is None and not url:
         raise InvalidRequest(f"send the audio as a `{param}` file or give `{url_param}`", param=param,
                              code="missing_audio")
     if data is not None and url:
         raise InvalidRequest(f"give either a `{param}` file or `{url_param}`, not both", param=url_param)
-    if data is None:
+    if data is None and url.strip().startswith("data:"):
+        data = decode_base64(url, max_bytes=settings.upload_max_bytes, param=url_param)
+        param = url_param
+    elif data is None:
         data = await fetch_bytes(url, settings, max_bytes=settings.fetch_max_bytes, param=url_param)
         param = url_param
     # Decoding is CPU work: keep the gateway's event loop free.
     return await asyncio.to_thread(decode_audio, data, sample_rate=sample_rate, max_seconds=max_seconds,
-                                   param=param)
+                                   param=param, truncate=truncate)

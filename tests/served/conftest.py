@@ -66,6 +66,7 @@ def media_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("media")
     (d / "short.wav").write_bytes(encode(song(12.0, sr=16000), 16000, "wav"))
     (d / "short.mp3").write_bytes(encode(song(12.0, sr=44100), 44100, "mp3"))
+    (d / "long.mp3").write_bytes(encode(song(45.0, sr=16000), 16000, "mp3"))
     return d
 
 
@@ -152,6 +153,8 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         # Exercise adaptive batching across requests (CPU default is 1: bench/ shows why).
         "QWEN_ASR_MAX_BATCH_SIZE": "4",
         "QWEN_ASR_BATCH_WAIT_MS": "50",
+        # The tiny thinker never picks its EOS: keep the default caption budget small.
+        "QWEN_CAPTIONER_MAX_TOKENS": "16",
     }
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]

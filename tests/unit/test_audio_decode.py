@@ -47,3 +47,23 @@ def test_truncated_file_keeps_what_decoded_or_says_corrupt():
     data = encode(song(4.0, sr=16000), 16000, "mp3")
     d = decode_audio(data[: len(data) // 2], max_seconds=60)
     assert 0 < d.duration < 4.0
+
+
+def test_truncate_keeps_the_first_seconds_instead_of_413():
+    data = encode(song(5.0, sr=8000), 8000, "wav")
+    d = decode_audio(data, max_seconds=2, truncate=True)
+    assert d.duration == 2.0
+
+
+def test_base64_and_data_urls():
+    import base64
+
+    from services.runtime.media import decode_base64
+
+    raw = b"\x00\x01binary"
+    assert decode_base64(base64.b64encode(raw).decode(), max_bytes=100, param="p") == raw
+    assert decode_base64("data:audio/wav;base64," + base64.b64encode(raw).decode(), max_bytes=100, param="p") == raw
+    with pytest.raises(InvalidRequest):
+        decode_base64("not base64!!", max_bytes=100, param="p")
+    with pytest.raises(PayloadTooLarge):
+        decode_base64(base64.b64encode(b"x" * 200).decode(), max_bytes=100, param="p")

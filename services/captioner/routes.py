@@ -1,0 +1,105 @@
+"""The captioner on POST /v1/chat/completions: one audio part, no text, OpenAI responses and SSE."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi.responses import JSONResponse, Response
+
+from services.runtime import remote
+from services.runtime.chat import ChatHandler, ChatRequest, chunk_body, completion_body, new_id, sse
+from services.runtime.errors import InvalidRequest
+from services.runtime.media import decode_base64, load_audio
+
+ROUTES: tuple[str, ...] = ()  # served through the shared /v1/chat/completions route
+
+
+def model_names(cfg) -> list[str]:
+    return [cfg.model, cfg.model.rstrip("/").split("/")[-1], *cfg.aliases]
+
+
+def _audio_source(req: ChatRequest) -> tuple[str | None, bytes | None, str]:
+    """(url, data, param) of the one audio part; 400 for text, images, several audios or none."""
+    found: list[tuple[str | None, bytes | None, str]] = []
+    for i, msg in enumerate(req.messages):
+        if isinstance(msg.content, str) or msg.content is None:
+            if msg.content and msg.content.strip():
+                raise InvalidRequest("the captioner takes no text prompt: send one audio part only",
+                                     param=f"messages[{i}].content", code="text_not_supported")
+            continue
+        if msg.role != "user":
+            raise InvalidRequest("the captioner takes one user message with one audio part",
+                                 param=f"messages[{i}].role", code="invalid_value")
+        for j, part in enumerate(msg.content):
+            where = f"messages[{i}].content[{j}]"
+            if part.type == "text":
+                if part.text and part.text.strip():
+                    raise InvalidRequest("the captioner takes no text prompt: send one audio part only",
+                                         param=where, code="text_not_supported")
+            elif part.type == "audio_url":
+                url = part.audio_url.get("url") if isinstance(part.audio_url, dict) else part.audio_url
+                if not url:
+                    raise InvalidRequest("audio_url.url is required", param=where, code="invalid_value")
+                found.append((url, None, f"{where}.audio_url"))
+            elif part.type == "input_audio":
+                data = (part.input_audio or {}).get("data")
+                if not data:
+                    raise InvalidRequest("input_audio.data (base64) is required", param=where, code="invalid_value")
+                found.append((None, data, f"{where}.input_audio"))
+            else:
+                raise InvalidRequest(f"part type {part.type!r} is not supported by the captioner (audio only)",
+                                     param=where, code="unsupported_content")
+    if not found:
+        raise InvalidRequest("send one audio part (audio_url or input_audio)", param="messages", code="missing_audio")
+    if len(found) > 1:
+        raise InvalidRequest(f"one audio part per request ({len(found)} given)", param="messages",
+                             code="too_many_audio_parts")
+    url, data, param = found[0]
+    return url, data, param
+
+
+async def caption_chat(gw, req: ChatRequest) -> Response:
+    gw.require("captioner")
+    cfg = gw.settings.captioner
+    url, b64, param = _audio_source(req)
+    data = decode_base64(b64, max_bytes=gw.settings.upload_max_bytes, param=param) if b64 is not None else None
+    audio = await load_audio(gw.settings, data=data, url=url, param=param, url_param=param,
+                             max_seconds=cfg.max_audio_seconds, truncate=req.truncate_audio)
+    params = {
+        "max_tokens": req.token_limit or cfg.max_tokens,
+        "temperature": cfg.temperature if req.temperature is None else req.temperature,
+        "top_p": cfg.top_p if req.top_p is None else req.top_p,
+        "top_k": cfg.top_k if req.top_k is None else req.top_k,
+        "seed": req.seed,
+    }
+    cid = new_id()
+    if not req.stream:
+        out = await remote.call("captioner", gw.captioner.to_async.complete(audio=audio.samples, params=params))
+        return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
+
+    body = await remote.open_stream("captioner", gw.captioner.to_async.stream(audio=audio.samples, params=params))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    async def events():
+        created = int(time.time())
+        yield chunk_body(cid, req.model, created, {"role": "assistant", "content": ""})
+        usage = None
+        buf = b""
+        async for data in body:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = json.loads(raw)
+                if line.get("text"):
+                    yield chunk_body(cid, req.model, created, {"content": line["text"]})
+                if "finish_reason" in line:
+                    usage = line.get("usage")
+                    yield chunk_body(cid, req.model, created, {}, finish_reason=line["finish_reason"])
+        if include_usage and usage is not None:
+            yield chunk_body(cid, req.model, created, {}, usage=usage, choices=False)
+
+    return sse(events())
+
+
+CHAT = ChatHandler(names=model_names, handle=caption_chat)

@@ -1,0 +1,120 @@
+"""The captioner model service: owns the engine (in-process thinker, or a managed vLLM subprocess),
+admission (no batching in front of either: transformers must not batch clips, vLLM batches itself).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncGenerator
+
+import bentoml
+import numpy as np
+
+from services.runtime import remote
+from services.runtime.errors import QwenError
+from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.remote import guarded
+from services.runtime.settings import get_settings
+
+from .engine import CaptionEngine, GenParams, TransformersCaptionEngine
+
+_CFG = get_settings().captioner
+
+
+@bentoml.service(
+    name="captioner",
+    traffic=traffic(_CFG),
+    # Production: vLLM on 2x80 GB with tensor parallelism (the seed's 2xH100; 30B MoE in bf16 is ~60 GB
+    # of weights plus KV cache for 32k tokens). This process itself is light when vLLM serves.
+    resources={"cpu": "4", "memory": "16Gi"},
+    envs=thread_envs(),
+)
+class Captioner(ModelService[CaptionEngine]):
+    key = "captioner"
+
+    def backend_for(self, device: str) -> str:
+        if self.cfg.backend != "auto":
+            return self.cfg.backend
+        return "vllm" if device.startswith("cuda") else "transformers"
+
+    def batch_size(self, device: str) -> int:
+        return 1
+
+    def load_engine(self, path: str, device: str, dtype: str) -> CaptionEngine:
+        if self.backend_for(device) == "vllm":
+            from .vllm_backend import VLLMCaptionEngine
+
+            engine = VLLMCaptionEngine.start(self.cfg, path, dtype)
+            # vLLM schedules max_num_seqs at once and queues the rest itself; admission stays ours.
+            self.scheduler.max_concurrency = self.cfg.vllm_max_num_seqs
+            return engine
+        self.scheduler.max_concurrency = 1
+        return TransformersCaptionEngine.load(path, device, dtype, max_model_len=self.cfg.max_model_len,
+                                              threads=self.settings.torch_threads)
+
+    def warmup(self, engine: CaptionEngine) -> None:
+        if hasattr(engine, "warmup"):
+            engine.warmup()
+
+    def _run_batch(self, items):  # every call goes through scheduler.slot(): never batched
+        raise RuntimeError("the captioner is not batched")
+
+    def _engine_state(self) -> str | None:
+        """A vLLM subprocess can die and restart after load: its state wins over 'ready'."""
+        engine = self.handle._engine if self.handle.ready else None
+        return getattr(engine, "state", None)
+
+    def __is_ready__(self) -> bool:
+        return self.handle.ready and self._engine_state() in (None, "ready")
+
+    @bentoml.api
+    async def status(self) -> dict:
+        info = self.status_info()
+        state = self._engine_state()
+        if state not in (None, "ready"):
+            info["status"] = "loading" if state in ("loading", "restarting") else state
+        if self.handle.ready:
+            info["backend"] = self.handle.get().backend
+        return info
+
+    @bentoml.api
+    @guarded("captioner")
+    async def complete(self, audio: np.ndarray, params: dict) -> dict:
+        engine = self.handle.get()
+        async with self.scheduler.slot():
+            c = await engine.complete(np.asarray(audio, dtype=np.float32), GenParams(**params))
+        return {"text": c.text, "finish_reason": c.finish_reason,
+                "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
+                          "total_tokens": c.usage.total_tokens}}
+
+    @bentoml.api
+    async def stream(self, audio: np.ndarray, params: dict) -> AsyncGenerator[bytes, None]:
+        """Header line, then one JSON line per delta: {"text"} ... {"finish_reason", "usage"}."""
+        try:
+            engine = self.handle.get()
+            slot = self.scheduler.slot()
+            await slot.__aenter__()
+        except QwenError as exc:
+            yield remote.stream_error(exc)
+            return
+        try:
+            yield remote.STREAM_OK
+            async for d in engine.stream(np.asarray(audio, dtype=np.float32), GenParams(**params)):
+                line: dict = {"text": d.text} if d.text else {}
+                if d.finish_reason is not None:
+                    line["finish_reason"] = d.finish_reason
+                if d.usage is not None:
+                    line["usage"] = {"prompt_tokens": d.usage.prompt_tokens,
+                                     "completion_tokens": d.usage.completion_tokens,
+                                     "total_tokens": d.usage.total_tokens}
+                if line:
+                    yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
+        finally:
+            await slot.__aexit__(None, None, None)
+
+    @bentoml.api
+    async def backend_metrics(self) -> str:
+        """The backend's own Prometheus text (vLLM's), merged into the gateway's /metrics."""
+        if not self.handle.ready:
+            return ""
+        return await self.handle.get().metrics_text()

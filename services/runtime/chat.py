@@ -1,0 +1,137 @@
+"""OpenAI chat completions, written once: request/response models, SSE chunks, and the one
+POST /v1/chat/completions route, which hands each request to the service that serves its `model`.
+
+A service's routes module exposes `CHAT = ChatHandler(...)`; the gateway registers the names it answers
+to. Handlers validate the messages for their model (the captioner takes one audio part, the VL model
+images and text) and return a Response (JSON or a stream).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidRequest, NotFound
+from .http import read_json_object, validate
+from .logging import get_logger
+
+log = get_logger("chat")
+
+
+class ContentPart(BaseModel):
+    """One part of a message: text, image_url, audio_url or input_audio (others are refused by handlers)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+    image_url: dict | str | None = None
+    audio_url: dict | str | None = None
+    input_audio: dict | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's fields in OpenAI's order; `top_k` and `truncate_audio` are extensions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Message] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)
+    truncate_audio: bool = Field(False, description="captioner: cut audio to the limit instead of a 413")
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+@dataclass
+class ChatHandler:
+    names: Callable[[Any], list[str]]  # model names it answers to, from the service's settings
+    handle: Callable[[Any, ChatRequest], Awaitable[Response]]  # (gateway, request) -> Response
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion_body(cid: str, model: str, text: str, finish_reason: str, usage: dict) -> dict:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage,
+    }
+
+
+def chunk_body(cid: str, model: str, created: int, delta: dict, finish_reason: str | None = None,
+               usage: dict | None = None, choices: bool = True) -> dict:
+    body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                         "logprobs": None}] if choices else []}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    """OpenAI's SSE framing: `data: {json}` per chunk, then `data: [DONE]`."""
+
+    async def gen():
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        except Exception:  # noqa: BLE001 - the status is sent: end the stream cleanly, keep the worker
+            log.error("chat stream failed after it started", exc_info=True)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def make_router(handlers: dict[str, ChatHandler]) -> APIRouter:
+    """The /v1/chat/completions route over `handlers` (model name -> handler)."""
+    router = APIRouter(tags=["chat"])
+
+    @router.post("/v1/chat/completions", summary="Chat completions (OpenAI-compatible), routed by model")
+    async def chat(request: Request) -> Response:
+        gw = request.app.state.gateway
+        req = validate(ChatRequest, await read_json_object(request))
+        handler = handlers.get(req.model) or handlers.get(req.model.rstrip("/").split("/")[-1])
+        if handler is None:
+            raise NotFound(f"model {req.model!r} is not served here; use one of: {', '.join(sorted(handlers))}",
+                           param="model", code="model_not_found")
+        return await handler.handle(gw, req)
+
+    return router
+
+
+def text_of(part: ContentPart) -> str:
+    if part.type != "text" or part.text is None:
+        raise InvalidRequest("text part without text", param="messages", code="invalid_value")
+    return part.text
