@@ -70,6 +70,19 @@ class CaptionEngine(Protocol):
     async def close(self) -> None: ...
 
 
+def _deltas(pieces):
+    """Text pieces as Deltas; returns the wrapped generator's return value (the new token ids)."""
+    try:
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as stop:
+                return stop.value
+            yield Delta(text=piece)
+    finally:
+        pieces.close()  # a consumer that leaves early stops the generation
+
+
 class TransformersCaptionEngine:
     backend = "transformers"
 
@@ -135,12 +148,8 @@ class TransformersCaptionEngine:
                           usage=Usage(prompt_len, len(new)))
 
     def stream_sync(self, audio: np.ndarray, params: GenParams, cancel: threading.Event):
-        """Text deltas as the thinker generates (transformers' TextIteratorStreamer in the loop)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancel.is_set()
+        """Text deltas as the thinker generates; the last Delta has finish_reason and usage."""
+        from services.runtime.generation import stream_generate
 
         with self._lock:
             if params.seed is not None:
@@ -148,33 +157,16 @@ class TransformersCaptionEngine:
             inputs = self._inputs(audio)
             prompt_len = int(inputs["input_ids"].shape[1])
             kw = self._gen_kwargs(params, prompt_len)
-            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            result: dict = {}
 
-            def run():
-                try:
-                    with self._torch.inference_mode():
-                        ids, _ = self.model.generate(**inputs, **kw, thinker_streamer=streamer,
-                                                     thinker_stopping_criteria=StoppingCriteriaList([_Cancel()]))
-                    result["new"] = ids[0, prompt_len:].tolist()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    result["error"] = exc
-                    streamer.end()
+            def run(streamer, criteria):
+                with self._torch.inference_mode():
+                    ids, _ = self.model.generate(**inputs, **kw, thinker_streamer=streamer,
+                                                 thinker_stopping_criteria=criteria)
+                return ids[0, prompt_len:].tolist()
 
-            worker = threading.Thread(target=run, name="caption-generate", daemon=True)
-            worker.start()
-            try:
-                for piece in streamer:
-                    if piece:
-                        yield Delta(text=piece)
-            finally:
-                if worker.is_alive():  # the consumer left early: stop generating at the next step
-                    cancel.set()
-                worker.join()
-            if "error" in result:
-                raise result["error"]
-        new = result.get("new", [])
-        yield Delta(finish_reason=self._finish(new, kw["thinker_max_new_tokens"]), usage=Usage(prompt_len, len(new)))
+            new = yield from _deltas(stream_generate(run, self.processor.tokenizer, cancel))
+        yield Delta(finish_reason=self._finish(new or [], kw["thinker_max_new_tokens"]),
+                    usage=Usage(prompt_len, len(new or [])))
 
     # -- async API -----------------------------------------------------------------------------------
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:

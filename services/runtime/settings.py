@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # auto | cpu | mps | cuda | cuda:N (a GPU index: per-service placement on multi-GPU hosts)
@@ -18,19 +18,19 @@ Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 SERVICE_KEYS = ("aligner", "asr", "tts", "captioner", "diagram", "vl")
+def _split_list(v):
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
 # Comma lists in the environment ("aligner,asr"), not JSON.
-CommaList = Annotated[list[str], NoDecode]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 def env(*names: str) -> AliasChoices:
     """Accept the canonical name first, then documented aliases (seed names)."""
     return AliasChoices(*names)
-
-
-def _split_list(v):
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return v
 
 
 class _Base(BaseSettings):
@@ -150,6 +150,53 @@ class CaptionerSettings(ServiceSettings):
     aliases: CommaList = Field(default_factory=lambda: ["captioner", "qwen3-omni-captioner"])
 
 
+class VLSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_VL_", extra="ignore", populate_by_name=True, frozen=True)
+
+    model: str = Field("Qwen/Qwen2.5-VL-3B-Instruct", validation_alias=env("QWEN_VL_MODEL", "MODEL_NAME"))
+    # Generations at once. The model keeps per-call state on the module (rope_deltas), so each
+    # concurrent generation gets its own model replica in the process (the seed ran 2 threads on one
+    # model, which is unsafe); batching is the cheap way to more throughput.
+    max_concurrency: int = Field(2, ge=1, validation_alias=env("QWEN_VL_MAX_CONCURRENCY", "MAX_CONCURRENT_GENERATIONS"))
+    max_queue: int = Field(32, ge=0, validation_alias=env("QWEN_VL_MAX_QUEUE", "MAX_INFERENCE_QUEUE_SIZE"))
+    max_batch_size: int | None = Field(4, ge=1, validation_alias=env("QWEN_VL_MAX_BATCH_SIZE", "MAX_INFERENCE_BATCH_SIZE"))
+    batch_wait_ms: float = Field(20.0, ge=0)
+    max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, validation_alias=env("QWEN_VL_MAX_IMAGE_BYTES", "MAX_IMAGE_SIZE"))
+    allow_image_url: bool = Field(False, validation_alias=env("QWEN_VL_ALLOW_IMAGE_URL", "ENABLE_SERVER_IMAGE_DOWNLOAD"))
+    resize: bool = Field(False, validation_alias=env("QWEN_VL_RESIZE", "ENABLE_SERVER_IMAGE_RESIZE"))
+    resize_pixels: int = Field(1280 * 28 * 28, gt=0)  # ~1280 visual tokens (28x28 px each)
+    max_pixels: int = Field(40_000_000, gt=0)  # hard cap, resize or not (decompression bombs)
+    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens_limit: int = Field(2048, ge=1)
+    max_prompt_chars: int = Field(8000, ge=1)
+    rate_limit: int = Field(10, ge=0)  # requests per window per client IP on /generate; 0: off
+    rate_window_seconds: float = Field(60.0, gt=0)
+    aliases: CommaList = Field(default_factory=lambda: ["qwen2.5-vl", "vl"])
+
+
+class DiagramSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="QWEN_DIAGRAM_", extra="ignore", populate_by_name=True,
+                                      frozen=True)
+
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"
+    # LoRA adapters: comma list of folders; each is an adapter (adapter_config.json +
+    # adapter_model.safetensors) or a folder of adapters. Missing: a loud warning and a degraded health.
+    adapters: CommaList = Field(default_factory=list, validation_alias=env("QWEN_DIAGRAM_ADAPTERS", "ADAPTER_PATH"))
+    default_adapter: str | None = None  # None: the first loaded adapter
+    merge_single_adapter: bool = False  # merge_and_unload when exactly one adapter is loaded (faster)
+    max_concurrency: int = Field(1, ge=1)
+    max_queue: int = Field(16, ge=0)
+    max_batch_size: int | None = Field(4, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    max_new_tokens: int = Field(384, ge=1, validation_alias=env("QWEN_DIAGRAM_MAX_NEW_TOKENS", "MAX_NEW_TOKENS"))
+    max_new_tokens_limit: int = Field(2048, ge=1)
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    prompt: str = ("Recognise the process diagram in the image. Return only a markdown table of its steps in "
+                   "order, with the columns: № | Step | Role.")
+    aliases: CommaList = Field(default_factory=lambda: ["diagram", "qwen3-vl"])
+
+
 class Settings(_Base):
     model_config = SettingsConfigDict(env_prefix="QWEN_", extra="ignore", populate_by_name=True, frozen=True)
 
@@ -190,11 +237,10 @@ class Settings(_Base):
     asr: ASRSettings = Field(default_factory=ASRSettings)
     tts: TTSSettings = Field(default_factory=TTSSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
-
-    @field_validator("services", "fetch_private_allowlist", mode="before")
-    @classmethod
-    def _lists(cls, v):
-        return _split_list(v)
+    vl: VLSettings = Field(default_factory=VLSettings)
+    diagram: DiagramSettings = Field(default_factory=DiagramSettings)
+    # Peers whose X-Forwarded-For is believed for per-IP limits (IPs or CIDRs of your proxies/LBs).
+    trusted_proxies: CommaList = Field(default_factory=list)
 
     @field_validator("services")
     @classmethod
