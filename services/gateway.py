@@ -22,6 +22,7 @@ from services.runtime.chat import make_router as make_chat_router
 from services.runtime.errors import ServiceUnavailable
 from services.runtime.http import EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
+from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
 from services.runtime.settings import get_settings
 from services.runtime.tasks import TaskStore
 
@@ -33,6 +34,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "asr": ("services.asr.service", "ASR", "services.asr.routes"),
     "tts": ("services.tts.service", "TTS", "services.tts.routes"),
     "captioner": ("services.captioner.service", "Captioner", "services.captioner.routes"),
+    "diagram": ("services.diagram.service", "Diagram", "services.diagram.routes"),
+    "vl": ("services.vl.service", "VL", "services.vl.routes"),
 }
 
 SETTINGS = get_settings()
@@ -80,10 +83,20 @@ class _GatewayBase:
         self.settings = SETTINGS
         self.enabled = list(ENABLED)
         self.tasks = TaskStore(ttl=SETTINGS.aligner.task_ttl_seconds, max_tasks=SETTINGS.aligner.max_tasks)
+        # Per-client-IP limits on the routes the seeds limited (VL /generate: 10 per minute).
+        self.limiters = {}
+        if "vl" in self.enabled and SETTINGS.vl.rate_limit > 0:
+            self.limiters["vl"] = RateLimiter(SETTINGS.vl.rate_limit, SETTINGS.vl.rate_window_seconds)
         app.state.gateway = self
         # In-process dependencies are created on first access: touch them now so models start loading.
         for key in self.enabled:
             getattr(self, key)
+
+    def rate_limit(self, key: str, request) -> None:
+        """429 (rate_limited, Retry-After) when this client used up `key`'s per-IP allowance."""
+        limiter = self.limiters.get(key)
+        if limiter is not None:
+            limiter.check(bucket_key(client_ip(request, self.settings.trusted_proxies)))
 
     def require(self, key: str) -> None:
         if key not in self.enabled:
@@ -116,7 +129,7 @@ class _GatewayBase:
         return content + "".join(extra)
 
     async def __is_ready__(self) -> bool:
-        return all(s.get("status") == "ready" for s in (await self.statuses()).values())
+        return all(s.get("status") in ("ready", "degraded") for s in (await self.statuses()).values())
 
 
 @app.get("/health", tags=["probes"], summary="200 when every enabled model is ready, else 503 with states")
@@ -126,6 +139,8 @@ async def health(request: Request) -> JSONResponse:
     states = {s.get("status") for s in services.values()}
     if states <= {"ready"}:
         status, code = "healthy", 200
+    elif states <= {"ready", "degraded"}:
+        status, code = "degraded", 200  # serving, with something missing (e.g. a LoRA adapter): see services
     elif "failed" in states or "unreachable" in states:
         status, code = "unhealthy", 503
     else:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import time
-
 from fastapi.responses import JSONResponse, Response
 
 from services.runtime import remote
-from services.runtime.chat import ChatHandler, ChatRequest, chunk_body, completion_body, new_id, sse
+from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.errors import InvalidRequest
 from services.runtime.media import decode_base64, load_audio
 
@@ -80,26 +77,7 @@ async def caption_chat(gw, req: ChatRequest) -> Response:
 
     body = await remote.open_stream("captioner", gw.captioner.to_async.stream(audio=audio.samples, params=params))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-    async def events():
-        created = int(time.time())
-        yield chunk_body(cid, req.model, created, {"role": "assistant", "content": ""})
-        usage = None
-        buf = b""
-        async for data in body:
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                line = json.loads(raw)
-                if line.get("text"):
-                    yield chunk_body(cid, req.model, created, {"content": line["text"]})
-                if "finish_reason" in line:
-                    usage = line.get("usage")
-                    yield chunk_body(cid, req.model, created, {}, finish_reason=line["finish_reason"])
-        if include_usage and usage is not None:
-            yield chunk_body(cid, req.model, created, {}, usage=usage, choices=False)
-
-    return sse(events())
+    return sse(jsonl_chunks(cid, req.model, body, include_usage))
 
 
 CHAT = ChatHandler(names=model_names, handle=caption_chat)

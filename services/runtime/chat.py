@@ -114,6 +114,31 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
     return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def jsonl_chunks(cid: str, model: str, body: AsyncIterator[bytes], include_usage: bool) -> AsyncIterator[dict]:
+    """A model service's JSON-lines stream ({"text"} ... {"finish_reason", "usage"}) as OpenAI chunks:
+    the role first, content deltas, the finish chunk, then usage (when asked) with no choices."""
+
+    async def events():
+        created = int(time.time())
+        yield chunk_body(cid, model, created, {"role": "assistant", "content": ""})
+        usage = None
+        buf = b""
+        async for data in body:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = json.loads(raw)
+                if line.get("text"):
+                    yield chunk_body(cid, model, created, {"content": line["text"]})
+                if "finish_reason" in line:
+                    usage = line.get("usage")
+                    yield chunk_body(cid, model, created, {}, finish_reason=line["finish_reason"])
+        if include_usage and usage is not None:
+            yield chunk_body(cid, model, created, {}, usage=usage, choices=False)
+
+    return events()
+
+
 def make_router(handlers: dict[str, ChatHandler]) -> APIRouter:
     """The /v1/chat/completions route over `handlers` (model name -> handler)."""
     router = APIRouter(tags=["chat"])

@@ -7,6 +7,7 @@ import asyncio
 from .audio import DecodedAudio, decode_audio
 from .errors import InvalidRequest, PayloadTooLarge
 from .fetch import fetch_bytes
+from .images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from .settings import Settings
 
 
@@ -63,3 +64,33 @@ async def load_audio(
     # Decoding is CPU work: keep the gateway's event loop free.
     return await asyncio.to_thread(decode_audio, data, sample_rate=sample_rate, max_seconds=max_seconds,
                                    param=param, truncate=truncate)
+
+
+async def image_from_request(
+    settings: Settings,
+    *,
+    data: bytes | None = None,
+    url: str | None = None,
+    param: str = "image",
+    url_param: str = "image_url",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize_to: int | None = None,
+) -> DecodedImage:
+    """An uploaded image, or one named by `url` (http(s) behind the SSRF guard, s3://, or a base64 data:
+    URL), decoded by content to RGB (runtime.images). The data: URL's declared type is ignored."""
+    if data is None and not url:
+        raise InvalidRequest(f"send the image as a `{param}` file or give `{url_param}`", param=param,
+                             code="missing_image")
+    if data is not None and url:
+        raise InvalidRequest(f"give either a `{param}` file or `{url_param}`, not both", param=url_param)
+    max_bytes = settings.upload_max_bytes
+    if data is None and url.strip().startswith("data:"):
+        data = decode_base64(url, max_bytes=max_bytes, param=url_param)
+        param = url_param
+    elif data is None:
+        max_bytes = settings.fetch_max_bytes
+        data = await fetch_bytes(url, settings, max_bytes=max_bytes, param=url_param)
+        param = url_param
+    # Decoding is CPU work: keep the gateway's event loop free.
+    return await asyncio.to_thread(decode_image, data, max_bytes=max_bytes, max_pixels=max_pixels,
+                                   resize_to=resize_to, param=param)

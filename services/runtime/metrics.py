@@ -37,5 +37,7 @@ def metrics() -> SimpleNamespace:
                            multiprocess_mode="max"),
         model_ready=Gauge("qwen_model_ready", "1 when the model is ready", ["service", "model"],
                           multiprocess_mode="max"),
-        audio_seconds=Counter("qwen_audio_seconds", "seconds of audio processed", ["service"]),
+        adapter_requests=Counter("qwen_adapter_requests", "generations per LoRA adapter", ["service", "adapter"]),
+        gpu_memory=Gauge("qwen_gpu_memory_bytes", "GPU memory of a model process", ["service", "kind"],
+                         multiprocess_mode="livesum"),
     )

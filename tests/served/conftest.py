@@ -155,6 +155,12 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_ASR_BATCH_WAIT_MS": "50",
         # The tiny thinker never picks its EOS: keep the default caption budget small.
         "QWEN_CAPTIONER_MAX_TOKENS": "16",
+        "QWEN_VL_MAX_NEW_TOKENS": "8",
+        "QWEN_DIAGRAM_MAX_NEW_TOKENS": "8",
+        # Small limits so the tests can reach them: per-IP rate limit and queue on /generate.
+        "QWEN_VL_RATE_LIMIT": "40",
+        "QWEN_VL_MAX_QUEUE": "4",
+        "QWEN_VL_MAX_CONCURRENCY": "1",
     }
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]

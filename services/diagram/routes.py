@@ -1,0 +1,83 @@
+"""HTTP routes of the diagram service: POST /infer (the seed's API), GET /infer/stats (the seed's JSON
+counters), and its chat handler."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.runtime import remote
+from services.runtime.chat import ChatHandler
+from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.http import validate
+from services.runtime.media import read_upload
+from services.vl.routes import chat_for, load_image, model_names, token_budget, wire_image
+
+router = APIRouter(tags=["vision"])
+ROUTES = ("/infer", "/infer/stats")
+
+
+class InferForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(None, description="LoRA adapter name; 'base' for none; default: the first loaded")
+    prompt: str | None = Field(None, max_length=8000, description="default: the diagram-to-table instruction")
+    max_new_tokens: int | None = Field(None, ge=1)
+
+
+def gateway(request: Request):
+    return request.app.state.gateway
+
+
+@router.post("/infer", summary="Diagram image -> markdown table of its steps (multipart `file`)",
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"],
+                 "properties": {"file": {"type": "string", "format": "binary"},
+                                **InferForm.model_json_schema()["properties"]}}}}}})
+async def infer(request: Request, gw=Depends(gateway)) -> Response:
+    gw.require("diagram")
+    cfg = gw.settings.diagram
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise QwenError("send multipart/form-data with a `file` part", status=415, code="unsupported_content_type")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception:
+        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequest("`file` (the diagram image) is required", param="file", code="missing_file")
+    req = validate(InferForm, {k: v for k, v in form.items() if k != "file" and isinstance(v, str)})
+    data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="file")
+    t0 = time.perf_counter()
+    img = await load_image(gw, cfg, data=data, url=None, param="file", url_param="file")
+    item = {"messages": [{"role": "user", "content": [{"type": "image"},
+                                                      {"type": "text", "text": req.prompt or cfg.prompt}]}],
+            "images": [wire_image(img)], "max_new_tokens": token_budget(cfg, req.max_new_tokens),
+            "temperature": 0.0, "adapter": req.adapter}
+    (out,) = (await remote.call("diagram", gw.diagram.to_async.generate(requests=[item])))["results"]
+    status = await gw.service_status("diagram")
+    return JSONResponse({
+        "description": out["text"],
+        "metadata": {
+            "inference_time": round(time.perf_counter() - t0, 4),
+            "generation_time": out["generate_seconds"],
+            "image_size": list(img.original_size),
+            "model": cfg.model,
+            "adapter": out["adapter"] or "base",
+            "device": status.get("device"),
+            "finish_reason": out["finish_reason"],
+            "usage": out["usage"],
+        },
+    })
+
+
+@router.get("/infer/stats", summary="The seed's JSON counters (also exported as Prometheus metrics)")
+async def stats(request: Request, gw=Depends(gateway)) -> JSONResponse:
+    gw.require("diagram")
+    return JSONResponse(await remote.call("diagram", gw.diagram.to_async.seed_stats()))
+
+
+CHAT = ChatHandler(names=model_names, handle=chat_for("diagram"))

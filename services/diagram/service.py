@@ -1,0 +1,129 @@
+"""The diagram model service: Qwen3-VL with LoRA adapters chosen per request (peft multi-adapter).
+
+Adapters come from QWEN_DIAGRAM_ADAPTERS: each entry an adapter folder (adapter_config.json +
+adapter_model.safetensors) or a folder of such folders. A missing or broken entry is a loud warning and
+a `degraded` health state — the base model still serves — never a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncGenerator
+
+import bentoml
+
+from services.runtime.logging import get_logger
+from services.runtime.metrics import metrics
+from services.runtime.modelservice import thread_envs, traffic
+from services.runtime.remote import guarded
+from services.runtime.settings import get_settings
+from services.vl.engine import VisionLanguageEngine
+from services.vl.service import VisionService
+
+_CFG = get_settings().diagram
+log = get_logger("diagram")
+
+
+def discover_adapters(entries: list[str]) -> tuple[dict[str, str], list[str]]:
+    """name -> folder for every adapter found, and a problem list for what was not."""
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    for entry in entries:
+        p = Path(entry).expanduser()
+        if (p / "adapter_config.json").is_file():
+            candidates = [p]
+        elif p.is_dir():
+            candidates = sorted(c for c in p.iterdir() if (c / "adapter_config.json").is_file())
+            if not candidates:
+                problems.append(f"{entry}: no adapter_config.json in it or its subfolders")
+        else:
+            problems.append(f"{entry}: no such folder")
+            candidates = []
+        for c in candidates:
+            if not any((c / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+                problems.append(f"{c}: adapter weights missing")
+                continue
+            found.setdefault(c.name, str(c))
+    return found, problems
+
+
+@bentoml.service(
+    name="diagram",
+    traffic=traffic(_CFG),
+    # 2B in bf16 ~4.5 GB + adapters (MBs): one 8 GB GPU; the seed ran it on CPU too (~7 s a diagram).
+    resources={"cpu": "2", "memory": "8Gi"},
+    envs=thread_envs(),
+)
+class Diagram(VisionService):
+    key = "diagram"
+
+    def __init__(self) -> None:
+        self.stats = {"inference_count": 0, "total_inference_time": 0.0}
+        self.problems: list[str] = []
+        super().__init__()
+
+    def load_engine(self, path: str, device: str, dtype: str) -> VisionLanguageEngine:
+        from services.runtime.sources import resolve_model_path
+
+        entries = list(self.cfg.adapters)
+        if self.settings.models == "tiny" and not entries:
+            # The tiny checkpoint ships two adapters next to the base model (adapters/default, adapters/alt).
+            entries = [str(Path(resolve_model_path(self.settings, "diagram", self.cfg.model)) / "adapters")]
+        adapters, self.problems = discover_adapters(entries)
+        for problem in self.problems:
+            log.warning("LoRA adapter not loaded: serving without it", extra={"problem": problem})
+        if not adapters:
+            log.warning("no LoRA adapter loaded: the base model serves every request (health: degraded)")
+        return VisionLanguageEngine.load(path, device, dtype, model_class="Qwen3VLForConditionalGeneration",
+                                         replicas=self.cfg.max_concurrency, adapters=adapters,
+                                         default_adapter=self.cfg.default_adapter,
+                                         merge_single=self.cfg.merge_single_adapter,
+                                         threads=self.settings.torch_threads)
+
+    def degraded(self) -> bool:
+        return self.handle.ready and (bool(self.problems) or not self.handle.get().adapters)
+
+    @bentoml.api
+    async def status(self) -> dict:
+        info = self.status_info()
+        if self.degraded():
+            info["status"] = "degraded"
+            info["error"] = "; ".join(self.problems) or "no LoRA adapter loaded"
+        if self.handle.ready:
+            engine = self.handle.get()
+            info["adapters"] = engine.adapters
+            info["default_adapter"] = engine.default_adapter
+        return info
+
+    @bentoml.api
+    @guarded("diagram")
+    async def generate(self, requests: list[dict]) -> dict:
+        out = await self._generate(requests)
+        m = metrics()
+        for r in out:
+            self.stats["inference_count"] += 1
+            self.stats["total_inference_time"] += r["generate_seconds"]
+            m.adapter_requests.labels("diagram", r["adapter"] or "base").inc()
+        return {"results": out}
+
+    @bentoml.api
+    async def stream(self, request: dict) -> AsyncGenerator[bytes, None]:
+        async for chunk in self._stream(request):
+            yield chunk
+
+    @bentoml.api
+    async def seed_stats(self) -> dict:
+        """The seed's JSON counters (GET /infer/stats); the same figures are Prometheus metrics."""
+        n = self.stats["inference_count"]
+        out = {"inference_count": n, "total_inference_time": round(self.stats["total_inference_time"], 3),
+               "avg_inference_time": round(self.stats["total_inference_time"] / n, 3) if n else 0.0,
+               "model_load_time": self.handle.load_seconds}
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                out["gpu_memory_allocated_gb"] = round(torch.cuda.memory_allocated() / 2**30, 3)
+                out["gpu_memory_reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 3)
+        except ImportError:
+            pass
+        return out

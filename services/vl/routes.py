@@ -1,0 +1,159 @@
+"""HTTP routes of the VL service: POST /generate (the seed's multipart API) and its chat handler
+(POST /v1/chat/completions with OpenAI text and image_url parts)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.runtime import remote
+from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
+from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.http import validate
+from services.runtime.media import image_from_request, read_upload
+
+router = APIRouter(tags=["vision"])
+ROUTES = ("/generate",)
+
+
+class GenerateForm(BaseModel):
+    """POST /generate form fields (the image itself is the `image` file part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1, description="the prompt")
+    image_url: str | None = Field(None, description="only when QWEN_VL_ALLOW_IMAGE_URL=true (SSRF-guarded)")
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+
+
+def gateway(request: Request):
+    return request.app.state.gateway
+
+
+def model_names(cfg) -> list[str]:
+    return [cfg.model, cfg.model.rstrip("/").split("/")[-1], *cfg.aliases]
+
+
+def token_budget(cfg, asked: int | None, param: str = "max_new_tokens") -> int:
+    n = asked or cfg.max_new_tokens
+    if n > cfg.max_new_tokens_limit:
+        raise InvalidRequest(f"{param} {n} exceeds the limit of {cfg.max_new_tokens_limit}", param=param,
+                             code="invalid_value")
+    return n
+
+
+def wire_image(decoded) -> np.ndarray:
+    return np.asarray(decoded.image, dtype=np.uint8)
+
+
+async def load_image(gw, cfg, *, data: bytes | None, url: str | None, param: str, url_param: str):
+    if url and not url.strip().startswith("data:") and not getattr(cfg, "allow_image_url", False):
+        raise InvalidRequest("fetching images by URL is disabled here (QWEN_VL_ALLOW_IMAGE_URL); upload the image "
+                             "or send a data: URL", param=url_param, code="image_url_disabled")
+    return await image_from_request(gw.settings, data=data, url=url, param=param, url_param=url_param,
+                                    max_pixels=cfg.max_pixels,
+                                    resize_to=cfg.resize_pixels if getattr(cfg, "resize", False) else None)
+
+
+@router.post("/generate", summary="Generate from a text prompt and an optional image (multipart)",
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["text"],
+                 "properties": {"image": {"type": "string", "format": "binary"},
+                                **GenerateForm.model_json_schema()["properties"]}}}}}})
+async def generate(request: Request, gw=Depends(gateway)) -> Response:
+    gw.require("vl")
+    cfg = gw.settings.vl
+    gw.rate_limit("vl", request)
+    if not request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                "application/x-www-form-urlencoded")):
+        raise QwenError("send multipart/form-data (text, optional image)", status=415,
+                        code="unsupported_content_type")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception:
+        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
+    upload = form.get("image")
+    fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+    req = validate(GenerateForm, fields)
+    if len(req.text) > cfg.max_prompt_chars:
+        raise QwenError(f"text exceeds {cfg.max_prompt_chars} characters", status=413, param="text",
+                        code="prompt_too_long")
+    data = None
+    if upload is not None and not isinstance(upload, str):
+        data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="image")
+    images = []
+    if data is not None or req.image_url:
+        images = [wire_image(await load_image(gw, cfg, data=data, url=req.image_url, param="image",
+                                              url_param="image_url"))]
+    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": req.text}]
+    item = {"messages": [{"role": "user", "content": content}], "images": images,
+            "max_new_tokens": token_budget(cfg, req.max_new_tokens), "temperature": req.temperature}
+    t0 = time.perf_counter()
+    (out,) = (await remote.call("vl", gw.vl.to_async.generate(requests=[item])))["results"]
+    return JSONResponse({
+        "response": out["text"],
+        "finish_reason": out["finish_reason"],
+        "usage": out["usage"],
+        "model": cfg.model,
+        "timings": {"total_seconds": round(time.perf_counter() - t0, 4),
+                    "generate_seconds": out["generate_seconds"]},
+    })
+
+
+async def chat_item(gw, cfg, req: ChatRequest, *, adapter: str | None = None) -> dict:
+    """OpenAI messages (text and image_url parts) -> a model-service item; images decoded here."""
+    messages, images = [], []
+    for i, msg in enumerate(req.messages):
+        if msg.role == "tool":
+            raise InvalidRequest("tool messages are not supported", param=f"messages[{i}].role", code="invalid_value")
+        role = "system" if msg.role == "developer" else msg.role
+        if msg.content is None or isinstance(msg.content, str):
+            messages.append({"role": role, "content": [{"type": "text", "text": msg.content or ""}]})
+            continue
+        parts = []
+        for j, part in enumerate(msg.content):
+            where = f"messages[{i}].content[{j}]"
+            if part.type == "text":
+                parts.append({"type": "text", "text": part.text or ""})
+            elif part.type == "image_url":
+                url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+                if not url:
+                    raise InvalidRequest("image_url.url is required", param=where, code="invalid_value")
+                img = await load_image(gw, cfg, data=None, url=url, param=where, url_param=f"{where}.image_url")
+                images.append(wire_image(img))
+                parts.append({"type": "image"})
+            else:
+                raise InvalidRequest(f"part type {part.type!r} is not supported here (text and image_url)",
+                                     param=where, code="unsupported_content")
+        messages.append({"role": role, "content": parts})
+    if not any(m["role"] == "user" for m in messages):
+        raise InvalidRequest("at least one user message is required", param="messages", code="invalid_value")
+    return {"messages": messages, "images": images,
+            "max_new_tokens": token_budget(cfg, req.token_limit, "max_tokens"),
+            "temperature": 0.0 if req.temperature is None else req.temperature, "top_p": req.top_p,
+            "adapter": adapter}
+
+
+def chat_for(key: str):
+    async def handle(gw, req: ChatRequest) -> Response:
+        gw.require(key)
+        cfg = gw.settings.service(key)
+        item = await chat_item(gw, cfg, req)
+        dep = getattr(gw, key)
+        cid = new_id()
+        if not req.stream:
+            (out,) = (await remote.call(key, dep.to_async.generate(requests=[item])))["results"]
+            return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
+        body = await remote.open_stream(key, dep.to_async.stream(request=item))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse(jsonl_chunks(cid, req.model, body, include_usage))
+
+    return handle
+
+
+CHAT = ChatHandler(names=model_names, handle=chat_for("vl"))

@@ -1,0 +1,152 @@
+"""POST /generate, POST /infer, GET /infer/stats and image chat through the real `bentoml serve`.
+
+Tiny Qwen2.5-VL / Qwen3-VL(+2 LoRA adapters): random text; assertions on shapes, usage, adapters,
+statuses, limits."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+
+import openai
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.served
+
+
+def png(w=320, h=200, color=(20, 120, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg(w=64, h=48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 10, 10)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with served.client() as c:
+        yield c
+
+
+def test_generate_with_and_without_image(client):
+    r = client.post("/generate", data={"text": "Describe this image"}, files={"image": ("x.bin", png())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body["response"], str) and body["usage"]["completion_tokens"] <= 8
+    assert body["timings"]["generate_seconds"] <= body["timings"]["total_seconds"]
+    with_image = body["usage"]["prompt_tokens"]
+    r = client.post("/generate", data={"text": "Describe this image"})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] < with_image  # no image tokens
+
+
+@pytest.mark.parametrize("data, files, status, code", [
+    ({}, None, 400, "invalid_value"),  # text missing
+    ({"text": "hi"}, {"image": ("a.png", b"this is text, not a png")}, 415, "unsupported_media"),
+    ({"text": "hi"}, {"image": ("a.png", png()[:60])}, 400, "corrupt_image"),
+    ({"text": "hi", "image_url": "https://example.com/a.png"}, None, 400, "image_url_disabled"),
+    ({"text": "hi", "max_new_tokens": "999999"}, None, 400, "invalid_value"),
+    ({"text": "hi", "temperature": "9"}, None, 400, "invalid_value"),
+])
+def test_generate_bad_input(client, data, files, status, code):
+    r = client.post("/generate", data=data or {"_": ""} if not data else data, files=files)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_decompression_bomb_is_413(client):
+    # A 1-colour 12000x12000 PNG is a few hundred KB but 144 MP: refused from its header.
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, "PNG", optimize=True)
+    r = client.post("/generate", data={"text": "hi"}, files={"image": ("bomb.png", buf.getvalue())})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+
+
+def test_infer_table_with_adapters(client):
+    r = client.post("/infer", files={"file": ("diagram", png())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    md = body["metadata"]
+    assert isinstance(body["description"], str)
+    assert md["adapter"] == "default" and md["image_size"] == [320, 200] and md["device"] == "cpu"
+    assert md["model"] == "Qwen/Qwen3-VL-2B-Instruct" and md["generation_time"] <= md["inference_time"]
+    outs = {}
+    for adapter in ("default", "alt", "base"):
+        r = client.post("/infer", files={"file": ("d.png", png())}, data={"adapter": adapter, "max_new_tokens": "6"})
+        assert r.status_code == 200 and r.json()["metadata"]["adapter"] == adapter
+        outs[adapter] = r.json()["description"]
+    assert len(set(outs.values())) > 1  # the adapters change the (greedy) output
+
+
+def test_infer_unknown_adapter_and_bad_files(client):
+    r = client.post("/infer", files={"file": ("d.png", png())}, data={"adapter": "nope"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_adapter"
+    assert "default" in r.json()["error"]["message"]
+    r = client.post("/infer", data={"adapter": "default"}, files={"other": ("d.png", png())})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
+    r = client.post("/infer", files={"file": ("d.gif", b"GIF89a" + b"\x00" * 10)})
+    assert r.status_code in (400, 415)
+
+
+def test_infer_stats_and_health(served, client):
+    client.post("/infer", files={"file": ("d.jpg", jpeg())})
+    s = client.get("/infer/stats").json()
+    assert s["inference_count"] >= 1 and s["avg_inference_time"] > 0 and s["model_load_time"] > 0
+    h = client.get("/health").json()["services"]["diagram"]
+    assert h["status"] == "ready" and set(h["adapters"]) == {"default", "alt"}
+
+
+def test_chat_with_image_parts(served):
+    oai = served.openai()
+    data_url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    r = oai.chat.completions.create(model="vl", max_tokens=5, messages=[
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                     {"type": "image_url", "image_url": {"url": data_url}}]}])
+    assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens <= 5
+    stream = oai.chat.completions.create(model="Qwen/Qwen2.5-VL-3B-Instruct", max_tokens=5, stream=True,
+                                         stream_options={"include_usage": True}, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                     {"type": "text", "text": "What is it?"}]}])
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].usage.completion_tokens <= 5
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="vl", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://10.0.0.1/a.png"}}]}])
+    assert e.value.body["code"] == "image_url_disabled"
+    r = oai.chat.completions.create(model="diagram", max_tokens=4, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url}}, {"type": "text", "text": "table"}]}])
+    assert r.usage.completion_tokens <= 4
+
+
+def test_burst_beyond_the_queue_gets_429_with_retry_after(served):
+    def one(i):
+        with served.client() as c:
+            return c.post("/generate", data={"text": f"prompt {i}", "max_new_tokens": "48"},
+                          files={"image": ("a.png", png(64 + i, 64))})
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(one, range(12)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
+
+
+def test_per_ip_rate_limit(served):
+    # QWEN_VL_RATE_LIMIT=40 per minute in this session: keep asking until refused.
+    with served.client() as c:
+        codes = []
+        for _ in range(45):
+            r = c.post("/generate", data={"text": "x", "max_new_tokens": "1"})
+            codes.append(r.status_code)
+            if r.status_code == 429 and r.json()["error"]["code"] == "rate_limited":
+                assert int(r.headers["retry-after"]) >= 1
+                break
+    assert codes[-1] == 429, codes
