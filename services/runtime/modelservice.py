@@ -73,5 +73,20 @@ class ModelService(Generic[E]):
         return self.handle.ready
 
     def status_info(self) -> dict:
+        self._record_gpu_memory()
         return {**self.handle.info(), "concurrency_limit": self.scheduler.max_concurrency,
                 "queue_depth": self.scheduler.queue_depth}
+
+    def _record_gpu_memory(self) -> None:
+        """GPU memory of this process as metrics (the seed's counters), refreshed on every status call."""
+        device = self.handle.device or ""
+        if not device.startswith("cuda"):
+            return
+        import torch
+
+        from .metrics import metrics
+
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        m = metrics().gpu_memory
+        m.labels(self.key, "allocated").set(torch.cuda.memory_allocated(index))
+        m.labels(self.key, "reserved").set(torch.cuda.memory_reserved(index))
