@@ -173,7 +173,9 @@ _SERVICE_CLASSES = {key: getattr(importlib.import_module(REGISTRY[key][0]), REGI
 
 
 def _build():
-    deps = {key: bentoml.depends(cls) for key, cls in _SERVICE_CLASSES.items()}
+    # A service with QWEN_<SVC>_URL is reached at that URL and not started here (no process, no model).
+    deps = {key: bentoml.depends(cls, url=SETTINGS.service(key).url) if SETTINGS.service(key).url
+            else bentoml.depends(cls) for key, cls in _SERVICE_CLASSES.items()}
     cls = type("Gateway", (_GatewayBase,), {"__module__": __name__, "__qualname__": "Gateway", **deps})
     cls = bentoml.asgi_app(app, path="/")(cls)
     svc = bentoml.service(

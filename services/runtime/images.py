@@ -169,3 +169,21 @@ def decode_image(
             rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
             resized = True
     return DecodedImage(rgb, original, fmt, resized)
+
+
+def to_wire(image) -> str:
+    """A decoded image as base64 PNG for the hop to a model service: lossless, and JSON-safe when the
+    service is reached by URL (QWEN_<SVC>_URL)."""
+    import base64
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def from_wire(text: str):
+    import base64
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")

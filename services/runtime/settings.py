@@ -54,6 +54,10 @@ class ServiceSettings(_Base):
     # Share of one GPU's memory this service may allocate (torch's per-process cap), for models that
     # share a GPU (the seed ran ASR + TTS on one T4 at 0.45 each). None: no cap.
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+    # Reach this model service at a URL — its own deployment, `bentoml serve services.<svc>.service:<Class>`
+    # (Kubernetes/compose per-service pods) — instead of starting it under the gateway. Calls then go as
+    # JSON over HTTP (pickle is refused by a standalone server), so keep that port private to the gateway.
+    url: str | None = None
 
 
 class AlignerSettings(ServiceSettings):

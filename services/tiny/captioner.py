@@ -133,6 +133,10 @@ def build(out: Path) -> None:
         hidden_act="gelu_pytorch_tanh",
         num_position_embeddings=2304,
         deepstack_visual_indexes=[1, 2],  # real [8, 16, 24]
+        # Keys of the real config.json that transformers' config class does not declare (it keeps them)
+        # but vLLM's Qwen3-Omni vision tower reads: (768 / 16)^2 = 2304 position embeddings, as real.
+        image_size=768,
+        apply_vit_abs_pos_embed=True,
     )
 
     thinker_config = dict(

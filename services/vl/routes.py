@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +13,7 @@ from services.runtime import remote
 from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.errors import InvalidRequest, QwenError
 from services.runtime.http import validate
+from services.runtime.images import to_wire
 from services.runtime.media import image_from_request, read_upload
 
 router = APIRouter(tags=["vision"])
@@ -47,8 +47,8 @@ def token_budget(cfg, asked: int | None, param: str = "max_new_tokens") -> int:
     return n
 
 
-def wire_image(decoded) -> np.ndarray:
-    return np.asarray(decoded.image, dtype=np.uint8)
+def wire_image(decoded) -> str:
+    return to_wire(decoded.image)
 
 
 async def load_image(gw, cfg, *, data: bytes | None, url: str | None, param: str, url_param: str):

@@ -7,10 +7,10 @@ import threading
 from typing import AsyncGenerator
 
 import bentoml
-import numpy as np
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.images import from_wire
 from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -21,10 +21,8 @@ _CFG = get_settings().vl
 
 
 def to_items(requests: list[dict]) -> list[VLItem]:
-    """Wire dicts (images as HxWx3 uint8 arrays: cheap to pickle between processes) -> engine items."""
-    from PIL import Image
-
-    return [VLItem(messages=r["messages"], images=[Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in r["images"]],
+    """Wire dicts (images as base64 PNG: runtime.images.to_wire) -> engine items."""
+    return [VLItem(messages=r["messages"], images=[from_wire(a) for a in r["images"]],
                    max_new_tokens=int(r["max_new_tokens"]), temperature=float(r.get("temperature") or 0.0),
                    top_p=r.get("top_p"), adapter=r.get("adapter")) for r in requests]
 

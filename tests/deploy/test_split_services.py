@@ -1,0 +1,107 @@
+"""Per-service deployment: model services served on their own (`bentoml serve services.<svc>.service:<Class>`)
+and a gateway reaching them by URL (QWEN_<SVC>_URL) — the shape of deploy/kubernetes and deploy/compose.
+Real processes on loopback; calls cross as JSON (a standalone server refuses pickle)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from PIL import Image
+
+from tests.audio_fixtures import encode, song
+from tests.served.conftest import free_port
+
+pytestmark = pytest.mark.served
+ROOT = Path(__file__).resolve().parents[2]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def start(target: str, port: int, env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=15)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def wait_ok(url: str, path: str, deadline: float, procs, logs) -> None:
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            pytest.fail("a server exited:\n" + "\n".join(lg.read_text(errors="replace")[-1500:] for lg in logs))
+        try:
+            if httpx.get(url + path, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url}{path} not ready:\n" + "\n".join(lg.read_text(errors="replace")[-1500:] for lg in logs))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    work = tmp_path_factory.mktemp("split")
+    env = {**os.environ, "BENTOML_CONFIG": str(ROOT / "configuration.yaml"), "BENTOML_HOME": str(work / "home"),
+           "BENTOML_DO_NOT_TRACK": "true", "QWEN_MODELS": "tiny", "QWEN_TINY_DIR": str(work / "tiny"),
+           "QWEN_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "QWEN_VL_MAX_NEW_TOKENS": "4"}
+    env.pop("QWEN_API_KEY", None)
+    ports = {k: free_port() for k in ("aligner", "vl", "gateway")}
+    logs = [work / f"{k}.log" for k in ports]
+    procs = [start("services.aligner.service:Aligner", ports["aligner"], env, logs[0]),
+             start("services.vl.service:VL", ports["vl"], env, logs[1])]
+    gw_env = {**env, "QWEN_SERVICES": "aligner,vl", "QWEN_ALIGNER_URL": f"http://127.0.0.1:{ports['aligner']}",
+              "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}"}
+    procs.append(start("services.gateway:Gateway", ports["gateway"], gw_env, logs[2]))
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    try:
+        wait_ok(url, "/health", time.monotonic() + 420, procs, logs)
+        yield url, procs
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def test_gateway_reaches_model_services_by_url_and_starts_none(split):
+    url, procs = split
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "healthy" and set(health["services"]) == {"aligner", "vl"}
+    # The gateway's process tree holds no model worker: only its own service process(es).
+    tree = psutil.Process(procs[2].pid).children(recursive=True)
+    cmdlines = [" ".join(p.cmdline()) for p in tree]
+    assert not any("--service-name" in c and ("aligner" in c or " vl" in c) for c in cmdlines), cmdlines
+
+
+def test_calls_cross_as_json(split):
+    url, _ = split
+    audio = encode(song(8.0, sr=16000), 16000, "wav")
+    r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)},
+                   data={"lyrics": '["one two", "three"]', "format": "json"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert [s["text"] for s in r.json()["segments"]] == ["one two", "three"]
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (1, 2, 3)).save(buf, "PNG")
+    r = httpx.post(url + "/generate", data={"text": "hi"}, files={"image": ("i.png", buf.getvalue())}, timeout=120)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+    data_url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "vl", "stream": True, "max_tokens": 3, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}}]}]}, timeout=120)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    # Errors keep their envelope across the hop.
+    r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["x"]', "language": "xx"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_language"
