@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, QwenError, Unprocessable
-from services.runtime.http import read_json_object, validate
+from services.runtime.http import form_fields, read_form, read_json_object, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.tasks import add_task_routes
 
@@ -54,12 +54,8 @@ async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
     ctype = request.headers.get("content-type", "")
     settings = gw.settings
     if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except Exception:
-            raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
-        upload = form.get("audio")
-        fields: dict[str, Any] = {k: v for k, v in form.items() if k != "audio" and isinstance(v, str)}
+        upload, form = await read_form(request, file_field="audio", file_required=False, what="an `audio` part")
+        fields: dict[str, Any] = form_fields(form, "audio")
         if "lyrics" in fields:
             raw = fields["lyrics"]
             if raw.lstrip().startswith("["):
@@ -73,7 +69,7 @@ async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
             except json.JSONDecodeError:
                 raise InvalidRequest("metadata: not valid JSON", param="metadata") from None
         data = None
-        if upload is not None and not isinstance(upload, str):
+        if upload is not None:
             data = await read_upload(upload, max_bytes=settings.upload_max_bytes, param="audio")
         payload = fields
     elif ctype.startswith("application/json") or not ctype:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, NotFound, QwenError
-from services.runtime.http import validate
+from services.runtime.http import read_form, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.subtitles import to_srt, to_vtt
 from services.runtime.tasks import add_task_routes
@@ -56,15 +56,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 async def _parse(request: Request, gw) -> tuple[TranscriptionRequest, bytes]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise QwenError("send multipart/form-data with a `file` part", status=415, code="unsupported_content_type")
-    try:
-        form = await request.form(max_files=1, max_fields=16)
-    except Exception:
-        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise InvalidRequest("`file` is required (the audio as a file part)", param="file", code="missing_file")
+    upload, form = await read_form(request, file_field="file", file_required=True, what="the audio as a `file` part")
     fields: dict = {}
     for key, value in form.multi_items():
         if key == "file" or not isinstance(value, str):

@@ -10,8 +10,6 @@ from typing import AsyncGenerator
 import bentoml
 import numpy as np
 
-from services.runtime import remote
-from services.runtime.errors import QwenError
 from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -90,15 +88,8 @@ class Captioner(ModelService[CaptionEngine]):
     @bentoml.api
     async def stream(self, audio: np.ndarray, params: dict) -> AsyncGenerator[bytes, None]:
         """Header line, then one JSON line per delta: {"text"} ... {"finish_reason", "usage"}."""
-        try:
-            engine = self.handle.get()
-            slot = self.scheduler.slot()
-            await slot.__aenter__()
-        except QwenError as exc:
-            yield remote.stream_error(exc)
-            return
-        try:
-            yield remote.STREAM_OK
+
+        async def lines(engine, _prepared):
             async for d in engine.stream(np.asarray(audio, dtype=np.float32), GenParams(**params)):
                 line: dict = {"text": d.text} if d.text else {}
                 if d.finish_reason is not None:
@@ -109,8 +100,9 @@ class Captioner(ModelService[CaptionEngine]):
                                      "total_tokens": d.usage.total_tokens}
                 if line:
                     yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
-        finally:
-            await slot.__aexit__(None, None, None)
+
+        async for data in self.guarded_stream(lambda _e: None, lines):
+            yield data
 
     @bentoml.api
     async def backend_metrics(self) -> str:

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.runtime import remote
 from services.runtime.chat import ChatHandler
-from services.runtime.errors import InvalidRequest, QwenError
-from services.runtime.http import validate
+from services.runtime.http import form_fields, read_form, validate
 from services.runtime.media import read_upload
 from services.vl.routes import chat_for, load_image, model_names, token_budget, wire_image
 
@@ -40,16 +39,9 @@ def gateway(request: Request):
 async def infer(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("diagram")
     cfg = gw.settings.diagram
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise QwenError("send multipart/form-data with a `file` part", status=415, code="unsupported_content_type")
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except Exception:
-        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise InvalidRequest("`file` (the diagram image) is required", param="file", code="missing_file")
-    req = validate(InferForm, {k: v for k, v in form.items() if k != "file" and isinstance(v, str)})
+    upload, form = await read_form(request, file_field="file", file_required=True,
+                                   what="the diagram image as a `file` part", max_fields=8)
+    req = validate(InferForm, form_fields(form, "file"))
     data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="file")
     t0 = time.perf_counter()
     img = await load_image(gw, cfg, data=data, url=None, param="file", url_param="file")

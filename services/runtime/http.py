@@ -161,6 +161,29 @@ async def read_json_object(request) -> dict:
     return body
 
 
+async def read_form(request, *, file_field: str, file_required: bool, what: str, max_fields: int = 16,
+                    content_types: tuple[str, ...] = ("multipart/form-data",)):
+    """(upload or None, the form) of a multipart request, with the envelope's errors: 415 for another
+    content type, 400 for a malformed body or a missing required file part (`what` names it)."""
+    if not request.headers.get("content-type", "").startswith(content_types):
+        raise QwenError(f"send multipart/form-data with {what}", status=415, code="unsupported_content_type")
+    try:
+        form = await request.form(max_files=1, max_fields=max_fields)
+    except Exception:
+        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
+    upload = form.get(file_field)
+    if isinstance(upload, str):
+        upload = None
+    if upload is None and file_required:
+        raise InvalidRequest(f"`{file_field}` is required ({what})", param=file_field, code="missing_file")
+    return upload, form
+
+
+def form_fields(form, exclude: str) -> dict:
+    """The text fields of a form (the file part and stray files left out)."""
+    return {k: v for k, v in form.items() if k != exclude and isinstance(v, str)}
+
+
 def validate(model_cls, payload: dict):
     """`model_cls.model_validate(payload)`, with validation errors as one 400 naming the parameter."""
     from pydantic import ValidationError

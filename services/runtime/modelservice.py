@@ -69,6 +69,28 @@ class ModelService(Generic[E]):
         path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision)
         return self.load_engine(path, device, dtype)
 
+    async def guarded_stream(self, prepare, body):
+        """A streamed API with the header protocol of runtime.remote: `prepare(engine)` validates (its
+        QwenError becomes the header, so the gateway answers with its status), then one scheduler slot is
+        held while `body(engine, prepared)` yields the bytes."""
+        from . import remote
+        from .errors import QwenError
+
+        try:
+            engine = self.handle.get()
+            prepared = prepare(engine)
+            slot = self.scheduler.slot()
+            await slot.__aenter__()
+        except QwenError as exc:
+            yield remote.stream_error(exc)
+            return
+        try:
+            yield remote.STREAM_OK
+            async for chunk in body(engine, prepared):
+                yield chunk
+        finally:
+            await slot.__aexit__(None, None, None)
+
     def __is_ready__(self) -> bool:
         return self.handle.ready
 

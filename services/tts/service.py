@@ -13,7 +13,7 @@ import bentoml
 import numpy as np
 
 from services.runtime import remote
-from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.errors import InvalidRequest
 from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -65,16 +65,8 @@ class TTS(ModelService[QwenTTSEngine]):
     async def stream(self, text: str, voice: str, language: str | None = None,
                      instructions: str | None = None) -> AsyncGenerator[bytes, None]:
         """Header line (remote.STREAM_OK or an error), then float32 little-endian PCM as it is generated."""
-        try:
-            item = self._item(text, voice, language, instructions)
-            slot = self.scheduler.slot()
-            await slot.__aenter__()
-        except QwenError as exc:
-            yield remote.stream_error(exc)
-            return
-        try:
-            yield remote.STREAM_OK
-            engine = self.handle.get()
+
+        async def pcm(engine, item: SpeechItem):
             cancel = threading.Event()
 
             def frames():
@@ -83,5 +75,6 @@ class TTS(ModelService[QwenTTSEngine]):
 
             async for chunk in remote.relay_thread_iterator(frames, cancel):
                 yield np.asarray(chunk, dtype="<f4").tobytes()
-        finally:
-            await slot.__aexit__(None, None, None)
+
+        async for data in self.guarded_stream(lambda _e: self._item(text, voice, language, instructions), pcm):
+            yield data

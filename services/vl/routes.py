@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.runtime import remote
 from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.errors import InvalidRequest, QwenError
-from services.runtime.http import validate
+from services.runtime.http import form_fields, read_form, validate
 from services.runtime.images import to_wire
 from services.runtime.media import image_from_request, read_upload
 
@@ -69,22 +69,15 @@ async def generate(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("vl")
     cfg = gw.settings.vl
     gw.rate_limit("vl", request)
-    if not request.headers.get("content-type", "").startswith(("multipart/form-data",
-                                                                "application/x-www-form-urlencoded")):
-        raise QwenError("send multipart/form-data (text, optional image)", status=415,
-                        code="unsupported_content_type")
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except Exception:
-        raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
-    upload = form.get("image")
-    fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
-    req = validate(GenerateForm, fields)
+    upload, form = await read_form(request, file_field="image", file_required=False,
+                                   what="`text` and an optional `image` part", max_fields=8,
+                                   content_types=("multipart/form-data", "application/x-www-form-urlencoded"))
+    req = validate(GenerateForm, form_fields(form, "image"))
     if len(req.text) > cfg.max_prompt_chars:
         raise QwenError(f"text exceeds {cfg.max_prompt_chars} characters", status=413, param="text",
                         code="prompt_too_long")
     data = None
-    if upload is not None and not isinstance(upload, str):
+    if upload is not None:
         data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="image")
     images = []
     if data is not None or req.image_url:

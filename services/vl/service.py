@@ -9,7 +9,7 @@ from typing import AsyncGenerator
 import bentoml
 
 from services.runtime import remote
-from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.errors import InvalidRequest
 from services.runtime.images import from_wire
 from services.runtime.modelservice import ModelService, thread_envs, traffic
 from services.runtime.remote import guarded
@@ -61,17 +61,7 @@ class VisionService(ModelService[VisionLanguageEngine]):
     async def _stream(self, request: dict) -> AsyncGenerator[bytes, None]:
         import json
 
-        try:
-            self.check_adapters([request])
-            engine = self.handle.get()
-            slot = self.scheduler.slot()
-            await slot.__aenter__()
-        except QwenError as exc:
-            yield remote.stream_error(exc)
-            return
-        try:
-            yield remote.STREAM_OK
-            item = to_items([request])[0]
+        async def lines(engine, item: VLItem):
             cancel = threading.Event()
             holder: dict = {}
 
@@ -83,8 +73,13 @@ class VisionService(ModelService[VisionLanguageEngine]):
             r = holder.get("result")
             if r is not None:
                 yield json.dumps({"finish_reason": r.finish_reason, "usage": result_dict(r)["usage"]}).encode() + b"\n"
-        finally:
-            await slot.__aexit__(None, None, None)
+
+        def prepare(_engine) -> VLItem:
+            self.check_adapters([request])
+            return to_items([request])[0]
+
+        async for data in self.guarded_stream(prepare, lines):
+            yield data
 
 
 @bentoml.service(
