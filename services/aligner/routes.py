@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, QwenError, Unprocessable
-from services.runtime.http import form_fields, read_form, read_json_object, validate
+from services.runtime.http import form_fields, inline_schema, read_form, read_json_object, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.tasks import add_task_routes
 
@@ -23,7 +23,7 @@ _BODY_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AlignRequest.model_json_schema()},
+            "application/json": {"schema": inline_schema(AlignRequest)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -42,7 +42,7 @@ _BODY_DOC = {
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Aligned lyrics in the requested format",
-          "content": {"text/plain": {}, "application/json": {"schema": AlignResponse.model_json_schema()}}},
+          "content": {"text/plain": {}, "application/json": {"schema": inline_schema(AlignResponse)}}},
 }
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, NotFound, QwenError
-from services.runtime.http import read_form, validate
+from services.runtime.http import inline_schema, read_form, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.subtitles import to_srt, to_vtt
 from services.runtime.tasks import add_task_routes
@@ -29,7 +29,7 @@ _BODY_DOC = {
             "required": ["file", "model"],
             "properties": {
                 "file": {"type": "string", "format": "binary"},
-                **{k: v for k, v in TranscriptionRequest.model_json_schema()["properties"].items() if k != "stream"},
+                **{k: v for k, v in inline_schema(TranscriptionRequest)["properties"].items() if k != "stream"},
             },
         }}},
     }

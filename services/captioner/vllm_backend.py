@@ -30,24 +30,31 @@ import threading
 import time
 import wave
 import weakref
-from typing import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import httpx
 import numpy as np
 
-from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout
+from services.runtime.errors import (
+    InvalidRequest,
+    QwenError,
+    ServiceUnavailable,
+    Timeout,
+)
 from services.runtime.logging import get_logger
 
 from .engine import SAMPLE_RATE, Completion, Delta, GenParams, Usage
 
 log = get_logger("captioner.vllm")
 
-# Child output lines that could carry request content (only with --enable-log-requests, which we never
-# pass; a guard in case extra args or a vLLM default turn it on): never forwarded to our logs.
-_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 MM_LIMITS = {"audio": 1, "image": 0, "video": 0}
 
-_PRIVATE_LINE = re.compile(r"Received request|prompt_token_ids|prompt: |Generated response|output: ", re.I)
+# The level vLLM printed on a line of its output, kept when we forward it.
+_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+# Child output lines that could carry request content (only with --enable-log-requests, which we never
+# pass; a guard in case extra args or a vLLM default turn it on): never forwarded to our logs.
+_PRIVATE_LINE = re.compile(r"Received request|prompt_token_ids|prompt: |Generated response|output: ",
+                           re.IGNORECASE)
 
 
 # -- command line --------------------------------------------------------------------------------------
@@ -121,7 +128,7 @@ def build_command(settings, model_path: str, dtype: str, port: int) -> list[str]
 
 
 # -- the child process ---------------------------------------------------------------------------------
-_LIVE: "weakref.WeakSet[VLLMServer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[VLLMServer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -194,7 +201,7 @@ class VLLMServer:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         if self._watchdog is not None:
             return self
         self._stop.clear()
@@ -268,35 +275,56 @@ class VLLMServer:
             log.log(level, line[:2000], extra={"vllm_pid": proc.pid})
 
     def _kill_child(self) -> None:
+        """Stop the child's whole process group (vLLM's engine core and workers are in it): SIGTERM so
+        they tear down (unlink their shared memory), SIGKILL whatever is left after the grace period.
+        Also when the leader already died: its orphans would otherwise hold memory and the port."""
         with self._lock:
             proc = self._proc
-        if proc is None or proc.poll() is not None:
-            if proc is not None:
-                self._reap_group(proc)
+        if proc is None:
             return
+        pgid = proc.pid  # start_new_session: the child leads its own group
+        if not self._signal_group(pgid, signal.SIGTERM):
+            proc.poll()
+            return
+        deadline = time.monotonic() + self.STOP_GRACE
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader as soon as it exits
+            if not self._group_alive(pgid):
+                break
+            time.sleep(0.1)
+        else:
+            self._signal_group(pgid, signal.SIGKILL)
         try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:
-            return
-        for sig, wait in ((signal.SIGTERM, self.STOP_GRACE), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._reap_group(proc)
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            pass
 
     @staticmethod
-    def _reap_group(proc: subprocess.Popen) -> None:
-        """vLLM's engine core and workers share the child's group: nothing of it may outlive it."""
+    def _signal_group(pgid: int, sig: int) -> bool:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # pgid == pid (start_new_session)
+            os.killpg(pgid, sig)
+            return True
         except (ProcessLookupError, PermissionError):
-            pass
+            return False
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        """Any process of the group left that is not a zombie (an orphan's zombie waits for init)."""
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+                return True
+        return not os.path.isdir("/proc")
 
     def _exit_reason(self, proc: subprocess.Popen) -> str:
         pump = self._pump_thread
@@ -332,7 +360,7 @@ class VLLMServer:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - a broken watchdog must not leave "loading" forever
             self.state, self.error = "failed", f"vLLM watchdog crashed: {type(exc).__name__}: {exc}"
-            log.error("vLLM watchdog crashed", exc_info=True)
+            log.exception("vLLM watchdog crashed")
             self._ready_evt.clear()
             self._settled.set()
             self._kill_child()
@@ -502,7 +530,7 @@ def iter_sse(lines: Iterable[str]) -> Iterator[str]:
             continue
         field, _, value = line.partition(":")
         if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value.removeprefix(" "))
     if data:
         yield "\n".join(data)
 
@@ -520,7 +548,7 @@ async def aiter_sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             continue
         field, _, value = line.partition(":")
         if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value.removeprefix(" "))
     if data:
         yield "\n".join(data)
 
@@ -576,7 +604,7 @@ class VLLMCaptionEngine:
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 
     @classmethod
-    def start(cls, settings, path: str, dtype: str) -> "VLLMCaptionEngine":
+    def start(cls, settings, path: str, dtype: str) -> VLLMCaptionEngine:
         """Start the server and block until its /health is 200 (runs in the background loader thread)."""
         server = VLLMServer(settings, path, dtype).start()
         if not server.wait_ready(settings.vllm_start_timeout + 30):
@@ -650,7 +678,8 @@ class VLLMCaptionEngine:
             out = await self._post(body)
         choice = (out.get("choices") or [{}])[0]
         text = (choice.get("message") or {}).get("content") or ""
-        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop", usage=_usage(out.get("usage")))
+        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                          usage=_usage(out.get("usage")))
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
         self._check_ready()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.runtime import remote
 from services.runtime.chat import ChatHandler
-from services.runtime.http import form_fields, read_form, validate
+from services.runtime.http import form_fields, inline_schema, read_form, validate
 from services.runtime.media import read_upload
 from services.vl.routes import chat_for, load_image, model_names, token_budget, wire_image
 
@@ -35,7 +35,7 @@ def gateway(request: Request):
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["file"],
                  "properties": {"file": {"type": "string", "format": "binary"},
-                                **InferForm.model_json_schema()["properties"]}}}}}})
+                                **inline_schema(InferForm)["properties"]}}}}}})
 async def infer(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("diagram")
     cfg = gw.settings.diagram

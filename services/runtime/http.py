@@ -184,6 +184,25 @@ def form_fields(form, exclude: str) -> dict:
     return {k: v for k, v in form.items() if k != exclude and isinstance(v, str)}
 
 
+def inline_schema(model_cls) -> dict:
+    """A pydantic model's JSON schema with its `$defs` inlined, for hand-written OpenAPI request bodies
+    (a `#/$defs/...` reference does not resolve inside the OpenAPI document)."""
+    schema = model_cls.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def validate(model_cls, payload: dict):
     """`model_cls.model_validate(payload)`, with validation errors as one 400 naming the parameter."""
     from pydantic import ValidationError

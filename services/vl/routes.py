@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.runtime import remote
 from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.errors import InvalidRequest, QwenError
-from services.runtime.http import form_fields, read_form, validate
+from services.runtime.http import form_fields, inline_schema, read_form, validate
 from services.runtime.images import to_wire
 from services.runtime.media import image_from_request, read_upload
 
@@ -64,7 +64,7 @@ async def load_image(gw, cfg, *, data: bytes | None, url: str | None, param: str
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["text"],
                  "properties": {"image": {"type": "string", "format": "binary"},
-                                **GenerateForm.model_json_schema()["properties"]}}}}}})
+                                **inline_schema(GenerateForm)["properties"]}}}}}})
 async def generate(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("vl")
     cfg = gw.settings.vl

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.audio_fixtures import encode, song
-from tests.served.conftest import free_port
+from tests.served_session import free_port
 
 pytestmark = pytest.mark.served
 ROOT = Path(__file__).resolve().parents[2]

@@ -186,7 +186,7 @@ def test_auth_is_required_and_both_header_forms_work(served, wav):
 
 
 def served_key():
-    from tests.served.conftest import API_KEY
+    from tests.served_session import API_KEY
 
     return API_KEY
 

@@ -24,7 +24,7 @@ import pytest
 
 from tests.audio_fixtures import encode, song
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-7f3a"
 BUCKET = "songs"
 START_TIMEOUT = float(os.environ.get("QWEN_TEST_START_TIMEOUT", "420"))

@@ -1,0 +1,40 @@
+"""Schemathesis over the gateway's OpenAPI (the real `bentoml serve` session, auth on): whatever the
+generated input, no 5xx and no response outside the documented statuses' shapes.
+
+A short budget runs in `make test` (QWEN_FUZZ_EXAMPLES, default 4 per operation); `make fuzz` runs more."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from tests.served_session import API_KEY
+
+pytestmark = pytest.mark.served
+
+
+@pytest.fixture(scope="session")
+def api_schema(served):
+    import httpx
+
+    spec = httpx.get(served.url + "/docs.json", timeout=30).json()
+    return schemathesis.from_dict(spec, base_url=served.url)
+
+
+schema = schemathesis.from_pytest_fixture("api_schema")
+EXAMPLES = int(os.environ.get("QWEN_FUZZ_EXAMPLES", "4"))
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case):
+    response = case.call(headers={"X-API-Key": API_KEY}, timeout=120)
+    assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
+    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+        body = response.json()
+        # Every error is the one envelope (BentoML's own routes aside).
+        if case.path not in ("/readyz", "/livez", "/healthz", "/metrics"):
+            assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
