@@ -68,7 +68,7 @@ bento-cpu: venv bentos/requirements-cpu.txt
 	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cpu.yaml .
 
 bento-cuda: venv bentos/requirements-cuda.txt
-	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cuda.yaml .
+	QWEN_BENTO_TARGET=cuda BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cuda.yaml .
 
 bento: bento-cpu bento-cuda
 

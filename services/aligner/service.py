@@ -12,7 +12,7 @@ import numpy as np
 
 from services.runtime.chunking import frame_rms, plan_chunks
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
-from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
@@ -25,8 +25,8 @@ _CFG = get_settings().aligner
 @bentoml.service(
     name="aligner",
     traffic=traffic(_CFG),
-    # 0.6B params: ~1.2 GB fp32 / 2.4 GB peak with a 5-minute window; one T4-class GPU is plenty.
-    resources={"cpu": "2", "memory": "4Gi"},
+    # 0.6B: ~1.2 GB bf16, 2.4 GB peak with a 120 s window: the smallest GPU class is plenty.
+    resources=resources("2", "4Gi", gpu=1, gpu_type="nvidia-tesla-t4"),
     envs=thread_envs(),
 )
 class Aligner(ModelService[QwenForcedAlignerEngine]):

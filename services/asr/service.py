@@ -11,7 +11,7 @@ import numpy as np
 
 from services.runtime.chunking import plan_chunks
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
-from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
@@ -24,8 +24,8 @@ _CFG = get_settings().asr
 @bentoml.service(
     name="asr",
     traffic=traffic(_CFG),
-    # 1.7B: ~3.9 GB bf16 on GPU (the seed's T4 held it at 45% of 15 GB next to TTS).
-    resources={"cpu": "2", "memory": "8Gi"},
+    # 1.7B: ~3.9 GB bf16 (the seed ran it at 45% of one 16 GB T4, next to the TTS).
+    resources=resources("2", "8Gi", gpu=1, gpu_type="nvidia-tesla-t4"),
     envs=thread_envs(),
 )
 class ASR(ModelService[QwenASREngine]):

@@ -124,7 +124,9 @@ class TransformersCaptionEngine:
         budget = max(1, min(params.max_tokens, self.max_model_len - prompt_len))
         kw = dict(return_audio=False, thinker_max_new_tokens=budget, thinker_eos_token_id=self.eos_id)
         # transformers' thinker.generate ignores generation_config.json's sampling defaults: pass them.
-        if params.temperature > 0:
+        from services.runtime.generation import is_sampling
+
+        if is_sampling(params.temperature):
             kw.update(thinker_do_sample=True, thinker_temperature=params.temperature, thinker_top_p=params.top_p,
                       thinker_top_k=params.top_k if params.top_k > 0 else None)
         else:

@@ -10,7 +10,7 @@ from typing import AsyncGenerator
 import bentoml
 import numpy as np
 
-from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
@@ -22,9 +22,9 @@ _CFG = get_settings().captioner
 @bentoml.service(
     name="captioner",
     traffic=traffic(_CFG),
-    # Production: vLLM on 2x80 GB with tensor parallelism (the seed's 2xH100; 30B MoE in bf16 is ~60 GB
-    # of weights plus KV cache for 32k tokens). This process itself is light when vLLM serves.
-    resources={"cpu": "4", "memory": "16Gi"},
+    # 30B MoE in bf16 is ~62 GB of weights plus KV cache for 8 x 32k tokens: 2x80 GB with tensor
+    # parallelism, as the seed ran it (2xH100). This process is light; vLLM holds the GPUs.
+    resources=resources("4", "16Gi", gpu=2, gpu_type="nvidia-h100-80gb"),
     envs=thread_envs(),
 )
 class Captioner(ModelService[CaptionEngine]):

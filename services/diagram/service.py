@@ -14,7 +14,7 @@ import bentoml
 
 from services.runtime.logging import get_logger
 from services.runtime.metrics import metrics
-from services.runtime.modelservice import thread_envs, traffic
+from services.runtime.modelservice import resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 from services.vl.engine import VisionLanguageEngine
@@ -50,8 +50,8 @@ def discover_adapters(entries: list[str]) -> tuple[dict[str, str], list[str]]:
 @bentoml.service(
     name="diagram",
     traffic=traffic(_CFG),
-    # 2B in bf16 ~4.5 GB + adapters (MBs): one 8 GB GPU; the seed ran it on CPU too (~7 s a diagram).
-    resources={"cpu": "2", "memory": "8Gi"},
+    # 2B in bf16 ~4.5 GB + LoRA adapters (MBs): one 24 GB L4 with room for batches.
+    resources=resources("2", "8Gi", gpu=1, gpu_type="nvidia-l4"),
     envs=thread_envs(),
 )
 class Diagram(VisionService):

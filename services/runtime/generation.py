@@ -11,6 +11,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Generator
 
+# Below this a temperature means greedy: dividing logits by ~1e-300 overflows to inf and sampling fails
+# ("probability tensor contains inf/nan"; found by the fuzzer).
+MIN_TEMPERATURE = 1e-3
+
+
+def is_sampling(temperature: float | None) -> bool:
+    return temperature is not None and temperature >= MIN_TEMPERATURE
+
 
 def stream_generate(run: Callable[[Any, Any], Any], tokenizer, cancel: threading.Event) -> Generator[str, None, Any]:
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer

@@ -32,6 +32,8 @@ class ModelHandle(Generic[E]):
         self.device: str | None = None
         self.dtype: str | None = None
         self.load_seconds: float | None = None
+        # What loading is doing now (shown in /health while loading): fetching weights | loading | warming up
+        self.phase: str | None = "starting"
         self._engine: E | None = None
         self._started = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -46,6 +48,7 @@ class ModelHandle(Generic[E]):
                 with MODEL_IMPORT_LOCK:
                     engine = loader()
                 if warmup is not None:
+                    self.phase = "warming up"
                     warmup(engine)
             except BaseException as exc:  # noqa: BLE001 - any failure is a state, not a crash
                 self.state = "failed"
@@ -56,6 +59,7 @@ class ModelHandle(Generic[E]):
                 return
             self._engine = engine
             self.load_seconds = time.perf_counter() - t0
+            self.phase = None
             self.state = "ready"
             m = metrics()
             m.load_seconds.labels(self.service, self.model).set(self.load_seconds)
@@ -95,5 +99,6 @@ class ModelHandle(Generic[E]):
             "device": self.device,
             "dtype": self.dtype,
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+            "phase": self.phase if self.state == "loading" else None,
             "error": self.error,
         }

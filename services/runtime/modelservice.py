@@ -23,6 +23,18 @@ def traffic(cfg: ServiceSettings) -> dict:
     return {"timeout": cfg.timeout + 30, "max_concurrency": cfg.max_concurrency * 8 + cfg.max_queue + 8}
 
 
+def resources(cpu: str, memory: str, *, gpu: int = 0, gpu_type: str | None = None) -> dict:
+    """A service's declared resources. GPUs are declared only when building the CUDA Bento
+    (QWEN_BENTO_TARGET=cuda, set by `make bento-cuda`): the same source also builds the CPU Bento and
+    serves on CPU/MPS, where a GPU request would be wrong."""
+    out: dict = {"cpu": cpu, "memory": memory}
+    if gpu and os.environ.get("QWEN_BENTO_TARGET") == "cuda":
+        out["gpu"] = gpu
+        if gpu_type:
+            out["gpu_type"] = gpu_type
+    return out
+
+
 def thread_envs() -> list[dict]:
     # BentoML sets no OMP_NUM_THREADS: every model process would take all cores (FACTS §5).
     return [{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}]
@@ -66,7 +78,10 @@ class ModelService(Generic[E]):
 
         device, dtype = place(self.settings, self.key, self.handle)
         self.scheduler.max_batch_size = self.batch_size(device)
+        # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.
+        self.handle.phase = "fetching weights"
         path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision)
+        self.handle.phase = "loading"
         return self.load_engine(path, device, dtype)
 
     async def guarded_stream(self, prepare, body):

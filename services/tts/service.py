@@ -14,7 +14,7 @@ import numpy as np
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest
-from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
@@ -26,8 +26,8 @@ _CFG = get_settings().tts
 @bentoml.service(
     name="tts",
     traffic=traffic(_CFG),
-    # 1.7B talker + codec: ~3.9 GB bf16 (the seed's T4 held it at 45% next to the ASR).
-    resources={"cpu": "2", "memory": "8Gi"},
+    # 1.7B talker + codec: ~3.9 GB bf16 (the seed shared one T4 with the ASR at 45% each).
+    resources=resources("2", "8Gi", gpu=1, gpu_type="nvidia-tesla-t4"),
     envs=thread_envs(),
 )
 class TTS(ModelService[QwenTTSEngine]):

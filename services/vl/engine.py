@@ -122,7 +122,9 @@ class VisionLanguageEngine:
                               padding_side="left")
 
     def _sampling(self, item: VLItem) -> dict:
-        if item.temperature and item.temperature > 0:
+        from services.runtime.generation import is_sampling
+
+        if is_sampling(item.temperature):
             kw: dict = {"do_sample": True, "temperature": item.temperature}
             if item.top_p is not None:
                 kw["top_p"] = item.top_p

@@ -11,7 +11,7 @@ import bentoml
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest
 from services.runtime.images import from_wire
-from services.runtime.modelservice import ModelService, thread_envs, traffic
+from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
@@ -85,8 +85,8 @@ class VisionService(ModelService[VisionLanguageEngine]):
 @bentoml.service(
     name="vl",
     traffic=traffic(_CFG),
-    # 3B in bf16 ~7.5 GB per replica; two replicas + activations fit a 24 GB GPU.
-    resources={"cpu": "2", "memory": "16Gi"},
+    # 3B in bf16 ~7.5 GB per replica; two replicas + activations fit one 24 GB L4.
+    resources=resources("2", "16Gi", gpu=1, gpu_type="nvidia-l4"),
     envs=thread_envs(),
 )
 class VL(VisionService):

@@ -45,7 +45,7 @@ def test_dockerfile_shape(bentos, target):
     user = df.rindex("\nUSER bentoml")
     assert user < df.rindex("\nENTRYPOINT") and "entrypoint.sh" in df[df.rindex("\nENTRYPOINT"):]
     assert "EXPOSE 3000" in df and "sox" in df
-    assert f"ENV QWEN_DEVICE=$QWEN_DEVICE" in df and f"ARG QWEN_DEVICE={target}" in df
+    assert "ENV QWEN_DEVICE=$QWEN_DEVICE" in df and f"ARG QWEN_DEVICE={target}" in df
     for name in SECRET_NAMES:
         assert not re.search(rf"(ENV|ARG) \w*{name}", df), name
     assert "do-not-bake-me" not in df
@@ -82,3 +82,14 @@ def test_source_is_the_service_package_only(bentos, target):
     assert meta["service"] == "services.gateway:Gateway"
     names = {s["name"] for s in meta["services"]}
     assert {"qwen-bento", "aligner", "asr", "tts", "captioner", "diagram", "vl"} <= names
+
+
+def test_gpus_are_declared_in_the_cuda_bento_only(bentos):
+    def resources(target):
+        meta = yaml.safe_load((bentos[target] / "bento.yaml").read_text())
+        return {s["name"]: (s.get("config") or {}).get("resources") or {} for s in meta["services"]}
+
+    cpu, cuda = resources("cpu"), resources("cuda")
+    assert not any("gpu" in r for r in cpu.values()), cpu
+    assert cuda["captioner"]["gpu"] == 2 and cuda["asr"]["gpu"] == 1 and "gpu" not in cuda["qwen-bento"]
+    assert all(cuda[s].get("gpu_type") for s in ("aligner", "asr", "tts", "captioner", "diagram", "vl"))

@@ -61,9 +61,10 @@ def test_health_went_from_loading_to_ready(served):
     assert "loading" in states, f"never saw the loading state: {states}"
     loading = next(h for h in served.health_seen if h["services"]["aligner"]["status"] == "loading")
     assert loading["code"] == 503 and loading["status"] == "starting"
+    assert loading["services"]["aligner"]["phase"] in ("starting", "fetching weights", "loading", "warming up")
     ready = served.health_seen[-1]["services"]["aligner"]
     assert ready["device"] == "cpu" and ready["dtype"] == "float32" and ready["concurrency_limit"] == 2
-    assert ready["error"] is None and ready["model"] == "tiny:aligner"
+    assert ready["error"] is None and ready["model"] == "tiny:aligner" and ready["phase"] is None
 
 
 def test_probes_are_open_and_ready(served):

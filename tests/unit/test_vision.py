@@ -138,3 +138,11 @@ print(json.dumps(asyncio.run(inner.status())))
     assert status["status"] == "degraded" and "no such folder" in status["error"]
     assert status["adapters"] == [] and status["default_adapter"] is None
     assert "LoRA adapter not loaded" in out.stderr
+
+
+def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(vl_engine):
+    # Found by the OpenAPI fuzzer: temperature=1e-300 made sampling divide by ~0 (inf/nan probabilities).
+    tiny_t = item(0, 4)
+    tiny_t.temperature = 1e-300
+    greedy = item(0, 4)
+    assert vl_engine.generate_batch([tiny_t])[0].text == vl_engine.generate_batch([greedy])[0].text
