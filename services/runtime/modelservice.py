@@ -80,7 +80,8 @@ class ModelService(Generic[E]):
         self.scheduler.max_batch_size = self.batch_size(device)
         # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.
         self.handle.phase = "fetching weights"
-        path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision)
+        path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision,
+                                  report=lambda text: setattr(self.handle, "phase", text))
         self.handle.phase = "loading"
         return self.load_engine(path, device, dtype)
 

@@ -15,7 +15,23 @@ from .settings import Settings
 log = get_logger("sources")
 
 
-def resolve_model_path(settings: Settings, family: str, model: str, revision: str | None = None) -> str:
+def progress_class(report):
+    """A tqdm class for snapshot_download's file-level progress that also calls `report("i/n files")`,
+    so /health can say how far a download is (the bars themselves go to the log)."""
+    from tqdm.auto import tqdm
+
+    class _Progress(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                report(f"fetching weights: {int(self.n)}/{int(self.total)} files")
+            return out
+
+    return _Progress
+
+
+def resolve_model_path(settings: Settings, family: str, model: str, revision: str | None = None,
+                       report=None) -> str:
     if settings.models == "tiny":
         from services import tiny
 
@@ -28,4 +44,7 @@ def resolve_model_path(settings: Settings, family: str, model: str, revision: st
     from huggingface_hub import snapshot_download
 
     log.info("resolving model from the hub", extra={"model": model, "revision": revision})
-    return snapshot_download(repo_id=model, revision=revision, cache_dir=settings.model_cache)
+    # Workers of one deployment share the cache: huggingface_hub's file locks make them wait for one
+    # download instead of fetching twice.
+    kwargs = {"tqdm_class": progress_class(report)} if report else {}
+    return snapshot_download(repo_id=model, revision=revision, cache_dir=settings.model_cache, **kwargs)
