@@ -516,41 +516,45 @@ def _too_long(err: QwenError) -> bool:
         and "too large" in err.message
 
 
-def iter_sse(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each server-sent event (multi-line data joined by newlines; comments skipped)."""
-    data: list[str] = []
-    for raw in lines:
+class _SSEEvents:
+    """Server-sent events line by line: `feed(line)` returns an event's data when a blank line ends it
+    (multi-line data joined by newlines; comments skipped); `flush()` returns an unterminated last one."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, raw: str) -> str | None:
         line = raw.rstrip("\r\n")
         if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+            return self.flush()
+        if not line.startswith(":"):
+            field, _, value = line.partition(":")
+            if field == "data":
+                self._data.append(value.removeprefix(" "))
+        return None
+
+    def flush(self) -> str | None:
+        out, self._data = ("\n".join(self._data) if self._data else None), []
+        return out
+
+
+def iter_sse(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each server-sent event."""
+    events = _SSEEvents()
+    for raw in lines:
+        if (data := events.feed(raw)) is not None:
+            yield data
+    if (data := events.flush()) is not None:
+        yield data
 
 
 async def aiter_sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    data: list[str] = []
+    events = _SSEEvents()
     async for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+        if (data := events.feed(raw)) is not None:
+            yield data
+    if (data := events.flush()) is not None:
+        yield data
 
 
 class ChunkParser:
