@@ -26,6 +26,7 @@ from tests.audio_fixtures import encode, song
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-7f3a"
+S3_SECRET = "s3-secret-91c2d0"  # distinctive, so the logs can be searched for it
 BUCKET = "songs"
 START_TIMEOUT = float(os.environ.get("QWEN_TEST_START_TIMEOUT", "420"))
 
@@ -103,7 +104,7 @@ def s3_server(media_dir):
     endpoint = f"http://127.0.0.1:{port}"
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key=S3_SECRET,
                       region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="library/short.mp3", Body=(media_dir / "short.mp3").read_bytes())
@@ -143,7 +144,7 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_FETCH_PRIVATE_ALLOWLIST": "127.0.0.1",
         "QWEN_S3_ENDPOINT_URL": s3_server,
         "QWEN_S3_ACCESS_KEY_ID": "testing",
-        "QWEN_S3_SECRET_ACCESS_KEY": "testing",
+        "QWEN_S3_SECRET_ACCESS_KEY": S3_SECRET,
         "QWEN_S3_REGION": "us-east-1",
         "QWEN_ALIGNER_MAX_AUDIO_SECONDS": "660",
         # The tiny ASR never emits EOS (the real stop ids are hard-coded): every window runs to this.

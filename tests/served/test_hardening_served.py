@@ -1,0 +1,106 @@
+"""Bad input across every upload route, SSRF spellings, and secrets kept out of the logs — through the
+real `bentoml serve` session. Each bad input is a 4xx in the envelope, and the workers keep serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from tests.audio_fixtures import encode, song
+from tests.served_session import API_KEY, S3_SECRET
+
+pytestmark = pytest.mark.served
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+AUDIO = {fmt: encode(song(4.0, sr=16000), 16000, fmt) for fmt in ("mp3", "wav", "flac")}
+BAD_AUDIO = {
+    "zero-length": b"",
+    "text renamed .wav": b"lyrics, not audio\n" * 30,
+    "wav header only": AUDIO["wav"][:44],
+    "flac cut after the header": AUDIO["flac"][:60],
+    "png renamed .mp3": _png(),
+    "random bytes": bytes(range(256)) * 8,
+}
+BAD_IMAGES = {
+    "zero-length": b"",
+    "text renamed .png": b"not an image\n" * 30,
+    "truncated png": _png()[:70],
+    "truncated jpeg": _jpeg()[:120],
+    "wav renamed .png": AUDIO["wav"],
+}
+
+
+def envelope_4xx(r) -> dict:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with served.client() as c:
+        yield c
+
+
+@pytest.mark.parametrize("name", list(BAD_AUDIO))
+def test_bad_audio_everywhere(client, name):
+    data = BAD_AUDIO[name]
+    envelope_4xx(client.post("/api/v1/align", files={"audio": ("song.wav", data)}, data={"lyrics": '["a b"]'}))
+    envelope_4xx(client.post("/v1/audio/transcriptions", files={"file": ("a.wav", data)}, data={"model": "whisper-1"}))
+    envelope_4xx(client.post("/v1/chat/completions", json={"model": "captioner", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}]}]}))
+
+
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_bad_images_everywhere(client, name):
+    data = BAD_IMAGES[name]
+    envelope_4xx(client.post("/generate", data={"text": "hi"}, files={"image": ("x.png", data)}))
+    envelope_4xx(client.post("/infer", files={"file": ("x.png", data)}))
+
+
+def test_non_utf8_lyrics_and_fields(client):
+    body = (b"--B\r\nContent-Disposition: form-data; name=\"lyrics\"\r\n\r\n\xff\xfe\xfa bad\r\n"
+            b"--B\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"a.wav\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + AUDIO["wav"] + b"\r\n--B--\r\n")
+    r = client.post("/api/v1/align", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code in (200, 400, 422), r.text  # decoded with replacement or refused; never a 5xx
+    r = client.post("/api/v1/align", content=b'{"lyrics": ["\xff\xfe"]}', headers={"content-type": "application/json"})
+    envelope_4xx(r)
+
+
+@pytest.mark.parametrize("url", [
+    # 127.0.0.2 spelled as decimal, hex and octal (127.0.0.1 itself is allowlisted in this session)
+    "http://2130706434/a.mp3", "http://0x7f.0.0.2/a.mp3", "http://0177.0.0.2/a.mp3", "http://[::1]/a.mp3",
+    "http://[::ffff:169.254.169.254]/", "http://[fc00::1]/a.mp3", "http://0.0.0.0/a.mp3", "http://100.64.0.1/",
+    "http://172.16.0.1/a.mp3", "http://192.168.1.1/a.mp3", "file:///etc/passwd", "gopher://example.com/",
+    "ftp://example.com/a.mp3", "http://user:pw@example.com/a.mp3",
+])
+def test_ssrf_spellings_are_refused_before_any_connection(client, url):
+    err = envelope_4xx(client.post("/api/v1/align", json={"audio_url": url, "lyrics": ["a"]}))
+    assert err["code"] in ("url_refused", "host_not_found") and err["param"] == "audio_url"
+
+
+def test_workers_alive_and_secrets_never_logged(served, client):
+    assert client.get("/health").status_code == 200
+    r = client.post("/api/v1/align", json={"audio_url": "s3://songs/library/short.mp3", "lyrics": ["a b"]})
+    assert r.status_code == 200
+    log = served.log.read_text(errors="replace")
+    assert API_KEY not in log and S3_SECRET not in log
+    assert "lyrics, not audio" not in log and json.dumps(["a b"]) not in log  # no request bodies either
