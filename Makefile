@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve test test-unit test-served fuzz bench bento bento-cpu bento-cuda clean
+.PHONY: help uv venv tiny demo serve test test-unit test-served fuzz overload bench bento bento-cpu bento-cuda clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
@@ -50,6 +50,10 @@ test-served: venv
 # Longer property-based run over the OpenAPI (make test runs 4 examples per operation).
 fuzz: venv
 	QWEN_FUZZ_EXAMPLES=$${QWEN_FUZZ_EXAMPLES:-60} $(PY) -m pytest -q tests/fuzz
+
+# Bounded overload of /generate, /v1/audio/speech and /api/v1/align at 4x capacity (loopback only).
+overload: venv
+	$(PY) bench/overload.py
 
 bench: venv
 	$(PY) bench/align.py
