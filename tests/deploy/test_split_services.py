@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
@@ -71,14 +72,14 @@ def split(tmp_path_factory):
     url = f"http://127.0.0.1:{ports['gateway']}"
     try:
         wait_ok(url, "/health", time.monotonic() + 420, procs, logs)
-        yield url, procs
+        yield SimpleNamespace(url=url, procs=procs, env=env, ports=ports, logs=logs, work=work)
     finally:
         for p in procs:
             stop(p)
 
 
 def test_gateway_reaches_model_services_by_url_and_starts_none(split):
-    url, procs = split
+    url, procs = split.url, split.procs
     health = httpx.get(url + "/health").json()
     assert health["status"] == "healthy" and set(health["services"]) == {"aligner", "vl"}
     # The gateway's process tree holds no model worker: only its own service process(es).
@@ -88,7 +89,7 @@ def test_gateway_reaches_model_services_by_url_and_starts_none(split):
 
 
 def test_calls_cross_as_json(split):
-    url, _ = split
+    url = split.url
     audio = encode(song(8.0, sr=16000), 16000, "wav")
     r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)},
                    data={"lyrics": '["one two", "three"]', "format": "json"}, timeout=120)
@@ -105,3 +106,25 @@ def test_calls_cross_as_json(split):
     # Errors keep their envelope across the hop.
     r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["x"]', "language": "xx"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_language"
+
+
+def test_a_dead_model_service_is_503_and_recovers_when_back(split):
+    """Kill the aligner's server: the gateway says 503 with the reason (and keeps serving VL); start it
+    again on the same address: health and alignment come back without touching the gateway."""
+    url = split.url
+    stop(split.procs[0])
+    audio = encode(song(4.0, sr=16000), 16000, "wav")
+    r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b"]'}, timeout=60)
+    assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
+    assert r.json()["error"]["code"] == "service_unavailable" and "aligner" in r.json()["error"]["message"]
+    health = httpx.get(url + "/health", timeout=30)
+    assert health.status_code == 503 and health.json()["services"]["aligner"]["status"] == "unreachable"
+    assert health.json()["services"]["vl"]["status"] == "ready"
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "PNG")
+    assert httpx.post(url + "/generate", data={"text": "hi"}, files={"image": ("i.png", buf.getvalue())},
+                      timeout=120).status_code == 200
+    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], split.env, split.logs[0])
+    wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
+    r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b"]'}, timeout=60)
+    assert r.status_code == 200, r.text

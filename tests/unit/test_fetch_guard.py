@@ -134,3 +134,18 @@ def test_unreachable_host_is_502():
     s = Settings(fetch_private_allowlist=["127.0.0.1"], fetch_timeout=3)
     with pytest.raises(UpstreamError):
         run(fetch.fetch_bytes("http://127.0.0.1:9/x", s, max_bytes=10, param="audio_url"))
+
+
+def test_s3_endpoint_down_is_502():
+    from tests.served_session import free_port
+
+    s = Settings(s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_access_key_id="k",
+                 s3_secret_access_key="s", s3_region="us-east-1", fetch_timeout=3)
+    with pytest.raises(UpstreamError) as e:
+        run(fetch.fetch_bytes("s3://bucket/song.mp3", s, max_bytes=100, param="audio_url"))
+    assert e.value.status == 502 and e.value.code == "s3_unreachable" and e.value.param == "audio_url"
+
+
+def test_s3_url_needs_bucket_and_key():
+    with pytest.raises(InvalidRequest):
+        run(fetch.fetch_bytes("s3://bucket-only", Settings(), max_bytes=100, param="audio_url"))
