@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 
-from .errors import InvalidRequest, QwenError, Unauthorized, Unprocessable
+from .errors import InvalidRequest, QwenError, Unauthorized
 from .logging import get_logger, request_id_var
 from .metrics import metrics
 
@@ -239,5 +239,3 @@ def install_error_handlers(app) -> None:
         log.error("unhandled error", exc_info=exc)
         return error_response(QwenError("internal error; see the server log with this request id"))
 
-
-__all__ = ["EdgeMiddleware", "install_error_handlers", "error_response", "Unprocessable"]

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio_fixtures import encode, song
+from tests.served_session import API_KEY
 
 pytestmark = pytest.mark.served
 
@@ -182,14 +183,8 @@ def test_auth_is_required_and_both_header_forms_work(served, wav):
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
         r = anon.post("/api/v1/align", headers={"Authorization": "Bearer wrong"}, json={"lyrics": ["a"]})
         assert r.status_code == 401
-        r = anon.get("/v1/models", headers={"Authorization": f"Bearer {served_key()}"})
+        r = anon.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
         assert r.status_code == 200 and r.json()["data"][0]["service"] == "aligner"
-
-
-def served_key():
-    from tests.served_session import API_KEY
-
-    return API_KEY
 
 
 @pytest.mark.parametrize("case, status, code", [

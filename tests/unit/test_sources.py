@@ -21,7 +21,9 @@ def test_offline_hub_id_not_in_cache_fails_loudly(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(Exception):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    with pytest.raises(LocalEntryNotFoundError):
         resolve_model_path(Settings(model_cache=str(tmp_path)), "aligner", "Qwen/Qwen3-ForcedAligner-0.6B")
 
 
