@@ -38,7 +38,7 @@ demo: tiny
 serve: venv
 	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
-test: venv deploy-tools
+test: venv deploy-tools sysdeps
 	$(PY) -m pytest -q
 
 test-unit: venv
@@ -63,6 +63,17 @@ bench: venv
 
 clean:
 	rm -rf .venv .pytest_cache
+
+# Real peers the tests drive: Debian's Chromium (playground, headless) and Prometheus (scrapes /metrics
+# with the dashboard's queries). Installed from Debian's packages when missing; nothing else is.
+SYSDEPS := /usr/bin/chromium:chromium /usr/bin/prometheus:prometheus /usr/bin/promtool:prometheus
+.PHONY: sysdeps
+sysdeps:
+	@missing=""; for d in $(SYSDEPS); do test -x "$${d%%:*}" || missing="$$missing $${d##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
 
 # One source, two Bentos: requirements written from uv.lock per target, then `bentoml build -f`.
 bentos/requirements-%.txt: uv.lock bentos/requirements.py | uv

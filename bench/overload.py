@@ -12,42 +12,28 @@ Retry-After, or a service stopped answering.
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures
-import io
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.audio_fixtures import encode, song  # noqa: E402
-from tests.served_session import free_port  # noqa: E402
+from tests.overload import burst, capacity, route_requests, tree_rss_mb  # noqa: E402
+from tests.served_session import free_port, stop_server  # noqa: E402
 
-# Capacity = running slots x batch + queue; set small so 4x is a burst a laptop can send.
+# Small limits so 4x capacity is a burst a laptop can send (capacity is read back from /health).
 LIMITS = {
     "QWEN_VL_MAX_CONCURRENCY": "1", "QWEN_VL_MAX_BATCH_SIZE": "2", "QWEN_VL_MAX_QUEUE": "2",
     "QWEN_VL_RATE_LIMIT": "0", "QWEN_VL_MAX_NEW_TOKENS": "16",
     "QWEN_TTS_MAX_QUEUE": "2", "QWEN_TTS_MAX_FRAMES": "60",
     "QWEN_ALIGNER_MAX_CONCURRENCY": "1", "QWEN_ALIGNER_MAX_QUEUE": "2",
 }
-CAPACITY = {"/generate": 1 * 2 + 2, "/v1/audio/speech": 1 + 2, "/api/v1/align": 1 + 2}
-
-
-def tree_rss_mb(pid: int) -> float:
-    try:
-        p = psutil.Process(pid)
-        return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
-    except psutil.Error:
-        return 0.0
+SERVICE_OF = {"/generate": "vl", "/v1/audio/speech": "tts", "/api/v1/align": "aligner"}
 
 
 def main() -> int:
@@ -68,7 +54,9 @@ def main() -> int:
         deadline = time.monotonic() + 600
         while True:
             try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                r = httpx.get(url + "/health", timeout=5)
+                if r.status_code == 200:
+                    services = r.json()["services"]
                     break
             except httpx.HTTPError:
                 pass
@@ -76,44 +64,17 @@ def main() -> int:
                 print("server did not become healthy; see /tmp/qwen-overload.log")
                 return 2
             time.sleep(1)
-
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.new("RGB", (96, 64), (10, 20, 30)).save(buf, "PNG")
-        png = buf.getvalue()
-        wav = encode(song(20.0, sr=16000), 16000, "wav")
-        requests = {
-            "/generate": lambda c, i: c.post("/generate", data={"text": f"prompt {i}"}, files={"image": ("i.png", png)}),
-            "/v1/audio/speech": lambda c, i: c.post("/v1/audio/speech", json={
-                "model": "tts-1", "input": f"Sentence number {i}.", "voice": "vivian", "response_format": "wav"}),
-            "/api/v1/align": lambda c, i: c.post("/api/v1/align", files={"audio": ("a.wav", wav)},
-                                                 data={"lyrics": json.dumps([f"line {i} here"] * 8)}),
-        }
+        requests = route_requests()
         ok = True
         rss0 = tree_rss_mb(proc.pid)
         print(f"server tree RSS before: {rss0:.0f} MB")
         for route, make in requests.items():
-            n = 4 * CAPACITY[route]
-            counts: collections.Counter = collections.Counter()
-            missing_retry = 0
-            t0 = time.perf_counter()
-            for _ in range(args.rounds):
-                def one(i):
-                    with httpx.Client(base_url=url, timeout=120) as c:
-                        return make(c, i)
-
-                with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                    for r in pool.map(one, range(n)):
-                        counts[r.status_code] += 1
-                        if r.status_code in (429, 503) and not r.headers.get("retry-after", "").isdigit():
-                            missing_retry += 1
-            dt = time.perf_counter() - t0
-            bad = {k: v for k, v in counts.items() if k not in (200, 429, 503)}
-            ok &= not bad and missing_retry == 0
-            print(f"{route:20s} 4x capacity = {n} concurrent x {args.rounds} rounds in {dt:5.1f} s: "
-                  f"{dict(sorted(counts.items()))}, 429/503 without Retry-After: {missing_retry}, "
-                  f"tree RSS {tree_rss_mb(proc.pid):.0f} MB")
+            n = 4 * capacity(services[SERVICE_OF[route]])
+            res = burst(url, route, make, n, args.rounds)
+            ok &= res.ok
+            print(res.line() + f", tree RSS {tree_rss_mb(proc.pid):.0f} MB")
+            for e in res.errors[:3]:
+                print("   ", e)
         with httpx.Client(base_url=url, timeout=120) as c:
             after = {route: make(c, 999).status_code for route, make in requests.items()}
             health = c.get("/health").status_code
@@ -123,13 +84,8 @@ def main() -> int:
         print("RESULT:", "ok" if ok else "FAILED")
         return 0 if ok else 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=15)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_server(proc)
+        log.close()
 
 
 if __name__ == "__main__":

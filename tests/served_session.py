@@ -78,6 +78,13 @@ def media_server(media_dir):
             super().__init__(*a, directory=str(media_dir), **kw)
 
         def do_GET(self):
+            if self.path == "/stall":  # answers the headers, then never the body: slower than any deadline
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(30)
+                return
             if self.path == "/to-metadata":
                 self.send_response(302)
                 self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
@@ -112,18 +119,29 @@ def s3_server(media_dir):
     server.stop()
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a `bentoml serve`: SIGTERM to its group (the arbiter stops its workers), then SIGKILL to every
+    process of the tree — BentoML's workers each run in their own process group, so a group kill alone
+    would orphan them. The tree is listed before the arbiter can die and its workers be re-parented."""
+    import psutil
+
     if proc.poll() is not None:
         return
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
     except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    for p in tree:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            p.kill()
+        except psutil.NoSuchProcess:
             pass
-        proc.wait(timeout=15)
+    proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +160,7 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "OMP_NUM_THREADS": "1",
         "QWEN_API_KEY": API_KEY,
         "QWEN_FETCH_PRIVATE_ALLOWLIST": "127.0.0.1",
+        "QWEN_FETCH_TIMEOUT": "4",  # a stalling media server (/stall) is a 504 quickly
         "QWEN_S3_ENDPOINT_URL": s3_server,
         "QWEN_S3_ACCESS_KEY_ID": "testing",
         "QWEN_S3_SECRET_ACCESS_KEY": S3_SECRET,
@@ -162,6 +181,8 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_VL_RATE_LIMIT": "40",
         "QWEN_VL_MAX_QUEUE": "4",
         "QWEN_VL_MAX_CONCURRENCY": "1",
+        # A small TTS queue keeps the recurring overload test (4x capacity) short.
+        "QWEN_TTS_MAX_QUEUE": "3",
     }
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]
@@ -188,5 +209,5 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
                 time.sleep(0.5)
         yield s
     finally:
-        _stop(proc)
+        stop_server(proc)
         fh.close()

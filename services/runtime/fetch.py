@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from .errors import InvalidRequest, PayloadTooLarge, UpstreamError
+from .errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
 from .settings import Settings
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -130,8 +130,11 @@ async def fetch_http(url: str, settings: Settings, *, max_bytes: int, param: str
             try:
                 resp = await client.send(request, stream=True)
             except httpx.TimeoutException:
-                raise UpstreamError(f"{param}: timed out fetching from {t.host}", param=param,
-                                    code="fetch_timeout") from None
+                raise Timeout(f"{param}: {t.host} did not answer within {settings.fetch_timeout:g}s", param=param,
+                              code="fetch_timeout") from None
+            except httpx.RemoteProtocolError as exc:  # e.g. a Location httpx cannot parse
+                raise UpstreamError(f"{param}: {t.host} answered with an invalid response: {exc}",
+                                    param=param) from None
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"{param}: could not fetch from {t.host}: {type(exc).__name__}",
                                     param=param) from None
@@ -157,6 +160,9 @@ async def fetch_http(url: str, settings: Settings, *, max_bytes: int, param: str
                         if len(buf) > max_bytes:
                             raise PayloadTooLarge(f"{param}: body exceeds the {max_bytes}-byte limit",
                                                   param=param)
+                except httpx.TimeoutException:
+                    raise Timeout(f"{param}: {t.host} stalled mid-transfer for {settings.fetch_timeout:g}s",
+                                  param=param, code="fetch_timeout") from None
                 except httpx.HTTPError as exc:
                     raise UpstreamError(f"{param}: transfer from {t.host} failed: {type(exc).__name__}",
                                         param=param) from None
@@ -184,7 +190,8 @@ def _s3_client(settings: Settings):
 
 
 def fetch_s3_sync(url: str, settings: Settings, *, max_bytes: int, param: str = "url") -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
+                                     ReadTimeoutError)
 
     parts = urlsplit(url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
@@ -214,6 +221,9 @@ def fetch_s3_sync(url: str, settings: Settings, *, max_bytes: int, param: str = 
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             raise UpstreamError(f"{param}: s3 refused access ({code})", param=param, code="s3_access_denied") from None
         raise UpstreamError(f"{param}: s3 error {code}", param=param, code="s3_error") from None
+    except (ReadTimeoutError, ConnectTimeoutError):
+        raise Timeout(f"{param}: s3 did not answer within {settings.fetch_timeout:g}s", param=param,
+                      code="fetch_timeout") from None
     except EndpointConnectionError:
         raise UpstreamError(f"{param}: s3 endpoint is unreachable", param=param, code="s3_unreachable") from None
     except BotoCoreError as exc:
@@ -221,10 +231,20 @@ def fetch_s3_sync(url: str, settings: Settings, *, max_bytes: int, param: str = 
 
 
 async def fetch_bytes(url: str, settings: Settings, *, max_bytes: int, param: str = "url") -> bytes:
-    """Bytes behind `url` (http, https or s3), or a QwenError with a 4xx/5xx that says why."""
+    """Bytes behind `url` (http, https or s3), or a QwenError with a 4xx/5xx that says why.
+
+    `fetch_timeout` is the deadline of the whole fetch (every hop and the body): a server that never
+    answers, or trickles the body slower than that, is a 504 with code `fetch_timeout`."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequest(f"{param} is empty", param=param, code="invalid_url")
     scheme = urlsplit(url.strip()).scheme.lower()
     if scheme == "s3":
-        return await asyncio.to_thread(fetch_s3_sync, url.strip(), settings, max_bytes=max_bytes, param=param)
-    return await fetch_http(url.strip(), settings, max_bytes=max_bytes, param=param)
+        work = asyncio.to_thread(fetch_s3_sync, url.strip(), settings, max_bytes=max_bytes, param=param)
+    else:
+        work = fetch_http(url.strip(), settings, max_bytes=max_bytes, param=param)
+    deadline = settings.fetch_timeout
+    try:
+        return await asyncio.wait_for(work, deadline)
+    except asyncio.TimeoutError:
+        raise Timeout(f"{param}: the transfer took longer than {deadline:g}s", param=param,
+                      code="fetch_timeout") from None

@@ -20,7 +20,10 @@ E = TypeVar("E")
 
 def traffic(cfg: ServiceSettings) -> dict:
     # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it.
-    return {"timeout": cfg.timeout + 30, "max_concurrency": cfg.max_concurrency * 8 + cfg.max_queue + 8}
+    # BentoML's client in the gateway waits this long too: a little past the scheduler's own deadline, so
+    # a slow model answers with the service's 504 and a hung process with the gateway's.
+    return {"timeout": cfg.timeout + min(30.0, max(2.0, cfg.timeout / 10)),
+            "max_concurrency": cfg.max_concurrency * 8 + cfg.max_queue + 8}
 
 
 def resources(cpu: str, memory: str, *, gpu: int = 0, gpu_type: str | None = None) -> dict:
@@ -112,8 +115,9 @@ class ModelService(Generic[E]):
 
     def status_info(self) -> dict:
         self._record_gpu_memory()
-        return {**self.handle.info(), "concurrency_limit": self.scheduler.max_concurrency,
-                "queue_depth": self.scheduler.queue_depth}
+        sch = self.scheduler
+        return {**self.handle.info(), "concurrency_limit": sch.max_concurrency, "max_batch_size": sch.max_batch_size,
+                "queue_limit": sch.max_queue, "queue_depth": sch.queue_depth}
 
     def _record_gpu_memory(self) -> None:
         """GPU memory of this process as metrics (the seed's counters), refreshed on every status call."""

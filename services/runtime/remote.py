@@ -52,6 +52,8 @@ async def call(service: str, awaitable: Awaitable[Any]) -> Any:
         log.warning("dependency call failed", extra={"service": service, "status": status})
         raise ServiceUnavailable(f"{service} is unavailable ({status})", code="service_unavailable",
                                  retry_after=5) from None
+    except TimeoutError:  # asyncio's and the builtin (an OSError since 3.11): the callee hung or is too slow
+        raise Timeout(f"{service} did not answer in time") from None
     except (ConnectionError, OSError) as exc:
         raise ServiceUnavailable(f"{service} is unreachable: {type(exc).__name__}", code="service_unavailable",
                                  retry_after=5) from None

@@ -217,7 +217,7 @@ class Settings(_Base):
     log_json: bool = True
 
     # Media fetching (audio_url / image_url)
-    fetch_timeout: float = Field(20.0, gt=0)
+    fetch_timeout: float = Field(60.0, gt=0)  # the whole fetch: every hop and the body
     fetch_max_bytes: int = Field(100 * 1024 * 1024, gt=0)
     fetch_max_redirects: int = Field(5, ge=0)
     # Hosts or CIDRs that may be fetched although they are loopback/private (tests, in-cluster storage).

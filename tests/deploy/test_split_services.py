@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import threading
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from PIL import Image
 
 from tests.audio_fixtures import encode, song
 from tests.served_session import free_port
+from tests.served_session import stop_server as stop
 
 pytestmark = pytest.mark.served
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,16 +32,6 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 def start(target: str, port: int, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=15)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
 
 
 def wait_ok(url: str, path: str, deadline: float, procs, logs) -> None:
@@ -67,7 +59,9 @@ def split(tmp_path_factory):
     procs = [start("services.aligner.service:Aligner", ports["aligner"], env, logs[0]),
              start("services.vl.service:VL", ports["vl"], env, logs[1])]
     gw_env = {**env, "QWEN_SERVICES": "aligner,vl", "QWEN_ALIGNER_URL": f"http://127.0.0.1:{ports['aligner']}",
-              "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}"}
+              "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}",
+              # The gateway's view of VL's deadline: its client waits 3 s + margin (2 s) for a hung VL.
+              "QWEN_VL_TIMEOUT": "3"}
     procs.append(start("services.gateway:Gateway", ports["gateway"], gw_env, logs[2]))
     url = f"http://127.0.0.1:{ports['gateway']}"
     try:
@@ -128,3 +122,129 @@ def test_a_dead_model_service_is_503_and_recovers_when_back(split):
     wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
     r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b"]'}, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (5, 6, 7)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _align(url: str, audio: bytes, timeout: float = 120) -> httpx.Response:
+    return httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b", "c d"]', "format": "json"},
+                      timeout=timeout)
+
+
+def _aligner_status(url: str) -> dict:
+    return httpx.get(url + "/health", timeout=30).json()["services"]["aligner"]
+
+
+def assert_503_envelope(r: httpx.Response) -> dict:
+    assert r.status_code == 503, (r.status_code, r.text[:300])
+    assert r.headers["retry-after"].isdigit(), r.headers
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and "aligner" in err["message"], err
+    return err
+
+
+def test_a_hung_model_service_is_504_and_serves_again_when_it_resumes(split):
+    """SIGSTOP the VL server (alive, accepting connections, never answering): the gateway's call gives up
+    after VL's deadline with a 504 in the envelope; /health says unreachable; SIGCONT and it serves."""
+    url, vl = split.url, split.procs[1]
+    signal_tree(vl, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = httpx.post(url + "/generate", data={"text": "hi"}, files={"image": ("i.png", _png())}, timeout=120)
+        waited = time.monotonic() - t0
+        assert r.status_code == 504, r.text
+        err = r.json()["error"]
+        assert err["type"] == "timeout_error" and "vl" in err["message"], err
+        assert waited < 60  # the gateway's deadline ended it, not the 120 s client timeout
+        health = httpx.get(url + "/health", timeout=30)
+        assert health.status_code == 503 and health.json()["services"]["vl"]["status"] == "unreachable"
+        assert health.json()["services"]["aligner"]["status"] == "ready"
+    finally:
+        signal_tree(vl, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.post(url + "/generate", data={"text": "hi"}, files={"image": ("i.png", _png())}, timeout=120)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert r.status_code == 200, r.text
+    assert httpx.get(url + "/health", timeout=30).status_code == 200
+
+
+def test_a_model_service_killed_under_load_fails_its_requests_with_503_then_recovers(split):
+    """Eight alignments in flight, the aligner's process group SIGKILLed mid-way: every answer is a 200
+    (finished before) or a 503 with Retry-After in the envelope — never a 500 or a hang — and the gateway
+    serves again once the process is back."""
+    url = split.url
+    audio = encode(song(30.0, sr=16000), 16000, "wav")
+    results: list[httpx.Response | Exception] = []
+
+    def one():
+        try:
+            results.append(_align(url, audio))
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    stop_hard(split.procs[0])
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 8 and not any(isinstance(r, Exception) for r in results), results
+    codes = sorted(r.status_code for r in results)
+    assert set(codes) <= {200, 503} and 503 in codes, codes
+    for r in results:
+        if r.status_code == 503:
+            assert assert_503_envelope(r)["code"] == "service_unavailable"
+    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], split.env, split.logs[0])
+    wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
+    assert _align(url, audio).status_code == 200
+
+
+def test_a_model_service_killed_while_loading_is_503_and_a_restart_completes_the_load(split):
+    """Restart the aligner on an empty weights folder (it builds its checkpoint first: the 'fetching
+    weights' phase): while it loads, requests are 503 'loading' with Retry-After; SIGKILL it mid-load and
+    they are 503 'unreachable'; start it again on the same folder (a half-written checkpoint must not be
+    taken for a whole one) and it loads and serves."""
+    url = split.url
+    stop(split.procs[0])
+    env = {**split.env, "QWEN_TINY_DIR": str(split.work / "tiny-fresh")}
+    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+    deadline = time.monotonic() + 240
+    while (st := _aligner_status(url))["status"] != "loading":
+        assert time.monotonic() < deadline and st["status"] in ("unreachable", "loading"), st
+        time.sleep(0.2)
+    assert st["phase"], st  # the phase is shown while loading
+    audio = encode(song(4.0, sr=16000), 16000, "wav")
+    err = assert_503_envelope(_align(url, audio))
+    assert err["code"] == "model_not_ready" and "loading" in err["message"], err
+    stop_hard(split.procs[0])
+    assert assert_503_envelope(_align(url, audio))["code"] == "service_unavailable"
+    assert _aligner_status(url)["status"] == "unreachable"
+    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+    wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
+    r = _align(url, audio)
+    assert r.status_code == 200 and len(r.json()["segments"]) == 2, r.text
+
+
+def signal_tree(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the server and every process under it (BentoML's workers are not all in its process group)."""
+    procs = [psutil.Process(proc.pid)]
+    procs += procs[0].children(recursive=True)
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def stop_hard(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole server (arbiter and workers): a crash, not a shutdown."""
+    signal_tree(proc, signal.SIGKILL)
+    proc.wait(timeout=15)

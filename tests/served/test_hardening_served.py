@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -48,6 +49,13 @@ BAD_IMAGES = {
 
 def envelope_4xx(r) -> dict:
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def envelope_5xx(r, status: int) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
     return err
@@ -104,3 +112,18 @@ def test_workers_alive_and_secrets_never_logged(served, client):
     log = served.log.read_text(errors="replace")
     assert API_KEY not in log and S3_SECRET not in log
     assert "lyrics, not audio" not in log and json.dumps(["a b"]) not in log  # no request bodies either
+
+
+def test_a_media_server_slower_than_the_fetch_deadline_is_504(served, client):
+    """The session's QWEN_FETCH_TIMEOUT is 4 s; /stall sends headers and then holds the body for 30 s. The
+    deadline, not the server, ends the wait; the envelope names the field; the service keeps serving."""
+    stall = served.media_url + "/stall"
+    t0 = time.monotonic()
+    err = envelope_5xx(client.post("/api/v1/align", json={"audio_url": stall, "lyrics": ["a b"]}), 504)
+    assert err["code"] == "fetch_timeout" and err["param"] == "audio_url"
+    err = envelope_5xx(client.post("/v1/chat/completions", json={"model": "captioner", "messages": [
+        {"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": stall}}]}]}), 504)
+    assert err["code"] == "fetch_timeout"
+    assert time.monotonic() - t0 < 30  # both together took less than one stall
+    r = client.post("/api/v1/align", json={"audio_url": served.media_url + "/short.wav", "lyrics": ["a b"]})
+    assert r.status_code == 200, r.text

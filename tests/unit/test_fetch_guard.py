@@ -3,12 +3,14 @@
 import asyncio
 import http.server
 import ipaddress
+import socket
 import threading
+import time
 
 import pytest
 
 from services.runtime import fetch
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, UpstreamError
+from services.runtime.errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
 from services.runtime.settings import Settings
 
 
@@ -78,6 +80,26 @@ def local_server():
                 self.send_response(302)
                 self.send_header("Location", "/loop")
                 self.end_headers()
+            elif self.path.startswith("/redirect-to/"):
+                self.send_response(302)
+                self.send_header("Location", self.path[len("/redirect-to/"):])
+                self.end_headers()
+            elif self.path == "/stall":  # headers, then nothing
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(4)
+            elif self.path == "/trickle":  # a byte every 0.25 s: each read is quick, the whole is not
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(40):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.25)
+                except OSError:
+                    pass
             elif self.path == "/big":
                 self.send_response(200)
                 self.end_headers()  # no content-length: the cap is enforced while streaming
@@ -149,3 +171,81 @@ def test_s3_endpoint_down_is_502():
 def test_s3_url_needs_bucket_and_key():
     with pytest.raises(InvalidRequest):
         run(fetch.fetch_bytes("s3://bucket-only", Settings(), max_bytes=100, param="audio_url"))
+
+
+# A private target must be refused whatever leads there: a name the resolver maps to it, or a redirect.
+PRIVATE_TARGETS = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+                   "::1", "fc00::1", "fd00:ec2::254", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "fe80::1"]
+
+
+@pytest.fixture
+def dns(monkeypatch):
+    """The system resolver, answering for names under .test as the table says (everything else as usual):
+    the guard's own resolution path runs, only the DNS answer is chosen by the test."""
+    table: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def fake(host, port, *a, **kw):
+        if isinstance(host, str) and host in table:
+            out = []
+            for ip in table[host]:
+                fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+                out.append((fam, socket.SOCK_STREAM, 6, "", (ip, port or 0, 0, 0) if fam == socket.AF_INET6
+                            else (ip, port or 0)))
+            return out
+        return real(host, port, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return table
+
+
+@pytest.mark.parametrize("ip", PRIVATE_TARGETS)
+def test_dns_names_resolving_to_private_addresses_are_refused(dns, ip):
+    dns["media.attacker.test"] = [ip]
+    with pytest.raises(InvalidRequest) as e:
+        run(fetch.check_url("http://media.attacker.test/a.mp3", Settings(), "audio_url"))
+    assert e.value.code == "url_refused" and "media.attacker.test" in e.value.message
+
+
+def test_a_name_with_one_private_address_among_public_ones_is_refused(dns):
+    dns["mixed.attacker.test"] = ["93.184.216.34", "10.0.0.5"]  # a round-robin answer hiding a private one
+    with pytest.raises(InvalidRequest, match="private"):
+        run(fetch.check_url("http://mixed.attacker.test/a.mp3", Settings(), "audio_url"))
+
+
+def test_a_public_name_is_pinned_to_the_address_that_was_checked(dns):
+    dns["cdn.example.test"] = ["93.184.216.34"]
+    t = run(fetch.check_url("https://cdn.example.test/a.mp3", Settings(), "audio_url"))
+    assert str(t.ip) == "93.184.216.34" and t.host == "cdn.example.test" and t.port == 443
+
+
+@pytest.mark.parametrize("location", [f"http://{ip}/x" if ":" not in ip else f"http://[{ip}]/x"
+                                      for ip in PRIVATE_TARGETS if ip != "127.0.0.1"]
+                         + ["http://2130706434/x", "http://0177.0.0.2/x", "http://0x7f.2/x", "file:///etc/passwd",
+                            "http://internal.attacker.test/x"])
+def test_redirects_to_private_targets_are_refused(local_server, dns, location):
+    """The local server itself is allowlisted (127.0.0.1, in any spelling); where it redirects to is checked
+    afresh, so 127.0.0.2 spelled in decimal, octal or hex is refused."""
+    dns["internal.attacker.test"] = ["10.9.8.7"]
+    if "0177." in location:  # httpx refuses an octal IPv4 Location itself: a bad redirect, upstream's fault
+        with pytest.raises(UpstreamError, match="Invalid IPv4 address"):
+            fetch_local(local_server + "/redirect-to/" + location)
+        return
+    with pytest.raises(InvalidRequest) as e:
+        fetch_local(local_server + "/redirect-to/" + location)
+    assert e.value.code in ("url_refused", "host_not_found")
+
+
+def test_a_server_that_stalls_is_a_504_within_the_deadline(local_server):
+    t0 = time.monotonic()
+    with pytest.raises(Timeout) as e:
+        fetch_local(local_server + "/stall", fetch_timeout=1)
+    assert e.value.status == 504 and e.value.code == "fetch_timeout" and e.value.param == "audio_url"
+    assert time.monotonic() - t0 < 3.5  # the deadline, not the server, ends the wait
+
+
+def test_a_body_trickled_slower_than_the_deadline_is_a_504(local_server):
+    """Each byte arrives well inside the per-read timeout; the whole-fetch deadline still holds."""
+    with pytest.raises(Timeout) as e:
+        fetch_local(local_server + "/trickle", fetch_timeout=1.5)
+    assert e.value.status == 504 and e.value.code == "fetch_timeout"

@@ -1,0 +1,55 @@
+"""How the gateway maps a dependency's failures: hung → 504, gone → 503 with Retry-After, busy → 429, and a
+service's own error comes back as itself."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from services.runtime import remote
+from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
+
+
+def call(exc_or_value):
+    async def dep():
+        if isinstance(exc_or_value, BaseException):
+            raise exc_or_value
+        return exc_or_value
+
+    return asyncio.run(remote.call("vl", dep()))
+
+
+@pytest.mark.parametrize("exc", [TimeoutError(), asyncio.TimeoutError(), httpx.ReadTimeout("slow"),
+                                 httpx.ConnectTimeout("slow")])
+def test_a_dependency_that_does_not_answer_in_time_is_504(exc):
+    with pytest.raises(Timeout) as e:
+        call(exc)
+    assert e.value.status == 504 and "vl" in e.value.message
+
+
+@pytest.mark.parametrize("exc", [ConnectionRefusedError(), ConnectionResetError(), OSError("gone"),
+                                 httpx.ConnectError("refused"), httpx.RemoteProtocolError("disconnected")])
+def test_a_dependency_that_is_gone_is_503_with_retry_after(exc):
+    with pytest.raises(ServiceUnavailable) as e:
+        call(exc)
+    assert e.value.status == 503 and e.value.code == "service_unavailable" and e.value.retry_after
+
+
+def test_bentoml_429_and_504_keep_their_meaning():
+    from bentoml.exceptions import BentoMLException
+    from bentoml.exceptions import ServiceUnavailable as BentoUnavailable
+
+    class Busy(BentoMLException):
+        error_code = 429
+
+    with pytest.raises(TooManyRequests):
+        call(Busy("busy"))
+    with pytest.raises(ServiceUnavailable):
+        call(BentoUnavailable("down"))
+
+
+def test_a_services_own_error_crosses_with_its_status_type_and_fields():
+    err = InvalidRequest("bad lyrics", param="lyrics", code="invalid_value")
+    with pytest.raises(QwenError) as e:
+        call({remote.ERROR_KEY: err.payload()})
+    assert e.value.payload() == err.payload() and e.value.status == 400
