@@ -127,3 +127,34 @@ def test_a_media_server_slower_than_the_fetch_deadline_is_504(served, client):
     assert time.monotonic() - t0 < 30  # both together took less than one stall
     r = client.post("/api/v1/align", json={"audio_url": served.media_url + "/short.wav", "lyrics": ["a b"]})
     assert r.status_code == 200, r.text
+
+
+PROBES_AND_PUBLIC = {"/health", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json"}
+
+
+def test_every_non_probe_route_needs_the_key(served):
+    """Every operation in the served OpenAPI document (path parameters filled in), without a key and with a
+    wrong one, is a 401 in the envelope before any work — except the probes, /metrics and the docs, which
+    answer without one."""
+    with served.client(key=None, timeout=60) as anon:
+        spec = anon.get("/docs.json").json()
+        ops = [(m.upper(), p) for p, item in spec["paths"].items() for m in item
+               if m in ("get", "post", "put", "patch", "delete")]
+        checked = 0
+        for method, path in ops:
+            concrete = path.replace("{", "").replace("}", "")  # /tasks/{task_id} -> /tasks/task_id
+            if concrete in PROBES_AND_PUBLIC:
+                continue
+            for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+                r = anon.request(method, concrete, headers=headers)
+                assert r.status_code == 401, (method, path, headers, r.status_code, r.text[:200])
+                assert r.json()["error"]["type"] == "authentication_error"
+            checked += 1
+        assert checked >= 12, ops  # the public API is all there: align, speech, chat, generate, infer, tasks...
+        for path in PROBES_AND_PUBLIC - {"/docs"}:
+            r = anon.get(path)
+            assert r.status_code in (200, 503), (path, r.status_code)  # 503 only if a probe says not ready
+        # An unknown path is a 401 too before a key is shown (no route map for strangers); with it, a 404.
+        assert anon.get("/no/such/route").status_code == 401
+    with served.client() as c:
+        assert c.get("/no/such/route").status_code == 404
