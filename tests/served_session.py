@@ -1,7 +1,8 @@
 """One real `bentoml serve` session for the whole test run, shared by every served test.
 
-Started lazily by the first test that needs it, in its own process group (SIGTERM, then SIGKILL to the
-group: BentoML's graceful shutdown can wait long). Beside it the tests start what users have: a local
+Started lazily by the first test that needs it, in its own session (SIGTERM to its group, then SIGKILL to
+its whole process tree: BentoML's graceful shutdown can wait long, and its workers sit in groups of their
+own). Beside it the tests start what users have: a local
 HTTP server holding songs (allowed by QWEN_FETCH_PRIVATE_ALLOWLIST) and a real S3-protocol server
 (moto's), both on loopback.
 """
