@@ -15,11 +15,11 @@ from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from services.runtime.chat import ChatHandler
 from services.runtime.chat import make_router as make_chat_router
-from services.runtime.errors import ServiceUnavailable
+from services.runtime.errors import NotFound, ServiceUnavailable
 from services.runtime.http import EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
 from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
@@ -161,6 +161,57 @@ async def models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data})
 
 
+# The playground: a static page (services/playground, no build step, no CDN) that calls the public API from
+# the browser with the key the user types. The page itself is public (it holds no data); every API route it
+# calls keeps auth. Not in the OpenAPI document: it is not an API.
+PLAYGROUND_DIR = Path(__file__).resolve().parent / "playground"
+PLAYGROUND_PUBLIC = ("/", "/playground", "/playground/*")
+_PAGE_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+_PAGE_FILES = {p.name: p for p in sorted(PLAYGROUND_DIR.glob("*")) if p.suffix in _PAGE_TYPES}
+_PAGE_HEADERS = {
+    # Only this origin: the page loads nothing from elsewhere and talks to nothing else.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+_route_labels += PLAYGROUND_PUBLIC
+
+
+def _page_file(name: str) -> FileResponse:
+    path = _PAGE_FILES.get(name)
+    if path is None:
+        raise NotFound(f"GET /playground/{name}: no such file", code="not_found")
+    return FileResponse(path, media_type=_PAGE_TYPES[path.suffix], headers=_PAGE_HEADERS)
+
+
+@app.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse("/playground", status_code=307)
+
+
+@app.get("/playground", include_in_schema=False)
+async def playground() -> FileResponse:
+    return _page_file("index.html")
+
+
+@app.get("/playground/config.json", include_in_schema=False)
+async def playground_config(request: Request) -> JSONResponse:
+    """What the page needs before it has a key: which services this gateway runs (the panels to show), the
+    model name each is called with, and whether a key is required. /health already tells as much."""
+    gw = request.app.state.gateway
+    return JSONResponse({"version": VERSION, "auth": gw.settings.api_key is not None,
+                         "services": {key: {"model": gw.settings.service(key).model} for key in gw.enabled}},
+                        headers=_PAGE_HEADERS)
+
+
+@app.get("/playground/{name}", include_in_schema=False)
+async def playground_asset(name: str) -> FileResponse:
+    return _page_file(name)
+
+
 @app.get("/docs", include_in_schema=False)
 async def docs() -> FileResponse:
     """Swagger UI over /docs.json, with BentoML's bundled assets (no CDN: works offline)."""
@@ -185,7 +236,7 @@ def _build():
     )(cls)
     api_key = SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None
     svc.add_asgi_middleware(EdgeMiddleware, api_key=api_key, routes=tuple(_route_labels),
-                            docs_public=SETTINGS.docs_public)
+                            docs_public=SETTINGS.docs_public, public=PLAYGROUND_PUBLIC)
     return svc
 
 

@@ -4,8 +4,9 @@
 whole gateway app, BentoML's own routes included:
 - X-Request-ID: taken from the client when sane, else generated; echoed on every response; in every log.
 - Auth when QWEN_API_KEY is set: `X-API-Key: K` or `Authorization: Bearer K`, compared in constant time;
-  probes (/health, /livez, /readyz, /healthz), /metrics and (unless QWEN_DOCS_PUBLIC=false) /docs stay
-  open. The key is never logged.
+  probes (/health, /livez, /readyz, /healthz), /metrics, the paths the app declares `public` (the
+  playground's static page: it holds no data and sends the key itself) and (unless
+  QWEN_DOCS_PUBLIC=false) /docs stay open. The key is never logged.
 - Per-route request count, latency and in-flight gauges.
 `install_error_handlers(app)` renders every failure of the FastAPI routes as the one envelope.
 """
@@ -41,11 +42,16 @@ def _route_label(path: str, routes: frozenset[str]) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = (), docs_public: bool = True):
+    """`routes` label the metrics; `public` paths need no key. In both, `/x/*` means every path under `/x/`."""
+
+    def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = (), docs_public: bool = True,
+                 public: tuple[str, ...] = ()):
         self.app = app
         self._docs_public = docs_public
         self._key = api_key.encode() if api_key else None
         self._routes = frozenset(routes)
+        self._public = frozenset(p for p in public if not p.endswith("/*"))
+        self._public_prefixes = tuple(p[:-1] for p in public if p.endswith("/*"))
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         if self._key is None:
@@ -60,7 +66,9 @@ class EdgeMiddleware:
         return hmac.compare_digest(presented, self._key)
 
     def _is_open(self, path: str) -> bool:
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path in self._public:
+            return True
+        if path.startswith(self._public_prefixes) and ".." not in path.split("/"):  # no way out of the prefix
             return True
         return self._docs_public and (path in DOC_PATHS or path.startswith(DOC_PREFIXES))
 
