@@ -59,7 +59,7 @@ app = FastAPI(
     redoc_url=None,
 )
 install_error_handlers(app)
-_route_labels: list[str] = ["/v1/models"]
+_route_labels: list[str] = ["/v1/models", "/v1/models/*"]
 _ROUTE_MODULES = {}
 _CHAT_HANDLERS: dict[str, ChatHandler] = {}  # model name -> the service's chat handler
 for key in ENABLED:
@@ -106,8 +106,9 @@ class _GatewayBase:
         try:
             return await asyncio.wait_for(getattr(self, key).to_async.status(), timeout=5)
         except Exception as exc:  # noqa: BLE001 - a dead or hung service is a state, not an error
-            return {"status": "unreachable", "model": None, "device": None, "dtype": None,
-                    "concurrency_limit": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            return {"status": "unreachable", "phase": None, "model": None, "device": None, "dtype": None,
+                    "load_seconds": None, "concurrency_limit": None, "max_batch_size": None, "queue_limit": None,
+                    "queue_depth": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
     async def statuses(self) -> dict[str, dict]:
         results = await asyncio.gather(*(self.service_status(k) for k in self.enabled))
@@ -148,9 +149,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": status, "version": VERSION, "services": services}, status_code=code)
 
 
-@app.get("/v1/models", tags=["models"], summary="Models served by this deployment (OpenAI list format)")
-async def models(request: Request) -> JSONResponse:
-    gw = request.app.state.gateway
+def _model_cards(gw) -> list[dict]:
     data = []
     for key in gw.enabled:
         cfg = gw.settings.service(key)
@@ -158,14 +157,28 @@ async def models(request: Request) -> JSONResponse:
         aliases = list(dict.fromkeys([*getattr(cfg, "aliases", []), *extra, key]))
         data.append({"id": cfg.model, "object": "model", "created": 0, "owned_by": "qwen-bento", "service": key,
                      "aliases": aliases})
-    return JSONResponse({"object": "list", "data": data})
+    return data
+
+
+@app.get("/v1/models", tags=["models"], summary="Models served by this deployment (OpenAI list format)")
+async def models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _model_cards(request.app.state.gateway)})
+
+
+@app.get("/v1/models/{model:path}", tags=["models"], summary="One model by its id or any of its aliases")
+async def model(request: Request, model: str) -> JSONResponse:
+    for card in _model_cards(request.app.state.gateway):
+        if model == card["id"] or model in card["aliases"]:
+            return JSONResponse(card)
+    raise NotFound(f"model {model!r} is not served here; GET /v1/models lists them", param="model",
+                   code="model_not_found")
 
 
 # The playground: a static page (services/playground, no build step, no CDN) that calls the public API from
 # the browser with the key the user types. The page itself is public (it holds no data); every API route it
 # calls keeps auth. Not in the OpenAPI document: it is not an API.
 PLAYGROUND_DIR = Path(__file__).resolve().parent / "playground"
-PLAYGROUND_PUBLIC = ("/", "/playground", "/playground/*")
+PLAYGROUND_PUBLIC = ("/", "/playground", "/playground/*") if SETTINGS.playground else ()
 _PAGE_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _PAGE_FILES = {p.name: p for p in sorted(PLAYGROUND_DIR.glob("*")) if p.suffix in _PAGE_TYPES}
@@ -187,17 +200,14 @@ def _page_file(name: str) -> FileResponse:
     return FileResponse(path, media_type=_PAGE_TYPES[path.suffix], headers=_PAGE_HEADERS)
 
 
-@app.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/playground", status_code=307)
 
 
-@app.get("/playground", include_in_schema=False)
 async def playground() -> FileResponse:
     return _page_file("index.html")
 
 
-@app.get("/playground/config.json", include_in_schema=False)
 async def playground_config(request: Request) -> JSONResponse:
     """What the page needs before it has a key: which services this gateway runs (the panels to show), the
     model name each is called with, and whether a key is required. /health already tells as much."""
@@ -207,9 +217,15 @@ async def playground_config(request: Request) -> JSONResponse:
                         headers=_PAGE_HEADERS)
 
 
-@app.get("/playground/{name}", include_in_schema=False)
 async def playground_asset(name: str) -> FileResponse:
     return _page_file(name)
+
+
+if SETTINGS.playground:  # QWEN_PLAYGROUND=false: no page, no redirect, nothing public beyond probes and docs
+    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/playground", playground, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/playground/config.json", playground_config, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/playground/{name}", playground_asset, methods=["GET"], include_in_schema=False)
 
 
 @app.get("/docs", include_in_schema=False)

@@ -74,8 +74,12 @@ class Unauthorized(QwenError):
 
 
 class NotFound(QwenError):
+    """404. The type is OpenAI's for an unknown model or route (the same as the edge's rewritten 404s);
+    the code says what was not found (not_found, model_not_found, task_not_found...)."""
+
     status = 404
-    type = "not_found_error"
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 class PayloadTooLarge(QwenError):

@@ -213,6 +213,7 @@ class Settings(_Base):
     model_cache: str | None = None  # HF cache dir; None: huggingface_hub's default (HF_HOME)
     torch_threads: int | None = Field(None, ge=1)  # None: torch's default (all cores)
     docs_public: bool = True  # /docs and /docs.json without the API key
+    playground: bool = True  # the web page at /playground (and / redirecting to it); false: no page
     log_level: str = "INFO"
     log_json: bool = True
 

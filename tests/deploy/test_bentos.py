@@ -77,6 +77,8 @@ def test_cuda_has_the_vllm_stack(bentos):
 def test_source_is_the_service_package_only(bentos, target):
     src = bentos[target] / "src"
     assert (src / "services/gateway.py").is_file() and (src / "configuration.yaml").is_file()
+    shipped = {p.name for p in (src / "services/playground").iterdir()}
+    assert shipped == {p.name for p in (ROOT / "services/playground").iterdir()}, shipped  # the page, whole
     assert not (src / "tests").exists() and not (src / ".venv").exists()
     meta = yaml.safe_load((bentos[target] / "bento.yaml").read_text())
     assert meta["service"] == "services.gateway:Gateway"

@@ -61,7 +61,9 @@ def split(tmp_path_factory):
     gw_env = {**env, "QWEN_SERVICES": "aligner,vl", "QWEN_ALIGNER_URL": f"http://127.0.0.1:{ports['aligner']}",
               "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}",
               # The gateway's view of VL's deadline: its client waits 3 s + margin (2 s) for a hung VL.
-              "QWEN_VL_TIMEOUT": "3"}
+              "QWEN_VL_TIMEOUT": "3",
+              # A gateway without the playground: no page, no redirect.
+              "QWEN_PLAYGROUND": "false"}
     procs.append(start("services.gateway:Gateway", ports["gateway"], gw_env, logs[2]))
     url = f"http://127.0.0.1:{ports['gateway']}"
     try:
@@ -80,6 +82,14 @@ def test_gateway_reaches_model_services_by_url_and_starts_none(split):
     tree = psutil.Process(procs[2].pid).children(recursive=True)
     cmdlines = [" ".join(p.cmdline()) for p in tree]
     assert not any("--service-name" in c and ("aligner" in c or " vl" in c) for c in cmdlines), cmdlines
+
+
+def test_playground_off_means_no_page_and_no_redirect(split):
+    for path in ("/playground", "/playground/app.js", "/playground/config.json"):
+        r = httpx.get(split.url + path, follow_redirects=False)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.status_code)
+    r = httpx.get(split.url + "/", follow_redirects=False)  # BentoML's own index again, not a redirect
+    assert r.status_code == 200 and "location" not in r.headers
 
 
 def test_calls_cross_as_json(split):

@@ -158,3 +158,19 @@ def test_every_non_probe_route_needs_the_key(served):
         assert anon.get("/no/such/route").status_code == 401
     with served.client() as c:
         assert c.get("/no/such/route").status_code == 404
+
+
+def test_a_header_claiming_ten_hours_costs_only_the_real_data(client):
+    """A WAV header declaring 10 hours, followed by 2 s of samples: decoded by what is there (ffmpeg times
+    it by its real size), so it is an ordinary short request on every audio route — no 10-hour buffer."""
+    import struct
+
+    n = 16000 * 3600 * 10 * 2
+    wav = (b"RIFF" + struct.pack("<I", 36 + n) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+           + b"data" + struct.pack("<I", n) + AUDIO["wav"][44:44 + 64000])
+    r = client.post("/api/v1/align", files={"audio": ("long.wav", wav)}, data={"lyrics": '["a b"]', "format": "json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["segments"][-1]["end"] <= 2.5
+    r = client.post("/v1/audio/transcriptions", files={"file": ("long.wav", wav)}, data={"model": "whisper-1",
+                                                                                         "response_format": "verbose_json"})
+    assert r.status_code == 200 and r.json()["duration"] <= 2.5, r.text
