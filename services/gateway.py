@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from services.runtime.chat import ChatHandler
 from services.runtime.chat import make_router as make_chat_router
 from services.runtime.errors import NotFound, ServiceUnavailable
-from services.runtime.http import EdgeMiddleware, install_error_handlers
+from services.runtime.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
 from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
 from services.runtime.settings import get_settings
@@ -57,6 +57,7 @@ app = FastAPI(
     description="Six Qwen models behind production APIs, one BentoML Bento.",
     docs_url=None,  # BentoML serves /docs
     redoc_url=None,
+    responses=ERROR_RESPONSES,  # every route documents the envelope for each error status it can answer
 )
 install_error_handlers(app)
 _route_labels: list[str] = ["/v1/models", "/v1/models/*"]
@@ -133,7 +134,9 @@ class _GatewayBase:
         return all(s.get("status") in ("ready", "degraded") for s in (await self.statuses()).values())
 
 
-@app.get("/health", tags=["probes"], summary="200 when every enabled model is ready, else 503 with states")
+@app.get("/health", tags=["probes"], summary="200 when every enabled model is ready, else 503 with states",
+         responses={503: {"description": "not every model is ready: the same body, with each service's state",
+                          "content": {"application/json": {}}}})
 async def health(request: Request) -> JSONResponse:
     gw = request.app.state.gateway
     services = await gw.statuses()

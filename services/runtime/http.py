@@ -247,3 +247,37 @@ def install_error_handlers(app) -> None:
         log.error("unhandled error", exc_info=exc)
         return error_response(QwenError("internal error; see the server log with this request id"))
 
+
+
+# The error envelope in the OpenAPI document: every route may answer these, always in this shape, so a
+# client generated from /docs.json (and schemathesis' conformance checks) know every status it can get.
+ERROR_ENVELOPE_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       # nullable, not a type list: BentoML's document is OpenAPI 3.0
+                       "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}},
+    }},
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_ERROR_STATUSES = {
+    400: "invalid request (the message and `param` say what)",
+    401: "missing or wrong API key",
+    404: "no such route, model or task",
+    413: "input too large (bytes, seconds, pixels or characters)",
+    415: "unsupported media (not audio / not an image)",
+    422: "well-formed but unusable input (e.g. lyrics with no words)",
+    429: "over capacity or rate limit; retry after Retry-After",
+    500: "unexpected server error",
+    502: "a URL or S3 object the request named could not be fetched",
+    503: "model loading or a model service unreachable; retry after Retry-After",
+    504: "a model or a fetched URL did not finish in time",
+}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"description": text, "content": {"application/json": {"schema": ERROR_ENVELOPE_SCHEMA}},
+             **({"headers": _RETRY_AFTER} if status in (429, 503) else {})}
+    for status, text in _ERROR_STATUSES.items()
+}

@@ -1,5 +1,6 @@
 """Schemathesis over the gateway's OpenAPI (the real `bentoml serve` session, auth on): whatever the
-generated input, no 5xx and no response outside the documented statuses' shapes.
+generated input, no 5xx, and every answer conforms to the document — a documented status, content type
+and body shape (errors are the one envelope, documented for every route).
 
 A short budget runs in `make test` (QWEN_FUZZ_EXAMPLES, default 4 per operation); `make fuzz` runs more."""
 
@@ -9,6 +10,7 @@ import os
 
 import pytest
 import schemathesis
+from schemathesis import checks
 from hypothesis import HealthCheck, settings
 
 from tests.served_session import API_KEY
@@ -33,6 +35,9 @@ EXAMPLES = int(os.environ.get("QWEN_FUZZ_EXAMPLES", "4"))
 def test_no_server_errors(case):
     response = case.call(headers={"X-API-Key": API_KEY}, timeout=120)
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
+    # Zero schema violations: the status is documented, and so are the content type and the body's shape.
+    case.validate_response(response, checks=(checks.not_a_server_error, checks.status_code_conformance,
+                                             checks.content_type_conformance, checks.response_schema_conformance))
     if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
         body = response.json()
         # Every error is the one envelope (BentoML's own routes aside).
