@@ -128,10 +128,24 @@ def test_a_dead_model_service_is_503_and_recovers_when_back(split):
     Image.new("RGB", (32, 32)).save(buf, "PNG")
     assert httpx.post(url + "/generate", data={"text": "hi"}, files={"image": ("i.png", buf.getvalue())},
                       timeout=120).status_code == 200
-    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], split.env, split.logs[0])
+    split.procs[0] = restart_aligner(split, split.env)
     wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
     r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b"]'}, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def restart_aligner(split, env: dict) -> subprocess.Popen:
+    """Start the aligner's server again on its address. BentoML's supervisor reserves its control ports by
+    probing for free ones, which can race with other processes on a busy machine: a start that dies in its
+    first seconds with 'Address already in use' is retried once (anything else fails the test as usual)."""
+    proc = start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+    for _ in range(20):
+        if proc.poll() is not None:
+            if "Address already in use" in split.logs[0].read_text(errors="replace"):
+                return start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+            break
+        time.sleep(0.25)
+    return proc
 
 
 def _png() -> bytes:
@@ -186,35 +200,39 @@ def test_a_hung_model_service_is_504_and_serves_again_when_it_resumes(split):
 
 
 def test_a_model_service_killed_under_load_fails_its_requests_with_503_then_recovers(split):
-    """Eight alignments in flight, the aligner's process group SIGKILLed mid-way: every answer is a 200
-    (finished before) or a 503 with Retry-After in the envelope — never a 500 or a hang — and the gateway
-    serves again once the process is back."""
+    """Three ten-minute songs in flight (five aligner windows each), the aligner's server SIGKILLed once
+    windows are queued: every answer is a 503 with Retry-After in the envelope (or a 429 if the queue was
+    full) — never a 500 or a hang — and the gateway serves again once the process is back."""
     url = split.url
-    audio = encode(song(30.0, sr=16000), 16000, "wav")
+    long = encode(song(600.0, sr=8000, phrase=6.0, gap=1.5), 8000, "flac")
     results: list[httpx.Response | Exception] = []
 
     def one():
         try:
-            results.append(_align(url, audio))
+            results.append(httpx.post(url + "/api/v1/align", files={"audio": ("long.flac", long)},
+                                      data={"lyrics": '["a b", "c d"]'}, timeout=120))
         except Exception as exc:  # noqa: BLE001 - recorded and asserted below
             results.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while _aligner_status(url).get("queue_depth", 0) < 1:  # the server holds work when it dies
+        assert time.monotonic() < deadline and any(t.is_alive() for t in threads), results
+        time.sleep(0.05)
     stop_hard(split.procs[0])
     for t in threads:
         t.join(timeout=120)
-    assert len(results) == 8 and not any(isinstance(r, Exception) for r in results), results
+    assert len(results) == 3 and not any(isinstance(r, Exception) for r in results), results
     codes = sorted(r.status_code for r in results)
-    assert set(codes) <= {200, 503} and 503 in codes, codes
+    assert set(codes) <= {200, 429, 503} and 503 in codes, codes
     for r in results:
         if r.status_code == 503:
             assert assert_503_envelope(r)["code"] == "service_unavailable"
-    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], split.env, split.logs[0])
+    split.procs[0] = restart_aligner(split, split.env)
     wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
-    assert _align(url, audio).status_code == 200
+    assert _align(url, encode(song(4.0, sr=16000), 16000, "wav")).status_code == 200
 
 
 def test_a_model_service_killed_while_loading_is_503_and_a_restart_completes_the_load(split):
@@ -225,7 +243,7 @@ def test_a_model_service_killed_while_loading_is_503_and_a_restart_completes_the
     url = split.url
     stop(split.procs[0])
     env = {**split.env, "QWEN_TINY_DIR": str(split.work / "tiny-fresh")}
-    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+    split.procs[0] = restart_aligner(split, env)
     deadline = time.monotonic() + 240
     while (st := _aligner_status(url))["status"] != "loading":
         assert time.monotonic() < deadline and st["status"] in ("unreachable", "loading"), st
@@ -237,13 +255,13 @@ def test_a_model_service_killed_while_loading_is_503_and_a_restart_completes_the
     stop_hard(split.procs[0])
     assert assert_503_envelope(_align(url, audio))["code"] == "service_unavailable"
     assert _aligner_status(url)["status"] == "unreachable"
-    split.procs[0] = start("services.aligner.service:Aligner", split.ports["aligner"], env, split.logs[0])
+    split.procs[0] = restart_aligner(split, env)
     wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
     r = _align(url, audio)
     assert r.status_code == 200 and len(r.json()["segments"]) == 2, r.text
 
 
-def signal_tree(proc: subprocess.Popen, sig: int) -> None:
+def signal_tree(proc: subprocess.Popen, sig: int) -> list[psutil.Process]:
     """Signal the server and every process under it (BentoML's workers are not all in its process group)."""
     procs = [psutil.Process(proc.pid)]
     procs += procs[0].children(recursive=True)
@@ -252,9 +270,13 @@ def signal_tree(proc: subprocess.Popen, sig: int) -> None:
             p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
+    return procs
 
 
 def stop_hard(proc: subprocess.Popen) -> None:
-    """SIGKILL the whole server (arbiter and workers): a crash, not a shutdown."""
-    signal_tree(proc, signal.SIGKILL)
+    """SIGKILL the whole server (arbiter and workers): a crash, not a shutdown. Returns once every process
+    of it is gone, so its port and control sockets are free for the restart."""
+    procs = signal_tree(proc, signal.SIGKILL)
     proc.wait(timeout=15)
+    gone, alive = psutil.wait_procs(procs, timeout=15)
+    assert not alive, alive
