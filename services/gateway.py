@@ -22,6 +22,7 @@ from services.runtime.chat import make_router as make_chat_router
 from services.runtime.errors import NotFound, ServiceUnavailable
 from services.runtime.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
+from services.runtime.modelservice import ModelService
 from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
 from services.runtime.settings import get_settings
 from services.runtime.tasks import TaskStore
@@ -107,9 +108,8 @@ class _GatewayBase:
         try:
             return await asyncio.wait_for(getattr(self, key).to_async.status(), timeout=5)
         except Exception as exc:  # noqa: BLE001 - a dead or hung service is a state, not an error
-            return {"status": "unreachable", "phase": None, "model": None, "device": None, "dtype": None,
-                    "load_seconds": None, "concurrency_limit": None, "max_batch_size": None, "queue_limit": None,
-                    "queue_depth": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            return {**dict.fromkeys(ModelService.STATUS_KEYS), "status": "unreachable",
+                    "error": f"{type(exc).__name__}: {exc}"[:300]}
 
     async def statuses(self) -> dict[str, dict]:
         results = await asyncio.gather(*(self.service_status(k) for k in self.enabled))

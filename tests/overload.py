@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from tests.audio_fixtures import encode, song
+from tests.served_session import process_tree
 
 ALLOWED = frozenset({200, 429, 503})
 
@@ -30,11 +31,13 @@ def capacity(status: dict) -> int:
 
 
 def tree_rss_mb(pid: int) -> float:
-    try:
-        p = psutil.Process(pid)
-        return sum(x.memory_info().rss for x in [p, *p.children(recursive=True)]) / 2**20
-    except psutil.Error:
-        return 0.0
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
 
 
 def route_requests(voice: str = "vivian") -> dict[str, Callable[[httpx.Client, int], httpx.Response]]:

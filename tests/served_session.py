@@ -120,6 +120,18 @@ def s3_server(media_dir):
     server.stop()
 
 
+def process_tree(pid: int) -> list:
+    """The process and everything under it (BentoML's workers run in process groups of their own, so a
+    group signal does not reach them); [] when it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     """Stop a `bentoml serve`: SIGTERM to its group (the arbiter stops its workers), then SIGKILL to every
     process of the tree — BentoML's workers each run in their own process group, so a group kill alone
@@ -128,10 +140,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
     if proc.poll() is not None:
         return
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
+    tree = process_tree(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)

@@ -248,7 +248,6 @@ def install_error_handlers(app) -> None:
         return error_response(QwenError("internal error; see the server log with this request id"))
 
 
-
 # The error envelope in the OpenAPI document: every route may answer these, always in this shape, so a
 # client generated from /docs.json (and schemathesis' conformance checks) know every status it can get.
 ERROR_ENVELOPE_SCHEMA = {

@@ -113,6 +113,11 @@ class ModelService(Generic[E]):
     def __is_ready__(self) -> bool:
         return self.handle.ready
 
+    # The keys every status_info() has (a service may add its own), for the status the gateway writes itself
+    # when a service is unreachable.
+    STATUS_KEYS = ("status", "phase", "model", "device", "dtype", "load_seconds", "error", "concurrency_limit",
+                   "max_batch_size", "queue_limit", "queue_depth")
+
     def status_info(self) -> dict:
         self._record_gpu_memory()
         sch = self.scheduler

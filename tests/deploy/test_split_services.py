@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.audio_fixtures import encode, song
-from tests.served_session import free_port
+from tests.served_session import free_port, process_tree
 from tests.served_session import stop_server as stop
 
 pytestmark = pytest.mark.served
@@ -263,8 +263,7 @@ def test_a_model_service_killed_while_loading_is_503_and_a_restart_completes_the
 
 def signal_tree(proc: subprocess.Popen, sig: int) -> list[psutil.Process]:
     """Signal the server and every process under it (BentoML's workers are not all in its process group)."""
-    procs = [psutil.Process(proc.pid)]
-    procs += procs[0].children(recursive=True)
+    procs = process_tree(proc.pid)
     for p in procs:
         try:
             p.send_signal(sig)

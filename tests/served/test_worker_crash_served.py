@@ -13,12 +13,13 @@ import psutil
 import pytest
 
 from tests.audio_fixtures import encode, song
+from tests.served_session import process_tree
 
 pytestmark = pytest.mark.served
 
 
 def aligner_worker(served) -> psutil.Process:
-    for p in psutil.Process(served.proc.pid).children(recursive=True):
+    for p in process_tree(served.proc.pid):
         cmd = p.cmdline()
         if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == "aligner":
             return p
