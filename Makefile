@@ -31,8 +31,9 @@ tiny: venv
 
 # Offline demo: tiny checkpoints, every service in one process (six torch processes on 2 cores cost
 # ~4x the start time and memory: FACTS §5). Same service classes and engines as production.
+# The tiny ASR never emits the real EOS ids: cap its output (real models derive it from the window).
 demo: tiny
-	QWEN_MODELS=tiny QWEN_TORCH_THREADS=$${QWEN_TORCH_THREADS:-1} \
+	QWEN_MODELS=tiny QWEN_TORCH_THREADS=$${QWEN_TORCH_THREADS:-1} QWEN_ASR_MAX_NEW_TOKENS=$${QWEN_ASR_MAX_NEW_TOKENS:-64} \
 	  .venv/bin/bentoml serve services.gateway:Gateway --development --host $(HOST) --port $(PORT)
 
 serve: venv

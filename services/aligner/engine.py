@@ -51,11 +51,13 @@ class QwenForcedAlignerEngine:
         from qwen_asr import Qwen3ForcedAligner
 
         from services.runtime.device import torch_dtype
+        from services.runtime.encoder_attention import require_windowed_audio_attention
 
         if threads:
             torch.set_num_threads(threads)
         wrapper = Qwen3ForcedAligner.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
         wrapper.model.eval()
+        require_windowed_audio_attention(wrapper.model)
         return cls(wrapper)
 
     def units(self, text: str, language: str) -> list[str]:

@@ -53,6 +53,7 @@ class QwenASREngine:
         from qwen_asr import Qwen3ASRModel
 
         from services.runtime.device import torch_dtype
+        from services.runtime.encoder_attention import require_windowed_audio_attention
 
         if threads:
             torch.set_num_threads(threads)
@@ -62,6 +63,7 @@ class QwenASREngine:
         else:
             model = Qwen3ASRModel.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device,
                                                   max_new_tokens=max_new_tokens, max_inference_batch_size=32)
+            require_windowed_audio_attention(model.model)
         return cls(model, backend)
 
     def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]:
@@ -74,6 +76,9 @@ class QwenASREngine:
             language=[it.language for it in items],
         )
         return [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
 
     def warmup(self) -> None:
         self.transcribe([ASRItem(np.zeros(SAMPLE_RATE, dtype=np.float32))])

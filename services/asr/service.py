@@ -11,14 +11,17 @@ import numpy as np
 
 from services.runtime.chunking import plan_chunks
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.logging import get_logger
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
+from .budget import check_budget, effective_max_new_tokens
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
 from .languages import NAME_TO_ISO, NO_SPACE, parse_language
 
 _CFG = get_settings().asr
+log = get_logger("asr")
 
 
 @bentoml.service(
@@ -40,10 +43,14 @@ class ASR(ModelService[QwenASREngine]):
             return self.cfg.max_batch_size or 32  # vLLM batches on its own: hand it big batches
         return super().batch_size(device)
 
+    def check_settings(self) -> None:
+        for warning in check_budget(self.cfg):
+            log.warning(warning)
+
     def load_engine(self, path: str, device: str, dtype: str) -> QwenASREngine:
         cfg = self.cfg
         return QwenASREngine.load(
-            path, backend=cfg.backend, device=device, dtype=dtype, max_new_tokens=cfg.max_new_tokens,
+            path, backend=cfg.backend, device=device, dtype=dtype, max_new_tokens=effective_max_new_tokens(cfg),
             threads=self.settings.torch_threads,
             vllm_kwargs={"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
                          "max_model_len": cfg.vllm_max_model_len},
@@ -59,7 +66,12 @@ class ASR(ModelService[QwenASREngine]):
     @bentoml.api
     @guarded("asr")
     async def transcribe(self, audio: np.ndarray, prompt: str = "", language: str | None = None) -> dict:
-        self.handle.get()
+        engine = self.handle.get()
+        # Checked before batching: an over-long prompt would otherwise fail (vLLM) or slow every
+        # window batched beside it.
+        if prompt and engine.count_tokens(prompt) > self.cfg.max_prompt_tokens:
+            raise InvalidRequest(f"prompt is longer than {self.cfg.max_prompt_tokens} tokens", param="prompt",
+                                 code="prompt_too_long")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
         if duration > self.cfg.max_audio_seconds:

@@ -1,7 +1,7 @@
 """The captioner behind one async Protocol, two backends:
 
 - `TransformersCaptionEngine`: the Omni thinker in-process (CPU/MPS fallback, the tiny model in tests);
-  one generation at a time (module state; batched clips would attend to each other).
+  one generation at a time (the thinker keeps per-call state on the module).
 - `VLLMCaptionEngine` (services/captioner/vllm_backend.py): a managed `vllm serve` subprocess that the
   service proxies; vLLM batches itself.
 
@@ -103,12 +103,14 @@ class TransformersCaptionEngine:
         from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
         from services.runtime.device import torch_dtype
+        from services.runtime.encoder_attention import require_windowed_audio_attention
 
         if threads:
             torch.set_num_threads(threads)
         model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(dtype),
                                                                      device_map=device)
         model.eval()
+        require_windowed_audio_attention(model)  # the Omni encoder leaks across its windows too
         processor = AutoProcessor.from_pretrained(path)
         return cls(model, processor, max_model_len)
 

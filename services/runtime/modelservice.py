@@ -69,6 +69,10 @@ class ModelService(Generic[E]):
     def load_engine(self, path: str, device: str, dtype: str) -> E:
         raise NotImplementedError
 
+    def check_settings(self) -> None:
+        """Refuse (raise) settings this model cannot serve, before anything is fetched or placed: the
+        load fails with the reason in /health."""
+
     def warmup(self, engine: E) -> None:
         engine.warmup()  # type: ignore[attr-defined]
 
@@ -79,6 +83,7 @@ class ModelService(Generic[E]):
     def _load(self) -> E:
         from .sources import resolve_model_path
 
+        self.check_settings()
         device, dtype = place(self.settings, self.key, self.handle)
         self.scheduler.max_batch_size = self.batch_size(device)
         # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.

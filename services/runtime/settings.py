@@ -71,9 +71,10 @@ class AlignerSettings(ServiceSettings):
     max_concurrency: int = Field(
         2, ge=1, validation_alias=env("QWEN_ALIGNER_MAX_CONCURRENCY", "SOW_QWEN3_MAX_CONCURRENT")
     )
-    # Audio per aligner pass (the real head times up to ~400 s: 5000 classes x 80 ms). Without
-    # flash-attention the audio encoder attends over the whole pass, so cost grows with its square:
-    # 120 s keeps a 10-minute song linear in time (bench/align.py). With flash-attn on GPU, 300 is fine.
+    # Audio per aligner pass (the real head times up to ~400 s: 5000 classes x 80 ms). The audio
+    # encoder attends within 8-s windows (runtime/encoder_attention.py), but the language model attends
+    # over the whole pass (13 tokens per second of audio + the lyrics): 120 s keeps a 10-minute song
+    # near linear in time (bench/align.py).
     window_seconds: float = Field(120.0, gt=5)
     # Longest song accepted (decoded duration); longer input is a 413.
     max_audio_seconds: float = Field(1200.0, gt=0)
@@ -95,9 +96,14 @@ class ASRSettings(ServiceSettings):
     # instance; throughput comes from batching windows of concurrent requests into one generate.
     max_concurrency: int = Field(1, ge=1)
     max_queue: int = Field(32, ge=0)
-    max_new_tokens: int = Field(512, ge=8)
+    # Tokens one window may write. None: derived from the window (10 tokens per second of audio + 32,
+    # 1232 for 120 s; services/asr/budget.py). A value under 5 tokens/s is warned about at load.
+    max_new_tokens: int | None = Field(None, ge=2)
     window_seconds: float = Field(120.0, gt=5, le=1200)
     max_audio_seconds: float = Field(3600.0, gt=0)
+    # Longest `prompt` (the model's context), in tokens; longer is a 400. With the vLLM backend every
+    # window must fit vllm_max_model_len (template + prompt + audio + output): checked at load.
+    max_prompt_tokens: int = Field(1024, ge=0)
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0, le=1)  # the seed shared one T4 with TTS
     vllm_max_model_len: int = Field(4096, ge=512)
     aliases: CommaList = Field(default_factory=lambda: ["qwen3-asr", "asr", "whisper-1"])
@@ -137,8 +143,8 @@ class CaptionerSettings(ServiceSettings):
     top_k: int = Field(20, ge=-1)
     max_tokens: int = Field(16384, ge=1)
     max_model_len: int = Field(32768, ge=256)
-    # The transformers backend runs one generation at a time (module state; batched clips would attend
-    # to each other: the audio encoder ignores its mask). vLLM takes max_num_seqs at once.
+    # The transformers backend runs one generation at a time (the thinker keeps per-call state on the
+    # module). vLLM takes max_num_seqs at once.
     max_concurrency: int = Field(1, ge=1)
     max_queue: int = Field(16, ge=0)
     # vLLM subprocess (the seed's knobs). tensor_parallel_size None: every visible GPU.
@@ -167,8 +173,13 @@ class VLSettings(ServiceSettings):
     batch_wait_ms: float = Field(20.0, ge=0)
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, validation_alias=env("QWEN_VL_MAX_IMAGE_BYTES", "MAX_IMAGE_SIZE"))
     allow_image_url: bool = Field(False, validation_alias=env("QWEN_VL_ALLOW_IMAGE_URL", "ENABLE_SERVER_IMAGE_DOWNLOAD"))
+    # Pixel budget per image, passed to the processor as max_pixels on every call: 1280 visual tokens of
+    # 28x28 px (the checkpoint's own limit is 12845056 px = 16384 tokens). 0: the checkpoint's limit.
+    image_pixels: int = Field(1280 * 28 * 28, ge=0,
+                              validation_alias=env("QWEN_VL_IMAGE_PIXELS", "QWEN_VL_RESIZE_PIXELS"))
+    # Also shrink images to that budget in the gateway, before the hop to the model service (less to send).
+    # The budget applies either way: false only leaves the resizing to the processor.
     resize: bool = Field(False, validation_alias=env("QWEN_VL_RESIZE", "ENABLE_SERVER_IMAGE_RESIZE"))
-    resize_pixels: int = Field(1280 * 28 * 28, gt=0)  # ~1280 visual tokens (28x28 px each)
     max_pixels: int = Field(40_000_000, gt=0)  # hard cap, resize or not (decompression bombs)
     max_new_tokens: int = Field(512, ge=1)
     max_new_tokens_limit: int = Field(2048, ge=1)
@@ -195,7 +206,10 @@ class DiagramSettings(ServiceSettings):
     max_new_tokens: int = Field(384, ge=1, validation_alias=env("QWEN_DIAGRAM_MAX_NEW_TOKENS", "MAX_NEW_TOKENS"))
     max_new_tokens_limit: int = Field(2048, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    max_pixels: int = Field(40_000_000, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)  # hard cap (decompression bombs)
+    # Pixel budget per image, passed to the processor as max_pixels on every call: 1280 visual tokens of
+    # 32x32 px (the checkpoint's own limit is 16777216 px = 16384 tokens). 0: the checkpoint's limit.
+    image_pixels: int = Field(1280 * 32 * 32, ge=0)
     prompt: str = ("Recognise the process diagram in the image. Return only a markdown table of its steps in "
                    "order, with the columns: № | Step | Role.")
     aliases: CommaList = Field(default_factory=lambda: ["diagram", "qwen3-vl"])
