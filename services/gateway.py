@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
+from services.runtime import colocation
 from services.runtime.chat import ChatHandler
 from services.runtime.chat import make_router as make_chat_router
+from services.runtime.device import visible_gpus
 from services.runtime.errors import NotFound, ServiceUnavailable
 from services.runtime.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
 from services.runtime.logging import configure as configure_logging
+from services.runtime.logging import get_logger
 from services.runtime.modelservice import ModelService
 from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
 from services.runtime.settings import get_settings
@@ -51,6 +55,13 @@ def enabled_keys() -> list[str]:
 
 
 ENABLED = enabled_keys()
+
+# GPU memory of the services this process tree runs side by side (the others are reached by URL), judged
+# from settings before any model loads: the gateway refuses to start over an over-committed GPU, and warns
+# about shared ones without caps (in the log and /health's `placement`). Computed here (settings and NVML
+# only), acted on by the gateway instance, not at import: every worker imports this module, and on
+# BentoCloud each service is its own deployment whose settings say nothing about its neighbours.
+PLACEMENT = colocation.check(SETTINGS, colocation.colocated(SETTINGS, ENABLED), visible_gpus())
 
 app = FastAPI(
     title="qwen-bento",
@@ -82,6 +93,10 @@ class _GatewayBase:
 
     def __init__(self) -> None:
         configure_logging(SETTINGS.log_level, SETTINGS.log_json)
+        for finding in PLACEMENT:
+            get_logger("gateway").log(logging.ERROR if finding.level == "error" else logging.WARNING,
+                                      finding.message, extra={"gpu": finding.gpu})
+        colocation.refuse(PLACEMENT)
         self.settings = SETTINGS
         self.enabled = list(ENABLED)
         self.tasks = TaskStore(ttl=SETTINGS.aligner.task_ttl_seconds, max_tasks=SETTINGS.aligner.max_tasks)
@@ -149,7 +164,8 @@ async def health(request: Request) -> JSONResponse:
         status, code = "unhealthy", 503
     else:
         status, code = "starting", 503
-    return JSONResponse({"status": status, "version": VERSION, "services": services}, status_code=code)
+    return JSONResponse({"status": status, "version": VERSION, "services": services,
+                         "placement": [f.message for f in PLACEMENT]}, status_code=code)
 
 
 def _model_cards(gw) -> list[dict]:

@@ -10,6 +10,7 @@ import bentoml
 import numpy as np
 
 from services.runtime.chunking import plan_chunks
+from services.runtime.device import TORCH, VLLM, require_vllm, uses_vllm
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
 from services.runtime.logging import get_logger
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
@@ -43,7 +44,12 @@ class ASR(ModelService[QwenASREngine]):
             return self.cfg.max_batch_size or 32  # vLLM batches on its own: hand it big batches
         return super().batch_size(device)
 
+    def engine_kind(self, device: str) -> str:
+        return VLLM if uses_vllm(self.cfg, device) else TORCH
+
     def check_settings(self) -> None:
+        if self.cfg.backend == "vllm":
+            require_vllm("asr")
         for warning in check_budget(self.cfg):
             log.warning(warning)
 
@@ -52,8 +58,7 @@ class ASR(ModelService[QwenASREngine]):
         return QwenASREngine.load(
             path, backend=cfg.backend, device=device, dtype=dtype, max_new_tokens=effective_max_new_tokens(cfg),
             threads=self.settings.torch_threads,
-            vllm_kwargs={"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                         "max_model_len": cfg.vllm_max_model_len},
+            vllm_kwargs=vllm_kwargs(cfg, dtype),
         )
 
     def _run_batch(self, items: list[ASRItem]) -> list[ASRResult]:
@@ -96,6 +101,13 @@ class ASR(ModelService[QwenASREngine]):
             "duration": round(duration, 3),
             "spans": spans,
         }
+
+
+def vllm_kwargs(cfg, dtype: str) -> dict:
+    """vllm.LLM's arguments (EngineArgs fields) for the vLLM backend, besides the model. Its GPU is chosen
+    by CUDA_VISIBLE_DEVICES (runtime.device.place): vLLM 0.14 has no device argument."""
+    return {"dtype": dtype, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+            "max_model_len": cfg.vllm_max_model_len}
 
 
 def _majority(values: list[str]) -> str | None:

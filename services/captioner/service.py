@@ -10,6 +10,7 @@ from typing import AsyncGenerator
 import bentoml
 import numpy as np
 
+from services.runtime.device import TORCH, VLLM_SERVER, resolve_device, uses_vllm
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -31,18 +32,27 @@ class Captioner(ModelService[CaptionEngine]):
     key = "captioner"
 
     def backend_for(self, device: str) -> str:
-        if self.cfg.backend != "auto":
-            return self.cfg.backend
-        return "vllm" if device.startswith("cuda") else "transformers"
+        return "vllm" if uses_vllm(self.cfg, device) else "transformers"
 
     def batch_size(self, device: str) -> int:
         return 1
+
+    def engine_kind(self, device: str) -> str:
+        return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
+
+    def check_settings(self) -> None:
+        # backend auto is vLLM on CUDA: refuse a missing vLLM now, not after 60 GB of weights.
+        if self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm":
+            from .vllm_backend import check_command
+
+            check_command(self.cfg.vllm_command)
 
     def load_engine(self, path: str, device: str, dtype: str) -> CaptionEngine:
         if self.backend_for(device) == "vllm":
             from .vllm_backend import VLLMCaptionEngine
 
-            engine = VLLMCaptionEngine.start(self.cfg, path, dtype)
+            gpus = self.placement.gpus if self.placement else None
+            engine = VLLMCaptionEngine.start(self.cfg, path, dtype, gpus=gpus)
             # vLLM schedules max_num_seqs at once and queues the rest itself; admission stays ours.
             self.scheduler.max_concurrency = self.cfg.vllm_max_num_seqs
             return engine

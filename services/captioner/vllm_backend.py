@@ -23,9 +23,11 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import wave
@@ -35,6 +37,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 import httpx
 import numpy as np
 
+from services.runtime import device
 from services.runtime.errors import (
     InvalidRequest,
     QwenError,
@@ -59,26 +62,44 @@ _PRIVATE_LINE = re.compile(r"Received request|prompt_token_ids|prompt: |Generate
 
 # -- command line --------------------------------------------------------------------------------------
 def visible_gpu_count() -> int:
-    """GPUs this process may use: torch's count (honours CUDA_VISIBLE_DEVICES), else the variable."""
-    try:
-        import torch
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else the driver's count; runtime.device)."""
+    return device.visible_gpu_count()
 
-        n = int(torch.cuda.device_count())
-        if n > 0:
-            return n
-    except Exception:  # noqa: BLE001 - torch missing or no driver: fall back to the variable
-        pass
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is None:
-        return 0
-    ids = [d.strip() for d in cvd.split(",") if d.strip()]
-    # "-1" (or any invalid id) hides every later device, as CUDA does.
-    count = 0
-    for d in ids:
-        if d.startswith("-"):
-            break
-        count += 1
-    return count
+
+def resolve_command(command: str) -> list[str]:
+    """argv prefix of `vllm_command`. A bare `vllm` is the console script installed next to the running
+    interpreter (the venv's bin: `make serve` runs .venv/bin/bentoml without the venv on PATH), else
+    the one on PATH; any other command is used as written."""
+    base = shlex.split(command)
+    if not base:
+        raise ValueError("vllm_command is empty")
+    if base[0] == "vllm":
+        here = os.path.join(os.path.dirname(sys.executable), "vllm")
+        found = here if os.path.isfile(here) and os.access(here, os.X_OK) else shutil.which("vllm")
+        if found:
+            base[0] = found
+    return base
+
+
+def check_command(command: str) -> None:
+    """Refuse at load, before the weights are fetched, a `vllm_command` that cannot start vLLM here: a
+    `vllm` neither next to this interpreter nor on PATH, a missing executable, or this interpreter's
+    `-m vllm...` without vLLM installed. (Another interpreter's packages are not inspected.)"""
+    base = resolve_command(command)
+    exe = base[0]
+    where = shutil.which(exe) if os.sep not in exe else (exe if os.access(exe, os.X_OK) else None)
+    if where is None:
+        if exe == "vllm":
+            raise RuntimeError(
+                "captioner: the vLLM backend is selected (QWEN_CAPTIONER_BACKEND, auto on CUDA) but no `vllm` "
+                f"is installed next to this interpreter ({os.path.dirname(sys.executable)}) nor on PATH: "
+                f"{device.VLLM_INSTALL_HINT}, set QWEN_CAPTIONER_VLLM_COMMAND to an installed vLLM, or "
+                "QWEN_CAPTIONER_BACKEND=transformers")
+        raise RuntimeError(f"captioner: QWEN_CAPTIONER_VLLM_COMMAND names {exe!r}, which is not an executable "
+                           "here")
+    runs_module = len(base) > 2 and base[1] == "-m" and base[2].split(".")[0] == "vllm"
+    if runs_module and os.path.abspath(where) == os.path.abspath(sys.executable):
+        device.require_vllm("captioner")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,15 +117,16 @@ def served_names(settings) -> list[str]:
     return names or ["captioner"]
 
 
-def build_command(settings, model_path: str, dtype: str, port: int) -> list[str]:
+def build_command(settings, model_path: str, dtype: str, port: int,
+                  tensor_parallel_size: int | None = None) -> list[str]:
     """argv of the vLLM server. `vllm_command` ending in `serve` (the `vllm` CLI) takes the model as its
     positional argument; any other command (`python -m vllm.entrypoints.openai.api_server`) gets
-    `--model PATH`. `vllm_extra_args` come last (argparse: the last occurrence of a flag wins)."""
-    base = shlex.split(settings.vllm_command)
-    if not base:
-        raise ValueError("vllm_command is empty")
+    `--model PATH`. `vllm_extra_args` come last (argparse: the last occurrence of a flag wins).
+    tensor_parallel_size: the placed GPUs' count (runtime.device.place); None: the setting, else every
+    visible GPU."""
+    base = resolve_command(settings.vllm_command)
     model_args = [model_path] if base[-1] == "serve" else ["--model", model_path]
-    tp = settings.vllm_tensor_parallel_size or max(1, visible_gpu_count())
+    tp = tensor_parallel_size or settings.vllm_tensor_parallel_size or max(1, visible_gpu_count())
     cmd = [
         *base,
         *model_args,
@@ -153,13 +175,14 @@ class VLLMServer:
     HEALTH_FAILURES = 10  # consecutive failed probes (alive child) before it is killed and restarted
     STOP_GRACE = 15.0  # SIGTERM -> SIGKILL
 
-    def __init__(self, settings, model_path: str, dtype: str, *, env: dict[str, str] | None = None):
+    def __init__(self, settings, model_path: str, dtype: str, *, env: dict[str, str] | None = None,
+                 tensor_parallel_size: int | None = None):
         self.settings = settings
         self.model_path = str(model_path)
         self.dtype = dtype
         self.host = settings.vllm_host
         self.port = settings.vllm_port or free_port(self.host)
-        self.command = build_command(settings, self.model_path, dtype, self.port)
+        self.command = build_command(settings, self.model_path, dtype, self.port, tensor_parallel_size)
         self.served_model_name = served_names(settings)[0]
         self.env = {**os.environ, **(env or {})}
         # vLLM reports usage stats to its authors unless told not to; this service calls no one.
@@ -608,9 +631,11 @@ class VLLMCaptionEngine:
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 
     @classmethod
-    def start(cls, settings, path: str, dtype: str) -> VLLMCaptionEngine:
-        """Start the server and block until its /health is 200 (runs in the background loader thread)."""
-        server = VLLMServer(settings, path, dtype).start()
+    def start(cls, settings, path: str, dtype: str, gpus: list[str] | None = None) -> VLLMCaptionEngine:
+        """Start the server and block until its /health is 200 (runs in the background loader thread).
+        gpus: the CUDA_VISIBLE_DEVICES ids it is placed on (runtime.device.place), one per TP rank."""
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else None
+        server = VLLMServer(settings, path, dtype, env=env, tensor_parallel_size=len(gpus or []) or None).start()
         if not server.wait_ready(settings.vllm_start_timeout + 30):
             reason = server.error or f"state {server.state}"
             server.close()

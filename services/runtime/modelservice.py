@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .device import place
+from .device import TORCH, Placement, place
 from .lifecycle import ModelHandle
 from .logging import configure as configure_logging
 from .scheduler import Scheduler
@@ -39,12 +39,13 @@ def resources(cpu: str, memory: str, *, gpu: int = 0, gpu_type: str | None = Non
 
 
 def thread_envs() -> list[dict]:
-    # BentoML sets no OMP_NUM_THREADS: every model process would take all cores (FACTS §5).
+    # BentoML sets no OMP_NUM_THREADS: every model process would take all cores.
     return [{"name": "OMP_NUM_THREADS", "value": os.environ.get("OMP_NUM_THREADS", "2")}]
 
 
 class ModelService(Generic[E]):
     key: ClassVar[str]
+    placement: Placement | None = None  # set by _load (device, dtype, a vLLM engine's GPUs)
 
     def __init__(self) -> None:
         s = self.settings = get_settings()
@@ -69,6 +70,11 @@ class ModelService(Generic[E]):
     def load_engine(self, path: str, device: str, dtype: str) -> E:
         raise NotImplementedError
 
+    def engine_kind(self, device: str) -> str:
+        """What runs the model on `device`: device.TORCH, VLLM (in this process) or VLLM_SERVER (a child);
+        placement differs (runtime.device.place)."""
+        return TORCH
+
     def check_settings(self) -> None:
         """Refuse (raise) settings this model cannot serve, before anything is fetched or placed: the
         load fails with the reason in /health."""
@@ -84,7 +90,8 @@ class ModelService(Generic[E]):
         from .sources import resolve_model_path
 
         self.check_settings()
-        device, dtype = place(self.settings, self.key, self.handle)
+        self.placement = place(self.settings, self.key, self.handle, self.engine_kind)
+        device, dtype = self.placement.device, self.placement.dtype
         self.scheduler.max_batch_size = self.batch_size(device)
         # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.
         self.handle.phase = "fetching weights"
@@ -132,7 +139,8 @@ class ModelService(Generic[E]):
     def _record_gpu_memory(self) -> None:
         """GPU memory of this process as metrics (the seed's counters), refreshed on every status call."""
         device = self.handle.device or ""
-        if not device.startswith("cuda"):
+        # A vLLM engine's memory is not torch's in this process (and its GPU may be renumbered).
+        if not device.startswith("cuda") or (self.placement is not None and self.placement.gpus):
             return
         import torch
 

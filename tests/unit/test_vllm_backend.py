@@ -47,7 +47,7 @@ def test_command_vllm_serve_form(monkeypatch):
     monkeypatch.setattr(vb, "visible_gpu_count", lambda: 2)
     cfg = settings(vllm_extra_args="--enforce-eager --chat-template '/a b/t.jinja'")
     cmd = vb.build_command(cfg, "/models/cap", "bfloat16", 8123)
-    assert cmd[:3] == ["vllm", "serve", "/models/cap"]  # positional model of the CLI
+    assert os.path.basename(cmd[0]) == "vllm" and cmd[1:3] == ["serve", "/models/cap"]  # positional model
     assert "--model" not in cmd
     assert flag(cmd, "--tensor-parallel-size") == "2"
     assert flag(cmd, "--max-model-len") == "32768"
@@ -74,6 +74,10 @@ def test_command_python_module_form():
 def test_tp_defaults_to_visible_gpus(monkeypatch):
     import torch
 
+    from services.runtime import device
+
+    monkeypatch.setattr(device, "_nvml", lambda: None)  # torch's count answers (a GPU host's NVML would)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert flag(vb.build_command(settings(), "/m", "auto", 1), "--tensor-parallel-size") == "3"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -82,7 +86,10 @@ def test_tp_defaults_to_visible_gpus(monkeypatch):
 
 
 def test_visible_gpus_from_env_without_torch(monkeypatch):
+    from services.runtime import device
+
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setattr(device, "_nvml", lambda: None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert vb.visible_gpu_count() == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,-1,3")  # CUDA stops at the first invalid id
@@ -91,6 +98,74 @@ def test_visible_gpus_from_env_without_torch(monkeypatch):
     assert vb.visible_gpu_count() == 0
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert vb.visible_gpu_count() == 0
+
+
+def test_placed_tensor_parallel_size_wins():
+    cmd = vb.build_command(settings(vllm_tensor_parallel_size=4), "/m", "bfloat16", 1, tensor_parallel_size=2)
+    assert flag(cmd, "--tensor-parallel-size") == "2"
+
+
+# -- finding vLLM ------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_vllm_anywhere(monkeypatch, tmp_path):
+    """This interpreter in a venv without vLLM, and a PATH without it (`make serve` on a CUDA host)."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "path").mkdir()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    return tmp_path
+
+
+def executable(path):
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_bare_vllm_is_the_one_next_to_the_interpreter_then_on_path(no_vllm_anywhere):
+    assert vb.resolve_command("vllm serve") == ["vllm", "serve"]  # nowhere: left for the check to refuse
+    on_path = executable(no_vllm_anywhere / "path" / "vllm")
+    assert vb.build_command(settings(), "/m", "auto", 1)[:3] == [on_path, "serve", "/m"]
+    venv = executable(no_vllm_anywhere / "venv" / "bin" / "vllm")  # the venv's wins: PATH may lack it
+    assert vb.build_command(settings(), "/m", "auto", 1)[:3] == [venv, "serve", "/m"]
+    vb.check_command("vllm serve")
+    assert vb.resolve_command("/opt/x/bin/python -m vllm.entrypoints.openai.api_server")[0] == "/opt/x/bin/python"
+
+
+def test_missing_vllm_is_refused_with_the_install_hint(no_vllm_anywhere, monkeypatch):
+    from services.runtime import device
+
+    with pytest.raises(RuntimeError, match=r"no `vllm` is installed next to this interpreter .*uv sync --extra cuda"):
+        vb.check_command("vllm serve")
+    with pytest.raises(RuntimeError, match="not an executable"):
+        vb.check_command("/nonexistent/bin/python -m vllm.entrypoints.openai.api_server")
+    # This interpreter's `-m vllm...`: vLLM must be importable here.
+    python = executable(no_vllm_anywhere / "venv" / "bin" / "python")
+    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"captioner: .*not installed.*uv sync --extra cuda"):
+        vb.check_command(shlex.join([python, "-m", "vllm.entrypoints.openai.api_server"]))
+    other = executable(no_vllm_anywhere / "path" / "python3")  # another interpreter: not inspected
+    vb.check_command(shlex.join([other, "-m", "vllm.entrypoints.openai.api_server"]))
+
+
+def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_anywhere, monkeypatch):
+    """backend auto on CUDA is vLLM: without it the load fails at once with the hint (was: /health 503
+    after the weights were fetched)."""
+    from services.captioner import service as cs
+    from services.runtime import modelservice
+    from services.runtime.settings import Settings
+
+    monkeypatch.setattr(cs, "resolve_device", lambda preference: "cuda")
+    monkeypatch.setattr(modelservice, "place", lambda *a: pytest.fail("placed"))
+    svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
+    svc.settings = Settings()
+    svc.cfg = svc.settings.captioner
+    assert svc.cfg.backend == "auto"
+    with pytest.raises(RuntimeError, match="uv sync --extra cuda"):
+        svc._load()
+    monkeypatch.setattr(cs, "resolve_device", lambda preference: "cpu")  # auto off CUDA: transformers
+    assert svc.backend_for("cpu") == "transformers"
+    svc.check_settings()
 
 
 def test_port_zero_means_free_port():
@@ -415,6 +490,21 @@ def test_child_is_restarted_after_it_dies_and_stopped_with_its_group(tmp_path):
         server.close()
     assert server.state == "stopped"
     assert wait_for(lambda: not alive(child2) and not alive(grandchild2), 5)
+
+
+def test_engine_start_places_the_child_on_its_gpus(tmp_path, monkeypatch):
+    """The GPUs placement chose reach the child as CUDA_VISIBLE_DEVICES, their count as tensor parallel."""
+    seen = tmp_path / "seen"
+    monkeypatch.setenv("FAKE_SEEN", str(seen))
+    script = ("import json, os, sys\nopen(os.environ['FAKE_SEEN'], 'w').write(json.dumps("
+              "[os.environ.get('CUDA_VISIBLE_DEVICES'), sys.argv]))\n" + CHILD)
+    cfg = settings(vllm_command=shlex.join([sys.executable, "-c", script]))
+    engine = vb.VLLMCaptionEngine.start(cfg, "/models/fake", "float16", gpus=["2", "3"])
+    try:
+        visible, argv = json.loads(seen.read_text())
+        assert visible == "2,3" and flag(argv, "--tensor-parallel-size") == "2"
+    finally:
+        engine.server.close()
 
 
 def test_start_failure_is_reported_with_the_child_output(caplog):
