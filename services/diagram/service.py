@@ -2,7 +2,9 @@
 
 Adapters come from QWEN_DIAGRAM_ADAPTERS: each entry an adapter folder (adapter_config.json +
 adapter_model.safetensors) or a folder of such folders. A missing or broken entry is a loud warning and
-a `degraded` health state — the base model still serves — never a crash.
+a `degraded` health state — the base model still serves — never a crash. An adapter whose weights do not
+fit the base model (another architecture, other target modules or key prefixes) is not served: requests
+for it (or, when it is the default, requests naming none) are a 503 `adapter_unavailable` with the reason.
 """
 
 from __future__ import annotations
@@ -74,24 +76,34 @@ class Diagram(VisionService):
             log.warning("LoRA adapter not loaded: serving without it", extra={"problem": problem})
         if not adapters:
             log.warning("no LoRA adapter loaded: the base model serves every request (health: degraded)")
-        return VisionLanguageEngine.load(path, device, dtype, model_class="Qwen3VLForConditionalGeneration",
-                                         replicas=self.cfg.max_concurrency, adapters=adapters,
-                                         default_adapter=self.cfg.default_adapter,
-                                         merge_single=self.cfg.merge_single_adapter,
-                                         threads=self.settings.torch_threads)
+        engine = VisionLanguageEngine.load(path, device, dtype, model_class="Qwen3VLForConditionalGeneration",
+                                           replicas=self.cfg.max_concurrency, adapters=adapters,
+                                           default_adapter=self.cfg.default_adapter,
+                                           merge_single=self.cfg.merge_single_adapter,
+                                           threads=self.settings.torch_threads, image_pixels=self.cfg.image_pixels)
+        for name, reason in engine.failed.items():
+            log.warning("LoRA adapter not served", extra={"adapter": name, "problem": reason})
+        return engine
 
-    def degraded(self) -> bool:
-        return self.handle.ready and (bool(self.problems) or not self.handle.get().adapters)
+    def adapter_problems(self) -> list[str]:
+        """Why the service is degraded (empty: it is not): adapters not found, or found but not served."""
+        if not self.handle.ready:
+            return []
+        engine = self.handle.get()
+        problems = self.problems + [f"adapter {name!r} not served: {reason}" for name, reason in engine.failed.items()]
+        return problems or ([] if engine.adapters else ["no LoRA adapter loaded"])
 
     @bentoml.api
     async def status(self) -> dict:
         info = self.status_info()
-        if self.degraded():
+        problems = self.adapter_problems()
+        if problems:
             info["status"] = "degraded"
-            info["error"] = "; ".join(self.problems) or "no LoRA adapter loaded"
+            info["error"] = "; ".join(problems)
         if self.handle.ready:
             engine = self.handle.get()
             info["adapters"] = engine.adapters
+            info["failed_adapters"] = engine.failed
             info["default_adapter"] = engine.default_adapter
         return info
 

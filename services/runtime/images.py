@@ -10,8 +10,9 @@ the warnings filter turns it into an exception) are mapped to the same 413, and 
 the global says (even None). For JPEG with a `resize_to` budget, the decoder scales by 1/2..1/8 while
 decoding (`draft`), so a big photo never exists at full size in memory.
 
-The model processors resize to their own pixel budget anyway (FACTS §7), so without `resize_to` the image
-goes on as is; with it, the gateway shrinks it once (less to pickle to the model process).
+The VL and diagram engines hand the processor each service's pixel budget on every call
+(`processor_pixel_kwargs`), so the processor itself resizes; without `resize_to` the image goes on as is;
+with it, the gateway shrinks it once to the same budget (less to pickle to the model process).
 """
 
 from __future__ import annotations
@@ -61,6 +62,24 @@ def fit_to_budget(w: int, h: int, budget: int) -> tuple[int, int]:
         else:
             nh -= 1
     return nw, nh
+
+
+def processor_pixel_kwargs(image_processor, budget: int | None) -> dict[str, int]:
+    """`min_pixels`/`max_pixels` for every call of a Qwen-VL processor (Qwen2VLImageProcessor and its fast
+    twin: Qwen2.5-VL and Qwen3-VL both use them), capping each image at `budget` pixels.
+
+    The checkpoints allow 16384 visual tokens per image (Qwen2.5-VL: max_pixels 12845056 = 16384 x 28x28 px;
+    Qwen3-VL: size.longest_edge 16777216 = 16384 x 32x32 px), so a 12 MP photo would cost ~15000 tokens
+    of prompt. The processor then resizes (aspect kept, sides rounded down to whole tokens), so an image
+    gives at most budget / px-per-token tokens. Both values are passed: the fast processor reads a call's
+    min/max_pixels only as a pair. The checkpoint's own limits still bound the result (a budget above them,
+    or 0/None, changes nothing); min_pixels is the checkpoint's, lowered to the budget if above it.
+    """
+    size = image_processor.size
+    lo, hi = int(size["shortest_edge"]), int(size["longest_edge"])
+    if budget:
+        hi = min(hi, int(budget))
+    return {"min_pixels": min(lo, hi), "max_pixels": hi}
 
 
 def _is_accepted_magic(data: bytes) -> bool:

@@ -52,7 +52,8 @@ class ServiceSettings(_Base):
     max_batch_size: int | None = Field(None, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
     # Share of one GPU's memory this service may allocate (torch's per-process cap), for models that
-    # share a GPU (the seed ran ASR + TTS on one T4 at 0.45 each). None: no cap.
+    # share a GPU (the seed ran ASR + TTS on one T4 at 0.45 each). None: no cap. Not set for a vLLM engine
+    # (its vllm_gpu_memory_utilization caps it). Co-located shares over 1 on a GPU refuse the start.
     gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
     # Reach this model service at a URL — its own deployment, `bentoml serve services.<svc>.service:<Class>`
     # (Kubernetes/compose per-service pods) — instead of starting it under the gateway. Calls then go as
@@ -124,6 +125,16 @@ class TTSSettings(ServiceSettings):
     frames_per_char: float = Field(4.0, gt=0)
     stream_chunk_frames: int = Field(6, ge=1)  # streamed audio every ~0.5 s
     stream_first_chunk_frames: int = Field(2, ge=1)  # first audio after ~0.16 s of speech
+    # Frames of left context each streamed chunk is re-decoded with. None: the loaded codec's receptive
+    # field (580 frames on the real 12 Hz codec, capped by the package's own 325-frame decode window),
+    # so streamed audio matches the non-streamed decode; ~30 frames are decoded per streamed frame with
+    # 6-frame chunks. Smaller: cheaper, no longer exact.
+    stream_context_frames: int | None = Field(None, ge=0)
+    # Generation memory budget in frames x batch items: qwen_tts keeps every step's hidden states (all
+    # layers) next to the KV cache, ~228 KiB per frame and item in float16 for the real 1.7B, and one
+    # generate runs all its items to the longest. Batches over it run as consecutive smaller generates;
+    # one request is capped at it (with max_frames). 8191 ~ 1.8 GiB at float16.
+    max_batch_frames: int = Field(8191, ge=2)
     aliases: CommaList = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "qwen3-tts", "tts"])
 
 
@@ -147,7 +158,9 @@ class CaptionerSettings(ServiceSettings):
     # module). vLLM takes max_num_seqs at once.
     max_concurrency: int = Field(1, ge=1)
     max_queue: int = Field(16, ge=0)
-    # vLLM subprocess (the seed's knobs). tensor_parallel_size None: every visible GPU.
+    # vLLM subprocess (the seed's knobs). A bare `vllm` command is the one installed next to this
+    # interpreter (the cuda extra), else on PATH. tensor_parallel_size None: every visible GPU from the
+    # captioner's device on; the child sees only those GPUs (CUDA_VISIBLE_DEVICES).
     vllm_command: str = "vllm serve"
     vllm_host: str = "127.0.0.1"
     vllm_port: int = Field(0, ge=0, le=65535)  # 0: a free port

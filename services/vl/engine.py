@@ -2,11 +2,16 @@
 
 - Batching: items of concurrent requests go through one `generate` with left padding (batched equals
   sequential for greedy decoding: tests/tiny). Items are grouped by what must be equal inside one call
-  (adapter, sampling settings); each item is cut to its own token budget.
+  (adapter, and the full `sampling_kwargs` of the item: one request's sampling never applies to another);
+  each item is cut to its own token budget.
+- Images: every processor call gets the service's pixel budget (runtime.images.processor_pixel_kwargs).
 - Concurrency: the models keep per-call state on the module (rope_deltas), so one generate at a time per
   model copy. `replicas` copies serve that many generations at once; a call takes a free copy.
 - Adapters (peft): loaded side by side by name on every copy, chosen per group with `set_adapter`; the
-  base model through `disable_adapter()`; optionally merged when there is exactly one.
+  base model through `disable_adapter()`; optionally merged when there is exactly one. An adapter whose
+  weights do not fit the base model is taken out again and listed in `failed` with the reason (peft only
+  warns about missing keys, and a file none of whose keys match loads as a no-op); a request for it is
+  refused (AdapterUnavailable), the others keep serving.
 """
 
 from __future__ import annotations
@@ -20,6 +25,89 @@ from typing import Any, Iterator, Sequence
 BASE = "base"  # adapter name that selects the base model (adapters disabled)
 
 
+class AdapterUnavailable(ValueError):
+    """The adapter is configured but not served (its weights do not fit the base model)."""
+
+
+def sampling_kwargs(temperature: float | None, top_p: float | None = None, top_k: int | None = None) -> dict:
+    """`generate` kwargs for one request's decoding, every sampling value explicit.
+
+    `generate` starts from the checkpoint's generation_config and overrides only what it is given.
+    Qwen2.5-VL's published file "samples" at temperature 1e-6 with no top_k/top_p (so transformers'
+    top_k 50 applies); a top_k 1 / top_p 0.001 form of it (the issue's) would ignore any temperature;
+    Qwen3-VL's has top_p 0.8 / top_k 20: a request's temperature alone would be mixed with those. So a sampling request (temperature >=
+    MIN_TEMPERATURE) gets do_sample=True with its temperature, its top_p (1.0 = off when not given:
+    OpenAI's default) and its top_k (off when not given, 0 or -1: OpenAI has no top_k; 0 disables
+    transformers' top-k). A greedy one gets do_sample=False and the sampling values cleared. The
+    checkpoint's other settings stay (Qwen2.5-VL: repetition_penalty 1.05).
+    """
+    from services.runtime.generation import is_sampling
+
+    if not is_sampling(temperature):
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": float(temperature), "top_p": 1.0 if top_p is None else float(top_p),
+            "top_k": int(top_k) if top_k is not None and top_k > 0 else 0}
+
+
+def adapter_mismatch(model, name: str, load_result) -> str | None:
+    """Why a loaded adapter does not fit the model (None: every weight found its place). `load_result` is
+    what peft's `load_adapter` returns: `missing_keys` are the adapter's LoRA weights in the model that the
+    file did not fill (peft keeps only those of this adapter), `unexpected_keys` the file's weights that
+    match no module (other key prefixes, another architecture)."""
+    missing, unexpected = list(load_result.missing_keys), list(load_result.unexpected_keys)
+    if not missing and not unexpected:
+        return None
+    total = sum(1 for n, _ in model.named_parameters() if f".{name}." in n and ".lora_" in n)
+    parts = []
+    if missing:
+        loaded = "none loaded" if len(missing) >= total else f"{total - len(missing)} loaded"
+        parts.append(f"{len(missing)} of its {total} LoRA weights missing from the file ({loaded}; first: "
+                     f"{missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights in the file match no module (first: {unexpected[0]})")
+    return "; ".join(parts) + ": made for another base model or other target modules"
+
+
+def attach_adapters(model, adapters: dict[str, str]) -> tuple[Any, list[str], dict[str, str]]:
+    """Loads each adapter (name -> folder) onto `model` with peft and checks it. Returns the model (a
+    PeftModel when one adapter loaded), the names that loaded, and name -> reason for those that did not.
+
+    `PeftModel.from_pretrained` is the wrapper plus `load_adapter`, but it drops the load result (it only
+    warns about missing keys); the two steps are made here to keep it: `get_peft_model` wraps the model
+    with the first adapter's config (fresh LoRA weights, nothing read), `load_adapter` fills them and
+    returns what matched. `key_mapping` is from_pretrained's (the model's checkpoint conversion rules), for
+    every adapter alike. A failed adapter is deleted again (or the model unwrapped if it was the only one),
+    so no half-loaded or no-op adapter is ever active."""
+    from peft import PeftConfig, get_peft_model
+
+    key_mapping = getattr(model, "_checkpoint_conversion_mapping", None) or None
+    peft_model = None
+    loaded: list[str] = []
+    failed: dict[str, str] = {}
+    for name, folder in adapters.items():
+        try:
+            if peft_model is None:
+                config = PeftConfig.from_pretrained(folder)
+                config.inference_mode = True
+                peft_model = get_peft_model(model, config, adapter_name=name)
+            problem = adapter_mismatch(peft_model, name,
+                                       peft_model.load_adapter(folder, adapter_name=name, key_mapping=key_mapping))
+        except Exception as exc:  # noqa: BLE001 - peft/torch raise many types; any of them: not served
+            problem = " ".join(f"cannot be loaded ({type(exc).__name__}: {exc}".split())[:500] + ")"
+        if problem is None:
+            loaded.append(name)
+            continue
+        failed[name] = problem
+        if peft_model is not None and name in peft_model.peft_config:
+            if len(peft_model.peft_config) == 1:
+                model, peft_model = peft_model.unload(), None
+            else:
+                peft_model.delete_adapter(name)
+    if peft_model is not None:
+        peft_model.set_adapter(loaded[0])
+    return (peft_model if peft_model is not None else model), loaded, failed
+
+
 @dataclass
 class VLItem:
     messages: list[dict]  # chat-template messages; image parts are {"type": "image"}
@@ -27,6 +115,7 @@ class VLItem:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float | None = None
+    top_k: int | None = None  # None, 0 or -1: off
     adapter: str | None = None  # diagram: adapter name, BASE, or None (the engine's default)
 
 
@@ -47,14 +136,19 @@ class _Replica:
 
 class VisionLanguageEngine:
     def __init__(self, replicas: list[Any], processor, *, adapters: list[str], default_adapter: str | None,
-                 merged: bool):
+                 merged: bool, failed: dict[str, str] | None = None, image_pixels: int | None = None):
         import torch
+
+        from services.runtime.images import processor_pixel_kwargs
 
         self._torch = torch
         self.processor = processor
         self.adapters = adapters  # loaded adapter names (without BASE)
+        self.failed = dict(failed or {})  # configured adapters not served: name -> reason
         self.default_adapter = default_adapter
         self.merged = merged
+        # min/max_pixels for every processor call: the service's per-image budget
+        self.image_kwargs = processor_pixel_kwargs(processor.image_processor, image_pixels)
         self._free: queue.Queue = queue.Queue()
         for m in replicas:
             self._free.put(m)
@@ -68,7 +162,8 @@ class VisionLanguageEngine:
     @classmethod
     def load(cls, path: str, device: str, dtype: str, *, model_class: str, replicas: int = 1,
              adapters: dict[str, str] | None = None, default_adapter: str | None = None,
-             merge_single: bool = False, threads: int | None = None) -> "VisionLanguageEngine":
+             merge_single: bool = False, threads: int | None = None,
+             image_pixels: int | None = None) -> "VisionLanguageEngine":
         import torch
         import transformers
         from transformers import AutoProcessor
@@ -80,34 +175,40 @@ class VisionLanguageEngine:
         klass = getattr(transformers, model_class)
         adapters = adapters or {}
         models = []
+        loaded: list[str] = []
+        failed: dict[str, str] = {}
         for _ in range(replicas):
             model = klass.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
             if adapters:
-                from peft import PeftModel
-
-                names = list(adapters)
-                model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
-                for name in names[1:]:
-                    model.load_adapter(adapters[name], adapter_name=name)
-                if merge_single and len(names) == 1:
+                model, loaded, failed = attach_adapters(model, adapters)  # the same on every copy
+                if merge_single and len(loaded) == 1:
                     model = model.merge_and_unload()
             model.eval()
             models.append(model)
         processor = AutoProcessor.from_pretrained(path)
-        merged = bool(adapters) and merge_single and len(adapters) == 1
-        # The configured default, else one named "default", else the first found.
+        merged = merge_single and len(loaded) == 1
+        # The configured default, else one named "default", else the first found; chosen among all configured
+        # adapters, so a request that would have gone to a failed one is refused, never sent elsewhere.
         default = default_adapter or ("default" if "default" in adapters else next(iter(adapters), None))
-        return cls(models, processor, adapters=list(adapters), default_adapter=default, merged=merged)
+        if default is not None and default not in loaded and default not in failed:
+            failed[default] = "the configured default adapter is not among the adapters found"
+        return cls(models, processor, adapters=loaded, default_adapter=default, merged=merged, failed=failed,
+                   image_pixels=image_pixels)
 
     # -- validation -----------------------------------------------------------------------------------
     def resolve_adapter(self, name: str | None) -> str | None:
-        """The adapter an item runs with (None: the base model). ValueError for unknown names."""
+        """The adapter an item runs with (None: the base model). ValueError for unknown names,
+        AdapterUnavailable for a configured adapter that is not served (the default one included)."""
         if name is None or name == "":
-            return self.default_adapter
-        if name == BASE:
+            name = self.default_adapter
+            if name is None:
+                return None
+        elif name == BASE:
             if self.merged:
                 raise ValueError("the base model is not available: the single adapter is merged into it")
             return None
+        if name in self.failed:
+            raise AdapterUnavailable(f"adapter {name!r} is not available: {self.failed[name]}")
         if name not in self.adapters:
             known = ", ".join(self.adapters + ([] if self.merged else [BASE])) or "none loaded"
             raise ValueError(f"unknown adapter {name!r}; available: {known}")
@@ -119,17 +220,10 @@ class VisionLanguageEngine:
                  for it in items]
         images = [img for it in items for img in it.images]
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True,
-                              padding_side="left")
+                              padding_side="left", **self.image_kwargs)
 
     def _sampling(self, item: VLItem) -> dict:
-        from services.runtime.generation import is_sampling
-
-        if is_sampling(item.temperature):
-            kw: dict = {"do_sample": True, "temperature": item.temperature}
-            if item.top_p is not None:
-                kw["top_p"] = item.top_p
-            return kw
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return sampling_kwargs(item.temperature, item.top_p, item.top_k)
 
     def _adapter_ctx(self, model, adapter: str | None):
         import contextlib
@@ -213,5 +307,7 @@ class VisionLanguageEngine:
 
         img = Image.new("RGB", (64, 64), (128, 128, 128))
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "warm up"}]}]
+        # An adapter that is served (the default may be one that failed to load: requests for it are refused).
+        adapter = self.default_adapter if self.default_adapter in self.adapters else next(iter(self.adapters), BASE)
         for _ in range(self.replicas):  # each copy once (first calls pay for kernel selection)
-            self.generate_batch([VLItem(msgs, [img], max_new_tokens=2)])
+            self.generate_batch([VLItem(msgs, [img], max_new_tokens=2, adapter=adapter)])

@@ -55,9 +55,10 @@ async def load_image(gw, cfg, *, data: bytes | None, url: str | None, param: str
     if url and not url.strip().startswith("data:") and not getattr(cfg, "allow_image_url", False):
         raise InvalidRequest("fetching images by URL is disabled here (QWEN_VL_ALLOW_IMAGE_URL); upload the image "
                              "or send a data: URL", param=url_param, code="image_url_disabled")
+    # The model service's processor applies cfg.image_pixels to every image; `resize` only does it here first.
     return await image_from_request(gw.settings, data=data, url=url, param=param, url_param=url_param,
                                     max_pixels=cfg.max_pixels,
-                                    resize_to=cfg.resize_pixels if getattr(cfg, "resize", False) else None)
+                                    resize_to=(cfg.image_pixels or None) if getattr(cfg, "resize", False) else None)
 
 
 @router.post("/generate", summary="Generate from a text prompt and an optional image (multipart)",
@@ -129,7 +130,7 @@ async def chat_item(gw, cfg, req: ChatRequest, *, adapter: str | None = None) ->
     return {"messages": messages, "images": images,
             "max_new_tokens": token_budget(cfg, req.token_limit, "max_tokens"),
             "temperature": 0.0 if req.temperature is None else req.temperature, "top_p": req.top_p,
-            "adapter": adapter}
+            "top_k": req.top_k, "adapter": adapter}
 
 
 def chat_for(key: str):

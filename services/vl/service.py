@@ -9,13 +9,13 @@ from typing import AsyncGenerator
 import bentoml
 
 from services.runtime import remote
-from services.runtime.errors import InvalidRequest
+from services.runtime.errors import InvalidRequest, ServiceUnavailable
 from services.runtime.images import from_wire
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
 
-from .engine import VisionLanguageEngine, VLItem, VLResult
+from .engine import AdapterUnavailable, VisionLanguageEngine, VLItem, VLResult
 
 _CFG = get_settings().vl
 
@@ -24,7 +24,7 @@ def to_items(requests: list[dict]) -> list[VLItem]:
     """Wire dicts (images as base64 PNG: runtime.images.to_wire) -> engine items."""
     return [VLItem(messages=r["messages"], images=[from_wire(a) for a in r["images"]],
                    max_new_tokens=int(r["max_new_tokens"]), temperature=float(r.get("temperature") or 0.0),
-                   top_p=r.get("top_p"), adapter=r.get("adapter")) for r in requests]
+                   top_p=r.get("top_p"), top_k=r.get("top_k"), adapter=r.get("adapter")) for r in requests]
 
 
 def result_dict(r: VLResult) -> dict:
@@ -50,6 +50,10 @@ class VisionService(ModelService[VisionLanguageEngine]):
         for r in requests:
             try:
                 engine.resolve_adapter(r.get("adapter"))
+            except AdapterUnavailable as exc:
+                # Configured but its weights do not fit the base model (health: degraded, with the reason):
+                # not the client's mistake, and nothing else is served in its place.
+                raise ServiceUnavailable(str(exc), param="adapter", code="adapter_unavailable") from None
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="adapter", code="unknown_adapter") from None
 
@@ -94,7 +98,8 @@ class VL(VisionService):
 
     def load_engine(self, path: str, device: str, dtype: str) -> VisionLanguageEngine:
         return VisionLanguageEngine.load(path, device, dtype, model_class="Qwen2_5_VLForConditionalGeneration",
-                                         replicas=self.cfg.max_concurrency, threads=self.settings.torch_threads)
+                                         replicas=self.cfg.max_concurrency, threads=self.settings.torch_threads,
+                                         image_pixels=self.cfg.image_pixels)
 
     @bentoml.api
     async def status(self) -> dict:

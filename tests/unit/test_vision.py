@@ -1,5 +1,6 @@
 """The VL engine on the tiny checkpoints (batching, adapters, trimming), adapter discovery, and the
-degraded state of a diagram service whose adapters are missing (a real service in a subprocess)."""
+degraded state of a diagram service whose adapters are missing or do not fit (a real service in a
+subprocess)."""
 
 import asyncio
 import json
@@ -16,7 +17,7 @@ from PIL import Image
 from services.diagram.service import discover_adapters
 from services.runtime.errors import InvalidRequest
 from services.runtime.settings import Settings
-from services.vl.engine import BASE, VisionLanguageEngine, VLItem
+from services.vl.engine import BASE, AdapterUnavailable, VisionLanguageEngine, VLItem, attach_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,34 @@ def diagram_engine(tiny_root):
     assert problems == [] and set(adapters) == {"default", "alt"}
     return VisionLanguageEngine.load(str(path), "cpu", "float32", model_class="Qwen3VLForConditionalGeneration",
                                      adapters=adapters, threads=1)
+
+
+@pytest.fixture(scope="module")
+def bad_adapters(tiny_root, tmp_path_factory):
+    """Adapters that do not fit the tiny Qwen3-VL, each made from its good `default` adapter:
+    prefix  - keys under another module path (as from a model whose decoder is named differently): none match;
+    subset  - only the q_proj weights although the config targets seven projections: most LoRA weights missing;
+    shapes  - LoRA A matrices for a 32-wide model (the tiny decoder is 64 wide): size mismatch;
+    gpt2    - target modules of another architecture (c_attn/c_proj): nothing to attach to."""
+    from safetensors.torch import load_file, save_file
+
+    from services import tiny
+
+    good = tiny.ensure("diagram", tiny_root) / "adapters" / "default"
+    weights = load_file(good / "adapter_model.safetensors")
+    config = json.loads((good / "adapter_config.json").read_text())
+    variants = {
+        "prefix": ({}, {k.replace(".language_model.", ".text_model."): v for k, v in weights.items()}),
+        "subset": ({}, {k: v for k, v in weights.items() if ".q_proj." in k}),
+        "shapes": ({}, {k: v[:, :32].contiguous() if ".lora_A." in k else v for k, v in weights.items()}),
+        "gpt2": ({"target_modules": ["c_attn", "c_proj"]}, weights),
+    }
+    root = tmp_path_factory.mktemp("bad-adapters")
+    for name, (cfg_patch, tensors) in variants.items():
+        (root / name).mkdir()
+        (root / name / "adapter_config.json").write_text(json.dumps({**config, **cfg_patch}))
+        save_file(tensors, root / name / "adapter_model.safetensors")
+    return {name: str(root / name) for name in variants}
 
 
 def item(i, max_new_tokens=6, image=True, adapter=None):
@@ -146,3 +175,114 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(vl_engine):
     tiny_t.temperature = 1e-300
     greedy = item(0, 4)
     assert vl_engine.generate_batch([tiny_t])[0].text == vl_engine.generate_batch([greedy])[0].text
+
+
+def test_adapters_that_do_not_fit_are_not_served_and_the_others_are_unaffected(tiny_root, bad_adapters,
+                                                                              diagram_engine):
+    from services import tiny
+
+    path = tiny.ensure("diagram", tiny_root)
+    good = {n: str(path / "adapters" / n) for n in ("default", "alt")}
+    # a failing adapter first (it wraps the model, then is taken out again), the others around the good ones
+    order = {"shapes": bad_adapters["shapes"], "default": good["default"], "prefix": bad_adapters["prefix"],
+             "gpt2": bad_adapters["gpt2"], "alt": good["alt"], "subset": bad_adapters["subset"]}
+    engine = VisionLanguageEngine.load(str(path), "cpu", "float32", model_class="Qwen3VLForConditionalGeneration",
+                                       adapters=order, threads=1)
+    assert engine.adapters == ["default", "alt"] and engine.default_adapter == "default"
+    assert set(engine.failed) == {"shapes", "prefix", "gpt2", "subset"}
+    assert "42 of its 42 LoRA weights missing" in engine.failed["prefix"] and "none loaded" in engine.failed["prefix"]
+    assert "42 weights in the file match no module" in engine.failed["prefix"]
+    assert "36 of its 42 LoRA weights missing" in engine.failed["subset"] and "6 loaded" in engine.failed["subset"]
+    assert "size mismatch" in engine.failed["shapes"]
+    assert "c_attn" in engine.failed["gpt2"] and "not found" in engine.failed["gpt2"]
+    for name in engine.failed:
+        with pytest.raises(AdapterUnavailable, match=f"adapter '{name}' is not available"):
+            engine.resolve_adapter(name)
+    # the good adapters and the base decode exactly as on an engine that never saw a bad one
+    items = [item(0, adapter="default"), item(0, adapter="alt"), item(0, adapter=BASE)]
+    assert [r.text for r in engine.generate_batch(items)] == [r.text for r in diagram_engine.generate_batch(items)]
+
+
+def test_a_failed_default_adapter_refuses_requests_naming_none(tiny_root, bad_adapters):
+    from services import tiny
+
+    path = tiny.ensure("diagram", tiny_root)
+    engine = VisionLanguageEngine.load(str(path), "cpu", "float32", model_class="Qwen3VLForConditionalGeneration",
+                                       adapters={"prefix": bad_adapters["prefix"]}, threads=1)
+    assert engine.adapters == [] and engine.default_adapter == "prefix" and set(engine.failed) == {"prefix"}
+    with pytest.raises(AdapterUnavailable):
+        engine.resolve_adapter(None)  # never the base model in its place
+    assert engine.resolve_adapter(BASE) is None  # asked for explicitly: served
+    engine.warmup()  # warms up on what is served
+
+
+def test_a_good_adapter_loads_exactly_as_peft_loads_it(tiny_root):
+    import torch
+    from peft import PeftModel
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from services import tiny
+
+    path = tiny.ensure("diagram", tiny_root)
+    good = {n: str(path / "adapters" / n) for n in ("default", "alt")}
+
+    def base():
+        return Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+
+    ours, loaded, failed = attach_adapters(base(), good)
+    assert (loaded, failed) == (["default", "alt"], {})
+    theirs = PeftModel.from_pretrained(base(), good["default"], adapter_name="default")
+    theirs.load_adapter(good["alt"], adapter_name="alt")
+    ids = torch.tensor([[1, 5, 9, 14, 20]])
+    with torch.no_grad():
+        for name in ("default", "alt"):
+            ours.set_adapter(name)
+            theirs.set_adapter(name)
+            assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+def test_a_mismatched_adapter_makes_the_diagram_service_degraded_and_is_refused(tiny_root, bad_adapters):
+    code = """
+import asyncio, json
+from services.diagram.service import Diagram
+svc = Diagram()
+inner = svc() if not hasattr(svc, "handle") else svc
+assert inner.handle.wait(300), inner.handle.error
+item = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "images": [],
+        "max_new_tokens": 2, "temperature": 0.0}
+print(json.dumps(asyncio.run(inner.status())))
+print(json.dumps(asyncio.run(inner.generate([item]))))
+print(json.dumps(asyncio.run(inner.generate([{**item, "adapter": "base"}]))))
+"""
+    env = {**os.environ, "QWEN_MODELS": "tiny", "QWEN_TINY_DIR": str(tiny_root), "QWEN_TORCH_THREADS": "1",
+           "QWEN_DIAGRAM_ADAPTERS": bad_adapters["subset"], "QWEN_LOG_JSON": "false"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status, default, base = (json.loads(line) for line in out.stdout.strip().splitlines()[-3:])
+    assert status["status"] == "degraded" and status["adapters"] == [] and status["default_adapter"] == "subset"
+    assert "adapter 'subset' not served: 36 of its 42 LoRA weights missing" in status["error"]
+    assert set(status["failed_adapters"]) == {"subset"}
+    error = default["__qwen_error__"]
+    assert (error["status"], error["code"], error["param"]) == (503, "adapter_unavailable", "adapter")
+    assert "adapter 'subset' is not available" in error["message"]
+    assert base["results"][0]["adapter"] is None and base["results"][0]["usage"]["completion_tokens"] == 2
+    assert "LoRA adapter not served" in out.stderr
+
+
+@pytest.mark.parametrize("which", ["vl", "diagram"])
+def test_the_pixel_budget_reaches_the_image_processor_through_the_full_processor(which, vl_engine, diagram_engine,
+                                                                                 monkeypatch):
+    from services.runtime.images import processor_pixel_kwargs
+
+    engine = vl_engine if which == "vl" else diagram_engine
+    ip = engine.processor.image_processor
+    px = (ip.patch_size * ip.merge_size) ** 2
+    photo = VLItem([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+                   [Image.new("RGB", (4000, 3000), (9, 99, 199))])
+
+    def image_tokens() -> int:
+        return int((engine._prepare([photo])["input_ids"] == engine.processor.image_token_id).sum())
+
+    own = image_tokens()  # the tiny checkpoint's own limit: 16 tokens (12 for 4:3)
+    monkeypatch.setattr(engine, "image_kwargs", processor_pixel_kwargs(ip, 8 * px))
+    assert own == 12 and image_tokens() == 6  # a budget of 8 tokens: 3x2 for 4:3
