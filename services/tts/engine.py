@@ -13,10 +13,21 @@ What the engine does on top of `Qwen3TTSModel.generate_custom_voice`:
   (`rope_deltas` at prefill) and the streaming hook sits on the shared module; concurrent calls on one
   instance give wrong audio or crash. Codec decoding is stateless and runs outside the lock, except in
   `stream()`, which holds the lock for the whole generation.
-* Memory: the package forces `output_hidden_states=True`, so every step's hidden states are kept until
-  the end (~0.5 GB per 2000 frames fp32 for the real 1.7B, estimated). `max_frames_limit` caps a
-  request (default 8191 frames ~ 10.9 min, the real checkpoint's own default); the service splits long
-  texts.
+* Sampling: the real generation_config.json samples (talker and sub-talker: temperature 0.9, top_k 50,
+  top_p 1.0; repetition_penalty 1.05). `sampling_kwargs()` resolves those values once at load with the
+  package's own merge rule and every generate passes them explicitly (`self.sampling`); the tiny
+  checkpoint's file is greedy. There are no per-request knobs: one generate samples all its items with
+  one set of values, and OpenAI's speech API has none. So two requests for the same text give different
+  audio, batched output is not the output the item would get alone, and a stream is not the audio a
+  separate `synthesize()` would give; only with a fixed seed and batch 1 are the streamed and the
+  non-streamed codes the same, and then their audio agrees within float tolerance (fp16/bf16 kernels
+  differ with sequence length), not bit for bit.
+* Memory: the package forces `output_hidden_states=True`, so every step's hidden states (all layers)
+  stay until the end, next to the KV cache: `generation_bytes_per_frame()`, 228 KiB per frame and item
+  in float16 for the real 1.7B (4 x 8191 frames: 7.1 GiB). One generate runs every item to the longest
+  one, so a batch costs items x longest frames: `split_batch()` runs a batch over `max_batch_frames` as
+  consecutive smaller generates, and `max_frames_limit` (also capped by the budget) bounds one request
+  (default 8191 frames ~ 10.9 min, the real checkpoint's own default).
 
 Streaming (`stream()`) without patching the package: a forward hook on `tts.model.talker` sees every
 generation step; its output's `hidden_states[1]` is the finished 16-code frame t during step t+1 (None at
@@ -29,19 +40,21 @@ Decoding while streaming must reproduce the package's own decode, `decoder.chunk
 300 frames, each re-decoded with 25 frames of left context and positions restarting at the window start).
 The codec decoder is causal (causal convs, causal sliding-window attention), so a frame's samples depend
 only on earlier frames of its package chunk window. A streamed span of frames [a, b) is decoded from
-`max(package window start, a - context_frames)` and only its new samples are kept. Exactness needs
-`context_frames` >= the decoder's receptive field in frames: layers x (sliding_window - 1) for the
-transformer plus ~12 frames of conv stack (`receptive_frames()`, computed from the loaded codec):
-83 frames on the tiny codec (1 layer); 8 x 71 + 12 = 580 on the real 12 Hz codec, more than the
-package's 325-frame window, so there each streamed span is re-decoded from the package chunk start
-(at most 325 frames per decode). The default (`context_frames=None`) is that receptive field: exact on
-any codec. A smaller value bounds decode cost at the price of exactness.
+`max(package window start, a - context_frames)` and only its new samples are kept (`decode_windows()`).
+Exactness needs `context_frames` >= the decoder's receptive field in frames (`receptive_frames()`,
+computed from the loaded codec): layers x (sliding_window - 1) for the transformer, 2 for the conv
+before it and 10 for the upsampling stack after it. 83 frames on the tiny codec (1 layer); 8 x 71 + 12
+= 580 on the real 12 Hz codec, more than the package's 325-frame window, so there each streamed span is
+re-decoded from the package chunk start (at most 325 frames per decode): with 6-frame chunks ~30 frames
+are decoded per streamed frame (~14 on the tiny), against ~1.1 for the non-streamed decode; the real
+decoder costs ~5 GFLOP per decoded frame. The default (`context_frames=None`) is that receptive field:
+exact on any codec. A smaller value bounds decode cost at the price of exactness; larger
+`chunk_frames` cut the re-decoding too.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -103,7 +116,8 @@ class SpeechEngine(Protocol):
         """float32 mono audio at `sample_rate`; a whole number of frames, at most `max_frames`."""
 
     def synthesize_batch(self, items: list[SpeechItem]) -> list[np.ndarray]:
-        """One generate call over all items (left padded); one array per item, in order."""
+        """Generate calls over the items (left padded; as few as the frame budget allows); one array
+        per item, in order."""
 
     def stream(
         self,
@@ -114,7 +128,9 @@ class SpeechEngine(Protocol):
         max_frames: int,
         cancel: threading.Event | None = None,
     ) -> Iterator[np.ndarray]:
-        """float32 audio chunks while generating; their concatenation equals `synthesize()`."""
+        """float32 audio chunks while generating: their concatenation is the package's decode of the
+        frames this call generated (within float tolerance). It equals a separate `synthesize()` only
+        where generation is reproducible (greedy, or the same seed), as on the tiny checkpoint."""
 
 
 class _Cancelled(Exception):
@@ -130,29 +146,101 @@ _DONE = object()
 
 
 def receptive_frames(decoder) -> int | None:
-    """How many earlier frames can influence a frame's samples in the 12 Hz codec decoder.
+    """How many earlier frames influence a frame's samples in the 12 Hz codec decoder (exact).
 
-    Transformer: each sliding-window layer reaches `sliding_window - 1` frames back. Conv stack: every
-    causal conv reaches `(kernel - 1) * dilation` samples back at its own rate; a transposed conv
-    (kernel k, stride s, right-trimmed) reaches `(k - 1) // s` input samples back and multiplies the
-    rate by s. Modules are visited in registration order, which is the decoder's forward order.
+    Walks back from the first sample of frame t, output to input, in the units of each layer's input:
+    a causal conv (effective kernel K = (kernel - 1) * dilation + 1, stride s, left-padded by K - s)
+    reaches input sample i * s - K + s; a transposed conv (kernel k, stride s, right-trimmed) reaches
+    input sample ceil((j - k + 1) / s); each sliding-window attention layer reaches `sliding_window - 1`
+    frames back. Convs are visited in reverse registration order: the decoder's upsampling stack is
+    registered in forward order, and the conv before the transformer (`pre_conv`) runs at the frame rate
+    like the transformer, so where it falls among them does not matter. Real 12 Hz codec: 10 frames
+    (upsampling stack) + 8 x 71 (attention) + 2 (pre_conv) = 580; the tiny codec (1 layer): 83.
     None if the attention is not windowed (unbounded).
     """
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import (
+        Qwen3TTSTokenizerV2CausalConvNet as CausalConv,
+        Qwen3TTSTokenizerV2CausalTransConvNet as CausalTransConv,
+    )
+
     cfg = decoder.config
     window = getattr(cfg, "sliding_window", None)
     if not window:
         return None
-    frames = float(cfg.num_hidden_layers * (window - 1))
-    rate = 1  # samples per frame at the current point of the conv stack
-    for mod in decoder.modules():
-        name = type(mod).__name__
-        if name.endswith("CausalTransConvNet"):
+    pos = 0  # earliest input sample reached, relative to the first sample of frame t (<= 0)
+    for mod in reversed([m for m in decoder.modules() if isinstance(m, (CausalConv, CausalTransConv))]):
+        if isinstance(mod, CausalTransConv):
             k, s = mod.conv.kernel_size[0], mod.conv.stride[0]
-            frames += ((k - 1) // s) / rate
-            rate *= s
-        elif name.endswith("CausalConvNet"):
-            frames += (mod.kernel_size - 1) / rate  # kernel_size there is the dilated span
-    return math.ceil(frames) + 1
+            pos = -((k - 1 - pos) // s)  # ceil((pos - k + 1) / s)
+        else:
+            pos = pos * mod.stride - mod.kernel_size + mod.stride  # mod.kernel_size: the dilated span
+    return -pos + cfg.num_hidden_layers * (window - 1)
+
+
+def decode_windows(
+    a: int, b: int, context: int | None, chunk_size: int, left_context: int
+) -> list[tuple[int, int, int]]:
+    """The codec calls that give frames [a, b) as the package's `chunked_decode` of all frames does.
+
+    Each (start, first, end): decode frames [start, end) and keep the samples of [first, end).
+    `chunked_decode` decodes chunk [c, c + chunk_size) from c - left_context (0 for the first chunk); a
+    span inside it starts at max(that, a - context), `context` None: at the chunk's own start.
+    """
+    out = []
+    while a < b:
+        chunk = (a // chunk_size) * chunk_size
+        window = chunk - (left_context if chunk - left_context > 0 else chunk)  # chunked_decode's rule
+        end = min(b, chunk + chunk_size)
+        out.append((window if context is None else max(window, a - context), a, end))
+        a = end
+    return out
+
+
+def generation_bytes_per_frame(talker_config, dtype_bytes: int) -> int:
+    """Device memory one generated frame adds per batch item while a generate runs (freed at its end).
+
+    qwen_tts's generate forces `output_hidden_states=True`: every step keeps the talker's hidden states
+    of all layers plus the final norm ((layers + 1) x hidden values), next to the KV cache (layers x 2 x
+    kv_heads x head_dim). Real 1.7B talker: (29 x 2048 + 2 x 28 x 8 x 128) x 2 bytes = 228 KiB in
+    float16 (each prompt token costs the same). The sub-talker's per-step state is freed every step.
+    """
+    c = talker_config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kept = (c.num_hidden_layers + 1) * c.hidden_size
+    kv_cache = c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim
+    return (kept + kv_cache) * int(dtype_bytes)
+
+
+def split_batch(frames: Sequence[int], budget: int) -> list[list[int]]:
+    """Item indices grouped into generate calls that each cost at most `budget` frames x items.
+
+    One generate keeps state for every item up to the longest one's frames, so a group costs
+    len(group) x max(frames). Longest first, so that similar lengths share a call; an item over the
+    budget on its own runs alone. Indices inside a group keep the input order.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(frames)), key=lambda i: -frames[i]):  # stable: ties keep input order
+        if groups and (len(groups[-1]) + 1) * frames[groups[-1][0]] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [sorted(g) for g in groups]
+
+
+SAMPLING_KEYS = ("do_sample", "top_k", "top_p", "temperature", "repetition_penalty",
+                 "subtalker_dosample", "subtalker_top_k", "subtalker_top_p", "subtalker_temperature")
+
+
+def sampling_kwargs(tts, overrides: dict | None = None) -> dict:
+    """The talker's and sub-talker's sampling arguments: `overrides`, else the checkpoint's
+    generation_config.json, else the package's hard defaults (the package's own merge rule). The real
+    CustomVoice file samples: do_sample true, temperature 0.9, top_k 50, top_p 1.0, repetition_penalty
+    1.05, the sub-talker likewise."""
+    unknown = set(overrides or {}) - set(SAMPLING_KEYS)
+    if unknown:
+        raise ValueError(f"unknown sampling argument(s) {sorted(unknown)}; known: {', '.join(SAMPLING_KEYS)}")
+    merged = tts._merge_generate_kwargs(**(overrides or {}))
+    return {k: merged[k] for k in SAMPLING_KEYS}
 
 
 class QwenTTSEngine:
@@ -164,6 +252,8 @@ class QwenTTSEngine:
         first_chunk_frames: int = 2,
         context_frames: int | None = None,
         max_frames_limit: int = MAX_FRAMES_LIMIT,
+        max_batch_frames: int = MAX_FRAMES_LIMIT,
+        sampling: dict | None = None,
     ):
         import torch
 
@@ -186,7 +276,16 @@ class QwenTTSEngine:
         self.languages = ["auto"] + [x for x in langs if x != "auto"]
         # generate_custom_voice drops `instruct` when `tts_model_size in "0b6"` (a substring test).
         self.supports_instructions = str(model.tts_model_size) not in "0b6"
-        self.max_frames_limit = int(max_frames_limit)
+        # Generation memory: items x longest frames per generate is bounded by max_batch_frames, so one
+        # request cannot exceed it either.
+        self.max_batch_frames = int(max_batch_frames)
+        if self.max_batch_frames < 2:
+            raise ValueError("max_batch_frames must be >= 2")
+        self.max_frames_limit = min(int(max_frames_limit), self.max_batch_frames)
+        self.bytes_per_frame = generation_bytes_per_frame(
+            model.config.talker_config, next(model.talker.parameters()).element_size()
+        )
+        self.sampling = sampling_kwargs(tts, sampling)
 
         self._talker = model.talker
         self._eos = int(model.config.talker_config.codec_eos_token_id)
@@ -266,14 +365,14 @@ class QwenTTSEngine:
             tts._tokenize_texts([tts._build_instruct_text(i.instructions)])[0] if i.instructions else None
             for i in items
         ]
-        gen = tts._merge_generate_kwargs(max_new_tokens=max_frames + 1)  # talker steps = frames + 1
         codes, _ = tts.model.generate(
             input_ids=input_ids,
             instruct_ids=instruct_ids,
             languages=[i.language for i in items],
             speakers=[i.voice for i in items],
             non_streaming_mode=True,
-            **gen,
+            max_new_tokens=max_frames + 1,  # talker steps = frames + 1
+            **self.sampling,
         )
         return codes
 
@@ -293,14 +392,18 @@ class QwenTTSEngine:
 
     def synthesize_batch(self, items: list[SpeechItem]) -> list[np.ndarray]:
         items = [self.check(i) for i in items]
-        if not items:
-            return []
         torch = self._torch
-        with self._lock, torch.inference_mode():
-            codes = self._generate_codes(items, max(i.max_frames for i in items))
-        # One generate runs to the longest max_frames: cut each item to its own (the codec is causal).
-        codes = [c[: i.max_frames] for c, i in zip(codes, items)]
-        return self._decode(codes)
+        out: list = [None] * len(items)
+        # Items x longest frames over the budget: consecutive smaller generates (same device time).
+        for group in split_batch([i.max_frames for i in items], self.max_batch_frames):
+            part = [items[k] for k in group]
+            with self._lock, torch.inference_mode():
+                codes = self._generate_codes(part, max(i.max_frames for i in part))
+            # One generate runs to the longest max_frames: cut each item to its own (the codec is causal).
+            codes = [c[: i.max_frames] for c, i in zip(codes, part)]
+            for k, wav in zip(group, self._decode(codes)):
+                out[k] = wav
+        return out
 
     def stream(
         self,
@@ -404,18 +507,12 @@ class QwenTTSEngine:
         """
         torch = self._torch
         spf = self.samples_per_frame
-        size, left = self._pkg_chunk, self._pkg_left
         pieces = []
         with torch.inference_mode():
-            while a < b:
-                start = (a // size) * size
-                window = start - (left if start - left > 0 else start)  # chunked_decode's rule
-                end = min(b, start + size)
-                w = window if ctx is None else max(window, a - ctx)
+            for w, first, end in decode_windows(a, b, ctx, self._pkg_chunk, self._pkg_left):
                 codes = torch.stack(frames[w:end]).to(self._codec_device).clamp(min=0)
-                wav = self._decoder(codes.T.unsqueeze(0))[0, 0, (a - w) * spf :]
+                wav = self._decoder(codes.T.unsqueeze(0))[0, 0, (first - w) * spf :]
                 pieces.append(wav.float().cpu().numpy())
-                a = end
         return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
 
     def warmup(self) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest
+from services.runtime.logging import get_logger
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -21,6 +22,7 @@ from services.runtime.settings import get_settings
 from .engine import QwenTTSEngine, SpeechItem
 
 _CFG = get_settings().tts
+log = get_logger("tts")
 
 
 @bentoml.service(
@@ -34,16 +36,24 @@ class TTS(ModelService[QwenTTSEngine]):
     key = "tts"
 
     def load_engine(self, path: str, device: str, dtype: str) -> QwenTTSEngine:
-        return QwenTTSEngine.load(path, device, dtype, threads=self.settings.torch_threads,
-                                  chunk_frames=self.cfg.stream_chunk_frames,
-                                  first_chunk_frames=self.cfg.stream_first_chunk_frames)
+        engine = QwenTTSEngine.load(path, device, dtype, threads=self.settings.torch_threads,
+                                    chunk_frames=self.cfg.stream_chunk_frames,
+                                    first_chunk_frames=self.cfg.stream_first_chunk_frames,
+                                    context_frames=self.cfg.stream_context_frames,
+                                    max_batch_frames=self.cfg.max_batch_frames)
+        log.info("tts generation settings", extra={
+            "sampling": engine.sampling, "max_batch_frames": engine.max_batch_frames,
+            "max_batch_frames_gib": round(engine.max_batch_frames * engine.bytes_per_frame / 2**30, 2),
+            "codec_receptive_frames": engine.receptive_frames, "stream_context_frames": engine.context_frames})
+        return engine
 
     def _run_batch(self, items: list[SpeechItem]) -> list[np.ndarray]:
         return self.handle.get().synthesize_batch(items)
 
     def _item(self, text: str, voice: str, language: str | None, instructions: str | None) -> SpeechItem:
         engine = self.handle.get()
-        frames = min(self.cfg.max_frames, int(50 + self.cfg.frames_per_char * len(text)))
+        # Capped by the text, the setting and the engine (whose limit includes the memory budget).
+        frames = min(self.cfg.max_frames, engine.max_frames_limit, int(50 + self.cfg.frames_per_char * len(text)))
         try:
             return engine.check(SpeechItem(text, voice, language, instructions, max(2, frames)))
         except ValueError as exc:

@@ -2,6 +2,9 @@
 
 Weights are random: assert shapes, types, counts, equalities between paths and timing order, never
 content. The tiny talker never emits EOS, so a call gives exactly max_frames frames of 1920 samples.
+The tiny checkpoint's generation_config is greedy and runs in float32, so there a stream equals a
+separate synthesize and a batch equals its items alone; the real one samples, so those equalities hold
+there only for a stream and a synthesize with the same seed (the `sampled` tests), within tolerance.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from services.tiny import ensure
-from services.tts.engine import QwenTTSEngine, SpeechItem
+from services.tts.engine import QwenTTSEngine, SpeechItem, receptive_frames
 
 SR = 24000
 FRAME = 1920
@@ -94,6 +97,8 @@ def test_validation(engine, kwargs, match):
 
 
 def test_stream_equals_synthesize_and_starts_early(engine):
+    """Greedy (the tiny's generation_config) and float32: a stream equals a separate synthesize. With the
+    real checkpoint's sampling this holds only for the same seed: test_sampled_stream_..."""
     args = (TEXT, "vivian", "english", None, 60)
     ref = engine.synthesize(*args)
     _assert_wav(ref, 60)
@@ -121,7 +126,8 @@ def test_stream_decode_matches_package_across_its_300_frame_chunks(engine):
     spans (bounded left context = the codec's receptive field) reproduce that, past the boundary too."""
     import torch
 
-    assert engine.context_frames == engine.receptive_frames >= 72  # > one sliding window (72)
+    # 1 layer x 71 frames of attention + 2 (pre_conv) + 10 (upsampling stack): see test_tts_real.py
+    assert engine.context_frames == engine.receptive_frames == receptive_frames(engine._decoder) == 83
     n = 310
     codes = torch.randint(0, 2048, (n, 16), generator=torch.Generator().manual_seed(0))
     ref, _ = engine.tts.model.speech_tokenizer.decode([{"audio_codes": codes}])
@@ -196,3 +202,145 @@ def test_synthesize_batch(engine):
         assert wav.dtype == np.float32 and wav.ndim == 1 and wav.shape[0] % FRAME == 0
     assert [w.shape[0] // FRAME for w in wavs] == [6, 4]  # each cut to its own max_frames
     assert engine.synthesize_batch([]) == []
+
+
+# --- the codec's reach, with weights that show it --------------------------------------------------------
+
+
+def _visible(decoder, seed: int = 0):
+    """The decoder with weights whose long-range influence shows: the tiny checkpoint's weights hide it
+    (layer scales 0.01, ConvNeXt gammas 1e-6: cutting the context 4 frames short of the receptive field
+    changes nothing above float noise). Codebooks N(0, 1), every conv/linear weight N(0, 0.2^2), layer
+    scales and gammas 1, the last conv scaled so the output sits at RMS 0.2 (the final clamp to [-1, 1]
+    would hide differences)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in decoder.named_parameters():
+            if name.endswith("embedding_sum"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith(("scale", "gamma")):
+                p.fill_(1.0)
+        for m in decoder.modules():
+            if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.2)
+                if m.bias is not None:
+                    m.bias.zero_()
+        captured = {}
+        last = decoder.decoder[-1]
+        handle = last.register_forward_hook(lambda _m, _i, o: captured.__setitem__("wav", o))
+        decoder(torch.randint(0, 2048, (1, 16, 24), generator=g))
+        handle.remove()
+        last.conv.weight.mul_(0.2 / captured["wav"].std())
+    return decoder.eval()
+
+
+# The tiny codec's own shape (short by 4 frames: the conv stack's reach counts), and 3 layers of window 8
+# (short by one layer's reach, 7 frames: the layers multiply the attention's reach).
+@pytest.mark.parametrize("layers, window, expected, short", [(1, 72, 83, 4), (3, 8, 33, 7)])
+def test_streamed_decode_needs_the_receptive_field(engine, monkeypatch, layers, window, expected, short):
+    """Streamed spans decoded with the engine's left context (the receptive field) equal the package
+    decode; a few frames less do not."""
+    import copy
+
+    import torch
+
+    cfg = copy.deepcopy(engine._decoder.config)
+    cfg.num_hidden_layers, cfg.sliding_window = layers, window
+    decoder = _visible(type(engine._decoder)._from_config(cfg))
+    reach = receptive_frames(decoder)
+    assert reach == expected == 10 + layers * (window - 1) + 2
+    monkeypatch.setattr(engine, "_decoder", decoder)
+
+    n = reach + 40  # < 300: the package decodes it in one call
+    codes = torch.randint(0, 2048, (n, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = decoder.chunked_decode(codes.T.unsqueeze(0))[0, 0].numpy()
+    frames, a = list(codes), n - 8
+
+    def error(context):
+        return float(np.abs(engine._decode_span(frames, a, n, context) - ref[a * FRAME :]).max())
+
+    assert error(reach) < 1e-4  # float noise (rotary positions restart at the window start)
+    assert error(reach - short) > 1e-3
+
+
+# --- the real checkpoint samples --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sampled(engine):
+    """The tiny model with the real checkpoint's sampling switched on (same model, its own settings)."""
+    return QwenTTSEngine(engine.tts, sampling={"do_sample": True, "subtalker_dosample": True})
+
+
+def test_sampled_generation_is_sampled(engine, sampled):
+    import torch
+
+    assert engine.sampling["do_sample"] is False  # the tiny generation_config
+    assert sampled.sampling == engine.sampling | {"do_sample": True, "subtalker_dosample": True}
+    args = ("Hello there.", "ryan", "english", None, 8)
+    torch.manual_seed(1)
+    first = sampled.synthesize(*args)
+    second = sampled.synthesize(*args)
+    torch.manual_seed(1)
+    again = sampled.synthesize(*args)
+    for wav in (first, second, again):
+        _assert_wav(wav, 8)
+    assert not np.array_equal(first, second)  # 16 codes x 8 frames drawn from top-50: never all equal
+    np.testing.assert_allclose(again, first, atol=1e-5, rtol=0)
+
+
+def test_sampled_stream_equals_synthesize_with_the_same_seed(sampled):
+    import torch
+
+    args = (TEXT, "vivian", "english", None, 20)
+    torch.manual_seed(7)
+    ref = sampled.synthesize(*args)
+    torch.manual_seed(7)
+    out = np.concatenate(list(sampled.stream(*args)))
+    assert out.shape == ref.shape == (20 * FRAME,)
+    np.testing.assert_allclose(out, ref, atol=1e-3, rtol=0)
+    _assert_idle(sampled)
+
+
+def test_sampled_batch_is_split_by_the_frame_budget(engine, monkeypatch):
+    budgeted = QwenTTSEngine(engine.tts, sampling={"do_sample": True}, max_batch_frames=10)
+    assert budgeted.max_frames_limit == 10  # one request never exceeds the budget
+    with pytest.raises(ValueError, match="limit"):
+        budgeted.check(SpeechItem("Hi.", "ryan", None, None, 11))
+
+    calls = []
+    generate = budgeted._generate_codes
+
+    def counting(items, max_frames):
+        calls.append([i.max_frames for i in items])
+        return generate(items, max_frames)
+
+    monkeypatch.setattr(budgeted, "_generate_codes", counting)
+    frames = [6, 4, 3, 5]
+    wavs = budgeted.synthesize_batch([SpeechItem(f"Sentence {i}.", "aiden", None, None, f)
+                                      for i, f in enumerate(frames)])
+    assert [w.shape[0] // FRAME for w in wavs] == frames  # in order, each cut to its own max_frames
+    for wav, f in zip(wavs, frames):
+        _assert_wav(wav, f)
+    assert calls == [[6], [4, 5], [3]]  # items x longest <= 10 per generate, longest first
+    assert all(len(c) * max(c) <= 10 for c in calls)
+
+
+def test_service_caps_request_frames_at_the_budget(engine):
+    """The TTS service sizes each request from its text, capped by QWEN_TTS_MAX_FRAMES and the engine's
+    limit, which includes QWEN_TTS_MAX_BATCH_FRAMES (the service's own `_item`, without BentoML)."""
+    from types import SimpleNamespace
+
+    from services.runtime.settings import TTSSettings
+    from services.tts.service import TTS
+
+    budgeted = QwenTTSEngine(engine.tts, max_batch_frames=100)
+    svc = SimpleNamespace(handle=SimpleNamespace(get=lambda: budgeted), cfg=TTSSettings(max_batch_frames=100))
+    assert TTS.inner._item(svc, "x" * 1000, "ryan", None, None).max_frames == 100  # 50 + 4 x 1000 capped
+    assert TTS.inner._item(svc, "Hi.", "ryan", None, None).max_frames == 62  # 50 + 4 x 3
+    svc.handle = SimpleNamespace(get=lambda: engine)  # the default budget: QWEN_TTS_MAX_FRAMES caps
+    assert TTS.inner._item(svc, "x" * 4096, "ryan", None, None).max_frames == 8191
