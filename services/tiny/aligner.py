@@ -32,12 +32,14 @@ TIMESTAMP_SEGMENT_MS = 80
 # is 7600 x 32 weights (~0.5 MB in bf16), most of the folder.
 CLASSIFY_NUM = 7600
 MAX_ALIGN_SECONDS = (CLASSIFY_NUM - 1) * TIMESTAMP_SEGMENT_MS / 1000.0
-# The aligner model card's 11 languages; the package reads them from config.support_languages
-# (Qwen3ASRForConditionalGeneration.get_support_languages).
+# The aligner's 11 languages in the real config's order; the package reads them from
+# config.support_languages (Qwen3ASRForConditionalGeneration.get_support_languages).
 LANGUAGES = [
-    "Chinese", "English", "Cantonese", "French", "German", "Italian",
-    "Japanese", "Korean", "Portuguese", "Russian", "Spanish",
+    "Chinese", "Cantonese", "English", "German", "Spanish", "French",
+    "Italian", "Portuguese", "Russian", "Korean", "Japanese",
 ]
+# Real 0.6B aligner: the text decoder's position table is 8192 (the 1.7B ASR's 65536).
+ALIGNER_MAX_POSITIONS = 8192
 
 # --- Shared Qwen3-ASR layout (also used by asr.py) -------------------------------------------------
 # Real special strings, in the real relative order (ids 151669 < 151670 < 151676 in the 151k vocab).
@@ -63,17 +65,24 @@ TEXT_HIDDEN = 32
 HEAD_DIM = 16
 # Real [24, 20, 20] for head_dim 128 (sum 64 = head_dim / 2); same shape of split for head_dim 16.
 MROPE_SECTION = [4, 2, 2]
+# The real thinker's rope_scaling keys, all of them: qwen_asr reads rope_type/mrope_section (and always
+# interleaves); vLLM's M-RoPE reads mrope_interleaved.
+ROPE_SCALING = {"interleaved": True, "mrope_interleaved": True, "mrope_section": list(MROPE_SECTION),
+                "rope_type": "default", "type": "default"}
+ARCHITECTURES = ["Qwen3ASRForConditionalGeneration"]
 
 
-def build_tokenizer():
-    """The tiny Qwen2 BPE tokenizer with the Qwen3-ASR special tokens (not saved)."""
+def build_tokenizer(*, timestamp: bool = True):
+    """The tiny Qwen2 BPE tokenizer with the Qwen3-ASR special tokens (not saved). `<timestamp>` is the
+    aligner's (the real ASR vocabulary ends at `<asr_text>`)."""
+    plain = [ASR_TEXT, TIMESTAMP] if timestamp else [ASR_TEXT]
     tok = build_qwen_tokenizer(
         special_tokens=[AUDIO_START, AUDIO_END, AUDIO_PAD],
-        plain_tokens=[ASR_TEXT, TIMESTAMP],
+        plain_tokens=plain,
         init_kwargs={"extra_special_tokens": dict(EXTRA_SPECIAL_TOKENS)},
         chat_template=CHAT_TEMPLATE,
     )
-    token_ids(tok, (AUDIO_START, AUDIO_END, AUDIO_PAD, ASR_TEXT, TIMESTAMP))
+    token_ids(tok, (AUDIO_START, AUDIO_END, AUDIO_PAD, *plain))
     return tok
 
 
@@ -99,9 +108,14 @@ def feature_extractor():
     )
 
 
-def thinker_config(tok, **extra) -> dict:
-    """The thinker sub-config (audio encoder + Qwen3 text decoder) as the real repos store it."""
+def thinker_config(tok, *, max_positions: int = 65536, tie_word_embeddings: bool = False, **extra) -> dict:
+    """The thinker sub-config (audio encoder + Qwen3 text decoder) as the real repos store it.
+
+    max_positions / tie_word_embeddings: the text decoder's values (real 1.7B ASR: 65536, tied; real 0.6B
+    aligner: 8192, untied).
+    """
     return dict(
+        architectures=list(ARCHITECTURES),
         audio_config=audio_encoder(NUM_MEL_BINS, TEXT_HIDDEN),
         text_config=dict(
             vocab_size=padded_vocab_size(tok),
@@ -112,13 +126,13 @@ def thinker_config(tok, **extra) -> dict:
             num_key_value_heads=1,  # grouped-query attention, as the real 16/8 heads
             head_dim=HEAD_DIM,
             hidden_act="silu",
-            max_position_embeddings=65536,
+            max_position_embeddings=max_positions,
             rms_norm_eps=1e-6,
             rope_theta=1000000.0,
             # The rotary module calls rope_scaling.get(...): it must be a dict, never None.
-            rope_scaling={"rope_type": "default", "mrope_section": list(MROPE_SECTION), "interleaved": True},
+            rope_scaling=dict(ROPE_SCALING, mrope_section=list(MROPE_SECTION)),
             attention_bias=False,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tie_word_embeddings,
             use_cache=True,
         ),
         audio_token_id=single_token_id(tok, AUDIO_PAD),
@@ -150,25 +164,59 @@ def _unit_gain_init(model) -> None:
     import torch
     from torch import nn
 
+    # A head tied to the embeddings (real ASR: tie_word_embeddings) is the embedding matrix: keep N(0, 1).
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Embedding):
                 module.weight.normal_(0.0, 1.0)
-            elif isinstance(module, nn.Linear):
+            elif isinstance(module, nn.Linear) and id(module.weight) not in embeddings:
                 module.weight.normal_(0.0, module.in_features**-0.5)
                 if module.bias is not None:
                     module.bias.zero_()
 
 
-def save_model(out: Path, config) -> None:
-    """Random weights (fixed seed) saved as bf16 safetensors, the real checkpoints' dtype."""
+def save_model(out: Path, config, *, thinker_model_type: str, generation: dict, tokens: int | None = None) -> None:
+    """Random weights (fixed seed) saved as bf16 safetensors, the real checkpoints' dtype; config.json and
+    generation_config.json as the real repo has them.
+
+    thinker_model_type: the thinker's model_type in config.json. PretrainedConfig.to_dict writes the
+    class's ("qwen3_asr_thinker"); the real files say "qwen3_forced_aligner" (the aligner: without it,
+    reload builds a vocabulary head and drops the classifier weights) or "qwen3_asr".
+    generation: the real generation_config.json with the tiny ids of its tokens (the real file is
+    `_from_model_config` and holds no transformers_version).
+    tokens: the tokenizer's size; embedding rows past it (the vocabulary is padded, as the real one is)
+    are zeroed. A real model never predicts them (trained); with a head tied to unit-gain random
+    embeddings the tiny ASR otherwise kept predicting one padding id, which decodes to nothing. With a
+    tied head the residual stream also makes the last input token the best next one (an endless
+    repeat): the final norm's gains get random signs, so the head no longer mirrors the input.
+    """
     import torch
     from qwen_asr.core.transformers_backend import Qwen3ASRForConditionalGeneration
 
     torch.manual_seed(SEED)
     model = Qwen3ASRForConditionalGeneration(config).eval()
     _unit_gain_init(model.thinker)
+    if tokens is not None:
+        with torch.no_grad():
+            model.thinker.get_input_embeddings().weight[tokens:].zero_()
+            if config.thinker_config.text_config.tie_word_embeddings:
+                norm = model.thinker.model.norm.weight
+                norm.copy_(torch.randn(norm.shape, generator=torch.Generator().manual_seed(SEED)))
     model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["thinker_config"]["model_type"] = thinker_model_type
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **generation}, indent=2) + "\n")
+
+
+def generation_defaults(tok, **extra) -> dict:
+    """The real Qwen3-ASR/aligner generation_config.json: stop on <|endoftext|> or <|im_end|>, pad with
+    <|endoftext|>, greedy."""
+    endoftext = single_token_id(tok, "<|endoftext|>")
+    return {"eos_token_id": [endoftext, single_token_id(tok, "<|im_end|>")], "pad_token_id": endoftext,
+            "do_sample": False, **extra}
 
 
 def build(out: Path) -> None:
@@ -179,20 +227,13 @@ def build(out: Path) -> None:
     config = Qwen3ASRConfig(
         # "forced_aligner" in the thinker's model_type is what makes the thinker build a
         # classify_num-wide head instead of a vocabulary-wide one.
-        thinker_config=thinker_config(tok, model_type="qwen3_forced_aligner", classify_num=CLASSIFY_NUM),
+        thinker_config=thinker_config(tok, max_positions=ALIGNER_MAX_POSITIONS, model_type="qwen3_forced_aligner",
+                                      classify_num=CLASSIFY_NUM),
         support_languages=list(LANGUAGES),
         # Top-level keys read by Qwen3ForcedAligner.__init__ (model.config.*), as in the real config.
         timestamp_token_id=single_token_id(tok, TIMESTAMP),
         timestamp_segment_time=TIMESTAMP_SEGMENT_MS,
-        architectures=["Qwen3ASRForConditionalGeneration"],
+        architectures=list(ARCHITECTURES),
     )
-    save_model(out, config)
+    save_model(out, config, thinker_model_type="qwen3_forced_aligner", generation=generation_defaults(tok))
     save_processor(out, tok)
-
-    # PretrainedConfig.to_dict writes the class's model_type ("qwen3_asr_thinker") for the thinker;
-    # the real config says "qwen3_forced_aligner", without which reload builds a vocabulary head and
-    # the classifier weights are dropped as unexpected keys.
-    cfg_path = out / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["thinker_config"]["model_type"] = "qwen3_forced_aligner"
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -34,17 +34,21 @@ def build(out: Path) -> None:
     from qwen_asr.inference.utils import SUPPORTED_LANGUAGES
 
     out = output_dir(out)
-    tok = shared.build_tokenizer()
+    tok = shared.build_tokenizer(timestamp=False)
     im_end = single_token_id(tok, "<|im_end|>")
     endoftext = single_token_id(tok, "<|endoftext|>")
     config = Qwen3ASRConfig(
         # The default thinker model_type ("qwen3_asr_thinker") has no "forced_aligner" in it, so the
         # thinker builds the vocabulary head the ASR decodes with.
-        thinker_config=shared.thinker_config(tok, pad_token_id=endoftext, eos_token_id=[im_end, endoftext]),
+        # Real 1.7B: the LM head is tied to the embeddings.
+        thinker_config=shared.thinker_config(tok, tie_word_embeddings=True, pad_token_id=endoftext,
+                                             eos_token_id=[im_end, endoftext]),
         # The package's own language list (Qwen3ASRModel.get_supported_languages returns the same
         # constant; transcribe(language=...) validates against it).
         support_languages=list(SUPPORTED_LANGUAGES),
-        architectures=["Qwen3ASRForConditionalGeneration"],
+        architectures=list(shared.ARCHITECTURES),
     )
-    shared.save_model(out, config)
+    # Real generation_config.json: greedy, and temperature 1e-6 besides.
+    shared.save_model(out, config, thinker_model_type="qwen3_asr",
+                      generation=shared.generation_defaults(tok, temperature=0.000001), tokens=len(tok))
     shared.save_processor(out, tok)

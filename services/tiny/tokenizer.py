@@ -27,15 +27,20 @@ QWEN_SPECIAL = [
     "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
     "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
     "<|image_pad|>", "<|video_pad|>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 ]  # fmt: skip
+# The fill-in-the-middle markers that follow <tool_call></tool_call> (real ids 151659..151664): plain
+# added tokens in the real tokenizers ("special": false), so decoding keeps them.
+QWEN_FIM = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+# Qwen2.5's plain added tokens, in the real order.
+QWEN25_PLAIN = ["<tool_call>", "</tool_call>", *QWEN_FIM]
 # The audio and TTS markers the Qwen3-Omni and Qwen3-TTS vocabularies add next (real ids 151669..151675).
 AUDIO_TTS_SPECIAL = [
     "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
     "<tts_text_bos_single>", "<|audio_pad|>",
 ]  # fmt: skip
-# Qwen3's tool and think tags: plain added tokens in the real tokenizer (decoded, not skipped as special).
-QWEN3_PLAIN = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+# Qwen3's plain added tokens (decoded, not skipped as special): Qwen2.5's, then the tool-response and
+# think tags, in the real order.
+QWEN3_PLAIN = [*QWEN25_PLAIN, "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 # How a content part counts as text: the ChatML and Qwen3-ASR templates test its type, the VL/Omni
 # ones (which also accept bare {"image": ...} parts) test for the key.
@@ -178,14 +183,18 @@ def build_qwen_tokenizer(
     if plain_tokens:
         tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain_tokens])
 
+    # The real tokenizer_config.json entries (Qwen2.5/Qwen3 repos): the ChatML markers are listed as
+    # additional special tokens, <|endoftext|> is the pad token, the context is 131072.
     kwargs = dict(
         tokenizer_object=tok,
+        add_bos_token=False,
+        add_prefix_space=False,
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        additional_special_tokens=[t for t in specials if t not in BASE_SPECIAL],
-        model_max_length=32768,
+        additional_special_tokens=[t for t in specials if t != "<|endoftext|>"],
+        model_max_length=131072,
         clean_up_tokenization_spaces=False,
         errors="replace",
         split_special_tokens=False,

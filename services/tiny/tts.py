@@ -10,6 +10,7 @@ Layout (as the real repo):
     config.json, model.safetensors            talker (Qwen3TTSForConditionalGeneration, custom_voice)
     tokenizer.json, tokenizer_config.json...  tiny Qwen2 BPE text tokenizer
     generation_config.json                    a plain dict of generate() defaults (see GENERATE_DEFAULTS)
+    preprocessor_config.json                  Qwen3TTSProcessor settings (left padding); no chat template
     speech_tokenizer/                          the 12 Hz codec (Qwen3TTSTokenizerV2Model + Mimi encoder)
 
 Everything the engine can observe is real: the 9 voices and their codec ids, the dialect flags, the
@@ -27,7 +28,7 @@ from .tokenizer import AUDIO_TTS_SPECIAL, build_qwen_tokenizer, single_token_id,
 
 SEED = 0
 
-# --- Real codec-side tables (published CustomVoice config; FACTS §3) -----------------------------------
+# --- Real codec-side tables (the published CustomVoice config, tests/fixtures/real) -----------------------------------
 SPEAKER_IDS = {
     "serena": 3066,
     "vivian": 3065,
@@ -101,8 +102,19 @@ GENERATE_DEFAULTS = {
 }
 
 
+# The real tokenizer_config.json names the media tokens of the Qwen3-Omni vocabulary it shares (qwen_tts
+# reads none of them); the tiny vocabulary holds the audio ones only, so only those are named.
+EXTRA_SPECIAL_TOKENS = {"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
+                        "audio_eos_token": "<|audio_end|>"}
+# The real repo's preprocessor_config.json (Qwen3TTSProcessor: left padding).
+PROCESSOR_CONFIG = {"padding_side": "left", "padding_value": 0.0, "processor_class": "Qwen3TTSProcessor",
+                    "return_attention_mask": True}
+
+
 def _tokenizer(out: Path):
-    tok = build_qwen_tokenizer(out, special_tokens=TTS_SPECIALS)
+    # The real TTS repo has no chat template (the prompt is built by qwen_tts itself).
+    tok = build_qwen_tokenizer(out, special_tokens=TTS_SPECIALS, chat_template=None,
+                               init_kwargs={"extra_special_tokens": dict(EXTRA_SPECIAL_TOKENS)})
     # generate() slices the prompt `<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n`
     # at fixed positions ([:3] role, [3:-5] text), so each of these must be one token.
     ids = tok.encode("<|im_start|>assistant\nHi.<|im_end|>\n<|im_start|>assistant\n")
@@ -134,7 +146,7 @@ def _talker_config(tok):
         rms_norm_eps=1e-6,
         rope_theta=1_000_000,
         # real: interleaved M-RoPE with sections [24, 20, 20] summing to head_dim/2 = 64
-        rope_scaling={"interleaved": True, "mrope_section": [4, 2, 2], "rope_type": "default"},
+        rope_scaling={"interleaved": True, "mrope_section": [4, 2, 2], "rope_type": "default", "type": "default"},
         position_id_per_seconds=13,
         vocab_size=CODEC_VOCAB,
         num_code_groups=NUM_CODE_GROUPS,
@@ -168,6 +180,7 @@ def _talker_config(tok):
         tts_model_size="1b7",
         tts_model_type="custom_voice",
         **tts_token_config(ids),
+        assistant_token_id=single_token_id(tok, "assistant"),
     )
 
 
@@ -201,6 +214,8 @@ def _codec_config():
         num_semantic_quantizers=1,
         upsample_groups=16,  # grouped conv in Mimi's (unused here) upsample: must divide hidden_size
         use_causal_conv=True,
+        normalize=False,  # real keys the config class does not declare (kept as they are)
+        dtype="float32",
     )
     decoder = dict(
         # real: latent 1024, codebook_dim 512, decoder_dim 1536, hidden 512, 8 layers of 16x64 heads
@@ -308,6 +323,7 @@ def build(out: Path) -> None:
     # Real generation_config.json is a plain dict of generate_custom_voice defaults (replaces the
     # transformers GenerationConfig that save_pretrained just wrote).
     (out / "generation_config.json").write_text(json.dumps(GENERATE_DEFAULTS, indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(PROCESSOR_CONFIG, indent=2) + "\n")
 
     codec = Qwen3TTSTokenizerV2Model(_codec_config()).eval()
     _make_codec_audible(codec, gen)

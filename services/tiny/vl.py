@@ -14,25 +14,33 @@ here to re-check them.)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .common import (
     init_model,
     output_dir,
     round_up,
-    set_chatml_generation,
     vision_preprocessing,
     vision_tower,
     write_json,
 )
-from .tokenizer import QWEN_SPECIAL, TEXT_BY_KEY, build_media_tokenizer, media_chat_template, vision_token_config
+from .tokenizer import (
+    QWEN25_PLAIN,
+    QWEN_SPECIAL,
+    TEXT_BY_KEY,
+    build_media_tokenizer,
+    media_chat_template,
+    vision_token_config,
+)
 
 SEED = 2501  # own seed: the weights do not depend on what ran before build()
 
 # Qwen2.5 added tokens (ids 151643..151664 in the real vocabulary), in the real order. The tool-call
-# tags are plain (non-special) added tokens in the real tokenizer: they must survive decoding.
+# tags and the fill-in-the-middle markers are plain (non-special) added tokens in the real tokenizer:
+# they must survive decoding.
 SPECIAL_TOKENS = QWEN_SPECIAL
-PLAIN_TOKENS = ["<tool_call>", "</tool_call>"]
+PLAIN_TOKENS = QWEN25_PLAIN
 
 # Vision geometry of the real model: 14 px patches, 2x2 patches merged into one LLM token, frames in
 # pairs. One image token therefore covers 28x28 px.
@@ -111,9 +119,22 @@ def build(out: Path) -> None:
         tie_word_embeddings=True,
     )
     model = init_model(Qwen2_5_VLForConditionalGeneration, config, SEED)
-    # Real generation_config.json: sampling so constrained (top_k=1) that it is greedy in effect.
-    set_chatml_generation(model, ids, do_sample=True, temperature=0.1, top_p=0.001, top_k=1, repetition_penalty=1.05)
-    model.save_pretrained(out, safe_serialization=True)  # -> config.json, generation_config.json, model.safetensors
+    model.save_pretrained(out, safe_serialization=True)  # -> config.json, model.safetensors (+ the generation
+    # config, rewritten below)
+    # Qwen2_5_VLConfig hands `architectures` to its text_config when set: the real file has it on top.
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["architectures"] = cfg["text_config"].pop("architectures")
+    write_json(out / "config.json", cfg)
+    # The real generation_config.json (transformers 4.49 era): sampling at temperature 1e-6, greedy in
+    # effect; no top_k/top_p (transformers' defaults 50 / 1.0 apply when a request samples).
+    write_json(out / "generation_config.json", {
+        "bos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "do_sample": True,
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "repetition_penalty": 1.05,
+        "temperature": 0.000001,
+    })
 
     write_json(
         out / "preprocessor_config.json",
