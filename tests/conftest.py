@@ -1,6 +1,6 @@
 import os
 
-# Tiny models on 2 shared cores: one thread each (2 threads made tiny generate 5-20x slower, FACTS §4).
+# Tiny models on 2 shared cores: one thread each (2 threads made tiny generate 5-20x slower here).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 

@@ -3,7 +3,8 @@
 Loading in a service's __init__ would block the worker (probes hang); loading from on_startup does not
 happen for in-process dependencies. So each service starts a `ModelHandle` thread from __init__, and
 its readiness and /health state read the handle. transformers' lazy imports are not thread-safe on
-first use (FACTS §5): every loader runs under one process-wide lock.
+first use (six loader threads in one process failed with `cannot import name` here): every loader runs
+under one process-wide lock.
 """
 
 from __future__ import annotations
