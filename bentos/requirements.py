@@ -1,34 +1,46 @@
 """Write a Bento's requirements from uv.lock: `python bentos/requirements.py cpu|cuda OUT`.
 
 cuda: `uv export --extra cuda` as is (PyPI's torch 2.9.1 is the CUDA build; vllm 0.14.0 pins it).
-cpu: the same set without the extra, the torch family switched to the +cpu builds of the same versions
-(PyTorch's CPU index, named in bentos/cpu.yaml) and the nvidia-*/triton wheels they no longer need dropped.
+cpu: the same set without the extra, the torch family switched to the +cpu builds of the same versions,
+PyTorch's CPU index named in the file itself (pip and uv read `--extra-index-url` lines), and the
+nvidia-*/triton wheels they no longer need dropped.
+
+Both outputs are committed (a fresh clone's `bentoml build` reads bentos/requirements-cpu.txt), and
+tests/deploy/test_bentos.py checks that they equal `render(target)` for the current uv.lock.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
+TARGETS = ("cpu", "cuda")
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 CUDA_ONLY = re.compile(r"^(nvidia-[\w-]+|triton|cuda-[\w-]+)==")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def uv() -> list[str]:
+    # As the Makefile finds it: on PATH, else the module it installs into python3 on first use.
+    if path := shutil.which("uv"):
+        return [path]
+    for python in (sys.executable, "python3"):
+        if subprocess.run([python, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+            return [python, "-m", "uv"]
+    raise SystemExit("uv not found: run `make uv`")
 
 
 def export(extra: str | None) -> list[str]:
-    cmd = [sys.executable, "-m", "uv", "export", "--frozen", "--no-hashes", "--no-emit-project",
-           "--format", "requirements-txt"]
-    try:
-        out = subprocess.run(["uv", *cmd[3:]] + (["--extra", extra] if extra else []), check=True,
-                             capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        out = subprocess.run(cmd + (["--extra", extra] if extra else []), check=True, capture_output=True,
-                             text=True).stdout
+    cmd = [*uv(), "export", "--frozen", "--no-hashes", "--no-emit-project", "--format", "requirements-txt"]
+    out = subprocess.run(cmd + (["--extra", extra] if extra else []), check=True, capture_output=True,
+                         text=True).stdout
     return [line for line in out.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def cpu(lines: list[str]) -> list[str]:
-    out = []
+    out = [f"--extra-index-url {CPU_INDEX}"]
     for line in lines:
         name = line.split("==")[0].strip().lower()
         if CUDA_ONLY.match(line.strip()):
@@ -40,12 +52,19 @@ def cpu(lines: list[str]) -> list[str]:
     return out
 
 
+def render(target: str) -> str:
+    if target not in TARGETS:
+        raise SystemExit(f"target must be one of {TARGETS}, not {target!r}")
+    lines = cpu(export(None)) if target == "cpu" else export("cuda")
+    return (f"# generated from uv.lock by bentos/requirements.py {target}; do not edit\n"
+            + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     target, path = sys.argv[1], sys.argv[2]
-    lines = cpu(export(None)) if target == "cpu" else export("cuda")
+    text = render(target)
     with open(path, "w") as fh:
-        fh.write(f"# generated from uv.lock by bentos/requirements.py {target}; do not edit\n")
-        fh.write("\n".join(lines) + "\n")
+        fh.write(text)
 
 
 if __name__ == "__main__":
