@@ -12,6 +12,8 @@ import numpy as np
 from services.runtime.chunking import plan_chunks
 from services.runtime.device import TORCH, VLLM, require_vllm, uses_vllm
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.languages import ASR as LANGUAGES
+from services.runtime.languages import word_separator
 from services.runtime.logging import get_logger
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
@@ -19,7 +21,6 @@ from services.runtime.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
-from .languages import NAME_TO_ISO, NO_SPACE, parse_language
 
 _CFG = get_settings().asr
 log = get_logger("asr")
@@ -35,7 +36,7 @@ log = get_logger("asr")
 class ASR(ModelService[QwenASREngine]):
     key = "asr"
 
-    def engine_concurrency(self) -> int:
+    def engine_concurrency(self, device: str) -> int:
         # transformers keeps per-call state on the module (rope_deltas): one call at a time; vLLM batches.
         return 1 if self.cfg.backend == "transformers" else self.cfg.max_concurrency
 
@@ -83,14 +84,14 @@ class ASR(ModelService[QwenASREngine]):
             raise PayloadTooLarge(f"audio is {duration:.0f}s; the limit is {self.cfg.max_audio_seconds:.0f}s",
                                   param="file", code="audio_too_long")
         try:
-            lang = parse_language(language)
+            lang = LANGUAGES.parse(language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
         items = [ASRItem(audio[c.start : c.end], prompt or "", lang) for c in chunks]
         results = await self.scheduler.run(items)
         detected = lang or _majority([r.language for r in results]) or ""
-        sep = "" if detected in NO_SPACE else " "
+        sep = word_separator(detected)
         spans = [
             {"start": round(c.start / SAMPLE_RATE, 3), "end": round(c.end / SAMPLE_RATE, 3), "text": r.text}
             for c, r in zip(chunks, results)
@@ -111,5 +112,5 @@ def vllm_kwargs(cfg, dtype: str) -> dict:
 
 
 def _majority(values: list[str]) -> str | None:
-    values = [v for v in values if v in NAME_TO_ISO]  # anything else is not a language the model knows
+    values = [v for v in values if v in LANGUAGES]  # anything else is not a language the model knows
     return max(set(values), key=values.count) if values else None

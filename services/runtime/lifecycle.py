@@ -79,6 +79,11 @@ class ModelHandle(Generic[E]):
     def ready(self) -> bool:
         return self.state == "ready"
 
+    @property
+    def engine(self) -> E | None:
+        """The loaded engine, None until ready (get() answers 503 instead)."""
+        return self._engine if self.state == "ready" else None
+
     def wait(self, timeout: float | None = None) -> bool:
         self._ready.wait(timeout)
         return self.ready

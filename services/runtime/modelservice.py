@@ -56,12 +56,13 @@ class ModelService(Generic[E]):
         self.scheduler = Scheduler(
             self.key, self.model_id, self._run_batch,
             max_batch_size=self.cfg.max_batch_size or 1, batch_wait_ms=self.cfg.batch_wait_ms,
-            max_concurrency=self.engine_concurrency(), max_queue=self.cfg.max_queue, timeout=self.cfg.timeout,
+            max_concurrency=self.cfg.max_concurrency, max_queue=self.cfg.max_queue, timeout=self.cfg.timeout,
         )
         self.handle.start(self._load, self.warmup)
 
     # -- overridable --------------------------------------------------------------------------------
-    def engine_concurrency(self) -> int:
+    def engine_concurrency(self, device: str) -> int:
+        """Calls the engine on `device` runs at once (the scheduler's limit, set once placed)."""
         return self.cfg.max_concurrency
 
     def batch_size(self, device: str) -> int:
@@ -93,6 +94,7 @@ class ModelService(Generic[E]):
         self.placement = place(self.settings, self.key, self.handle, self.engine_kind)
         device, dtype = self.placement.device, self.placement.dtype
         self.scheduler.max_batch_size = self.batch_size(device)
+        self.scheduler.max_concurrency = self.engine_concurrency(device)
         # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.
         self.handle.phase = "fetching weights"
         path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision,

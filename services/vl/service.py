@@ -39,7 +39,7 @@ class VisionService(ModelService[VisionLanguageEngine]):
 
     model_class: str = ""
 
-    def engine_concurrency(self) -> int:
+    def engine_concurrency(self, device: str) -> int:
         return self.cfg.max_concurrency  # one model replica per concurrent generation
 
     def _run_batch(self, items: list[VLItem]) -> list[VLResult]:

@@ -1,5 +1,6 @@
-"""The captioner's vLLM backend without vLLM: command line, request/SSE mapping against a fake OpenAI
-server on 127.0.0.1, and the supervision of a child process (a Python one-liner HTTP server)."""
+"""The captioner's vLLM backend without vLLM: its command line, its request mapping, and
+VLLMCaptionEngine against a fake OpenAI server on 127.0.0.1 and a fake child (supervision itself:
+test_engine_supervisor.py; the OpenAI protocol: test_openai_client.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,21 @@ import asyncio
 import base64
 import io
 import json
-import logging
 import os
 import shlex
-import signal
 import sys
-import threading
-import time
 import wave
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from services.captioner import vllm_backend as vb
 from services.captioner.engine import GenParams
+from services.runtime.engine_supervisor import free_port
 from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable
 from services.runtime.settings import CaptionerSettings
+
+from .fake_servers import CHILD, FakeOpenAI
 
 PARAMS = GenParams(max_tokens=64, temperature=0.6, top_p=0.95, top_k=20, seed=7)
 AUDIO = (0.25 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
@@ -168,11 +167,18 @@ def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_any
     svc.check_settings()
 
 
-def test_port_zero_means_free_port():
-    server = vb.VLLMServer(settings(), "/m", "float32")
+def test_the_child_is_configured_from_settings(monkeypatch):
+    """Port 0 means a free port; the child is told it; vLLM's usage reporting is off; only its vllm:*
+    metric families are passed on."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    server = vb.vllm_server(settings(), "/m", "float32")
     assert server.port > 0 and flag(server.command, "--port") == str(server.port)
-    assert vb.VLLMServer(settings(vllm_port=8555), "/m", "float32").port == 8555
-    assert server.state == "stopped" and server.served_model_name == "Qwen/Qwen3-Omni-30B-A3B-Captioner"
+    assert server.state == "stopped" and server.metric_prefixes == ("vllm:",)
+    assert server.env["VLLM_NO_USAGE_STATS"] == "1" and server.env["DO_NOT_TRACK"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in server.env  # not placed on GPUs: nothing restricted
+    fixed = vb.vllm_server(settings(vllm_port=8555), "/m", "float32", gpus=["1", "3"])
+    assert fixed.port == 8555 and fixed.env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert flag(fixed.command, "--tensor-parallel-size") == "2"
 
 
 # -- request mapping -------------------------------------------------------------------------------------
@@ -199,114 +205,7 @@ def test_chat_request_maps_params_and_audio():
     assert s["top_k"] == -1  # 0 means "off" for us, -1 for vLLM
 
 
-def test_iter_sse():
-    lines = [": keep-alive", "data: {\"a\": 1}", "", "event: x", "data: line1\r", "data:line2", "", "data: [DONE]"]
-    assert list(vb.iter_sse(lines)) == ['{"a": 1}', "line1\nline2", "[DONE]"]
-
-
-def test_vllm_series_filter():
-    text = ("# HELP python_gc_objects_collected_total x\n# TYPE python_gc_objects_collected_total counter\n"
-            "python_gc_objects_collected_total{generation=\"0\"} 1.0\n"
-            "# HELP vllm:num_requests_running Running.\n# TYPE vllm:num_requests_running gauge\n"
-            "vllm:num_requests_running{model_name=\"cap\"} 0.0\nprocess_cpu_seconds_total 3.0\n")
-    out = vb.vllm_series(text)
-    assert out.splitlines() == ["# HELP vllm:num_requests_running Running.", "# TYPE vllm:num_requests_running gauge",
-                                "vllm:num_requests_running{model_name=\"cap\"} 0.0"]
-
-
-# -- the proxy against a fake OpenAI server ---------------------------------------------------------------
-class FakeOpenAI:
-    """A minimal upstream speaking vLLM's chat-completions wire format; `mode` picks the answer."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.mode = "ok"
-        fake = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, body: bytes, ctype="application/json"):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.path == "/health":
-                    return self._send(200, b"")
-                if self.path == "/metrics":
-                    return self._send(200, b"# TYPE process_open_fds gauge\nprocess_open_fds 9.0\n"
-                                      b"# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 0.0\n",
-                                      "text/plain")
-                self._send(404, b"{}")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append(body)
-                if fake.mode == "bad":
-                    return self._send(400, json.dumps({"error": {"message": "audio could not be decoded",
-                                                                 "type": "BadRequestError", "code": 400}}).encode())
-                if fake.mode == "too_large" and "max_tokens" in body:
-                    return self._send(400, json.dumps({"error": {
-                        "message": "'max_tokens' or 'max_completion_tokens' is too large: 64. This model's "
-                                   "maximum context length is 40 tokens and your request has 30 input tokens "
-                                   "(64 > 40 - 30).", "type": "BadRequestError", "code": 400}}).encode())
-                if not body.get("stream"):
-                    return self._send(200, json.dumps({
-                        "id": "c1", "object": "chat.completion", "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "a calm voice"},
-                                     "finish_reason": "length" if fake.mode == "too_large" else "stop"}],
-                        "usage": {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}}).encode())
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-
-                def chunk(obj):
-                    data = obj if isinstance(obj, str) else json.dumps(obj)
-                    raw = f"data: {data}\n\n".encode()
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
-                    self.wfile.flush()
-
-                base = {"id": "c2", "object": "chat.completion.chunk", "model": body["model"]}
-                chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-                for piece in ("a ", "calm ", "voice"):
-                    chunk({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                if fake.mode == "stream_error":
-                    chunk({"error": {"message": "engine died", "type": "InternalServerError", "code": 500}})
-                else:
-                    chunk({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                    chunk({**base, "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 3}})
-                    chunk("[DONE]")
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class StubServer:
-    def __init__(self, base_url: str, state: str = "ready"):
-        self.base_url, self.state, self.error = base_url, state, None
-        self.served_model_name = "cap"
-
-    @property
-    def ready(self):
-        return self.state == "ready"
-
-
+# -- the engine against a fake OpenAI server ---------------------------------------------------------------
 @pytest.fixture
 def fake():
     f = FakeOpenAI()
@@ -314,27 +213,37 @@ def fake():
     f.close()
 
 
-def engine_for(base_url: str, **kw) -> vb.VLLMCaptionEngine:
-    return vb.VLLMCaptionEngine(StubServer(base_url, **kw), settings(max_model_len=4096), owns_server=False)
+MODEL = "Qwen/Qwen3-Omni-30B-A3B-Captioner"  # the first served name: what the engine asks for
+
+
+def engine_for(port: int, state: str = "ready") -> vb.VLLMCaptionEngine:
+    """The engine over the captioner's managed vLLM as configured, pointed at `port` and not started: its
+    state set as the supervisor would."""
+    cfg = settings(max_model_len=4096, vllm_port=port)
+    server = vb.vllm_server(cfg, "/m", "float32")
+    server.state = state
+    return vb.VLLMCaptionEngine(server, cfg, owns_server=False)
+
+
+async def collect(eng, got: list | None = None):
+    out = [] if got is None else got
+    async for d in eng.stream(AUDIO, PARAMS):
+        out.append(d)
+    return out
 
 
 def test_complete_maps_answer(fake):
-    eng = engine_for(fake.base_url)
+    eng = engine_for(fake.port)
     c = asyncio.run(eng.complete(AUDIO, PARAMS))
     assert (c.text, c.finish_reason, c.usage.prompt_tokens, c.usage.completion_tokens) == ("a calm voice", "stop",
                                                                                           30, 3)
     (req,) = fake.requests
-    assert req["model"] == "cap" and req["top_k"] == 20 and req["seed"] == 7 and req["max_tokens"] == 64
+    assert req["model"] == MODEL and req["top_k"] == 20 and req["seed"] == 7 and req["max_tokens"] == 64
     assert req["messages"][0]["content"][0]["type"] == "audio_url"
 
 
 def test_stream_yields_deltas_then_finish_and_usage(fake):
-    eng = engine_for(fake.base_url)
-
-    async def collect():
-        return [d async for d in eng.stream(AUDIO, PARAMS)]
-
-    deltas = asyncio.run(collect())
+    deltas = asyncio.run(collect(engine_for(fake.port)))
     assert [d.text for d in deltas[:-1]] == ["a ", "calm ", "voice"]
     assert all(d.finish_reason is None and d.usage is None for d in deltas[:-1])
     last = deltas[-1]
@@ -346,154 +255,67 @@ def test_stream_yields_deltas_then_finish_and_usage(fake):
 
 def test_upstream_400_is_invalid_request_with_its_message(fake):
     fake.mode = "bad"
-    eng = engine_for(fake.base_url)
+    eng = engine_for(fake.port)
     with pytest.raises(InvalidRequest, match="audio could not be decoded") as ei:
         asyncio.run(eng.complete(AUDIO, PARAMS))
     assert ei.value.status == 400
-
-    async def collect():
-        return [d async for d in eng.stream(AUDIO, PARAMS)]
-
     with pytest.raises(InvalidRequest, match="audio could not be decoded"):
-        asyncio.run(collect())
+        asyncio.run(collect(eng))
+    assert len(fake.requests) == 2  # not retried
 
 
 def test_max_tokens_beyond_context_falls_back_to_the_rest(fake):
     """vLLM 0.14 rejects prompt + max_tokens > max_model_len; we then ask for what is left."""
     fake.mode = "too_large"
-    eng = engine_for(fake.base_url)
+    eng = engine_for(fake.port)
     c = asyncio.run(eng.complete(AUDIO, PARAMS))
     assert c.finish_reason == "length"
     assert "max_tokens" in fake.requests[0] and "max_tokens" not in fake.requests[1]
 
-    async def collect():
-        return [d async for d in eng.stream(AUDIO, PARAMS)]
-
-    deltas = asyncio.run(collect())
-    assert deltas[-1].finish_reason == "stop"
+    deltas = asyncio.run(collect(eng))
+    assert [d.text for d in deltas] == ["a ", "calm ", "voice", ""] and deltas[-1].finish_reason == "stop"
     assert "max_tokens" in fake.requests[2] and "max_tokens" not in fake.requests[3]
+    assert len(fake.requests) == 4
 
 
 def test_error_in_the_middle_of_a_stream(fake):
     fake.mode = "stream_error"
-    eng = engine_for(fake.base_url)
     got: list = []
-
-    async def collect():
-        async for d in eng.stream(AUDIO, PARAMS):
-            got.append(d)
-
     with pytest.raises(QwenError, match="engine died") as ei:
-        asyncio.run(collect())
+        asyncio.run(collect(engine_for(fake.port), got))
     assert ei.value.status == 500 and [d.text for d in got] == ["a ", "calm ", "voice"]
+    assert len(fake.requests) == 1  # text was sent: never retried
 
 
 def test_unreachable_or_not_ready_is_503():
-    eng = engine_for(f"http://127.0.0.1:{vb.free_port()}")  # nothing listens there
-    with pytest.raises(ServiceUnavailable) as ei:
+    eng = engine_for(free_port())  # nothing listens there
+    with pytest.raises(ServiceUnavailable, match=r"captioner backend \(vLLM\) unreachable") as ei:
         asyncio.run(eng.complete(AUDIO, PARAMS))
     assert ei.value.status == 503 and ei.value.retry_after
 
-    eng = engine_for("http://127.0.0.1:9", state="loading")
-    with pytest.raises(ServiceUnavailable, match="loading") as ei:
+    eng = engine_for(9, state="loading")
+    with pytest.raises(ServiceUnavailable, match=r"captioner backend \(vLLM\) is loading") as ei:
         asyncio.run(eng.complete(AUDIO, PARAMS))
     assert ei.value.headers()["Retry-After"]
+    with pytest.raises(ServiceUnavailable, match="is loading"):
+        asyncio.run(collect(eng))
+    eng.server.state = "failed"
     assert asyncio.run(eng.metrics_text()) == ""
 
 
 def test_metrics_text_keeps_vllm_series(fake):
-    eng = engine_for(fake.base_url)
-    text = asyncio.run(eng.metrics_text())
-    assert "vllm:num_requests_waiting 0.0" in text and "process_open_fds" not in text
+    text = asyncio.run(engine_for(fake.port).metrics_text())
+    assert text.splitlines() == ["# TYPE vllm:num_requests_waiting gauge", "vllm:num_requests_waiting 0.0"]
 
 
-# -- supervision of the child --------------------------------------------------------------------------
-# A stand-in for `vllm serve`: answers /health and a fixed chat completion on --port; with $FAKE_PIDS set,
-# it starts a grandchild (like vLLM's engine core) and writes "child grandchild" pids there.
-CHILD = r"""
-import json, os, subprocess, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-a = sys.argv
-port = int(a[a.index('--port') + 1])
-if os.environ.get('FAKE_PIDS'):
-    g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
-    open(os.environ['FAKE_PIDS'], 'w').write(f'{os.getpid()} {g.pid}')
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *x):
-        pass
-    def _send(self, code, body):
-        self.send_response(code); self.send_header('Content-Length', str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self._send(200 if self.path == '/health' else 404, b'')
-    def do_POST(self):
-        self.rfile.read(int(self.headers['Content-Length']))
-        self._send(200, json.dumps({'choices': [{'message': {'content': 'ok'}, 'finish_reason': 'stop'}],
-                                    'usage': {'prompt_tokens': 5, 'completion_tokens': 1}}).encode())
-print('fake vllm listening on', port, flush=True)
-HTTPServer(('127.0.0.1', port), H).serve_forever()
-"""
-
-
+# -- the engine over a managed child -----------------------------------------------------------------------
 def child_settings(script: str, **kw) -> CaptionerSettings:
     return settings(vllm_command=shlex.join([sys.executable, "-c", script]), vllm_tensor_parallel_size=1, **kw)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
-def test_child_is_restarted_after_it_dies_and_stopped_with_its_group(tmp_path):
-    pids = tmp_path / "pids"
-    server = vb.VLLMServer(child_settings(CHILD), "/models/fake", "float32", env={"FAKE_PIDS": str(pids)})
-    server.HEALTH_INTERVAL = 0.1
-    server.start()
-    try:
-        assert server.wait_ready(20), server.error
-        assert server.state == "ready" and server.error is None
-        child, grandchild = map(int, pids.read_text().split())
-        assert server.pid == child and alive(grandchild)
-
-        eng = vb.VLLMCaptionEngine(server, child_settings(CHILD), owns_server=False)
-        assert asyncio.run(eng.complete(AUDIO, PARAMS)).text == "ok"
-
-        os.kill(child, signal.SIGKILL)  # the API server dies (its engine core is left behind)
-        assert wait_for(lambda: server.state != "ready", 5)
-        with pytest.raises(ServiceUnavailable):
-            asyncio.run(eng.complete(AUDIO, PARAMS))
-        assert wait_for(lambda: server.ready and server.pid not in (None, child), 20), server.info()
-        assert server.restarts == 1 and "signal 9" in server.info()["last_error"]
-        assert wait_for(lambda: not alive(grandchild), 5)  # the old group was reaped before the restart
-        assert asyncio.run(eng.complete(AUDIO, PARAMS)).text == "ok"  # serves again
-
-        child2, grandchild2 = map(int, pids.read_text().split())
-        assert child2 == server.pid
-    finally:
-        server.close()
-    assert server.state == "stopped"
-    assert wait_for(lambda: not alive(child2) and not alive(grandchild2), 5)
-
-
-def test_engine_start_places_the_child_on_its_gpus(tmp_path, monkeypatch):
-    """The GPUs placement chose reach the child as CUDA_VISIBLE_DEVICES, their count as tensor parallel."""
+def test_engine_start_places_the_child_on_its_gpus_and_serves(tmp_path, monkeypatch):
+    """The GPUs placement chose reach the child as CUDA_VISIBLE_DEVICES, their count as tensor parallel;
+    the started engine serves through the child and closes it."""
     seen = tmp_path / "seen"
     monkeypatch.setenv("FAKE_SEEN", str(seen))
     script = ("import json, os, sys\nopen(os.environ['FAKE_SEEN'], 'w').write(json.dumps("
@@ -503,50 +325,46 @@ def test_engine_start_places_the_child_on_its_gpus(tmp_path, monkeypatch):
     try:
         visible, argv = json.loads(seen.read_text())
         assert visible == "2,3" and flag(argv, "--tensor-parallel-size") == "2"
+        assert engine.state == "ready" and engine.info()["pid"] == engine.server.pid
+        assert asyncio.run(engine.complete(AUDIO, PARAMS)).text == "ok"
+        assert asyncio.run(engine.metrics_text()).startswith("# HELP vllm:num_requests_running")
     finally:
-        engine.server.close()
+        asyncio.run(engine.close())
+    assert engine.state == "stopped" and engine.server.pid is None
 
 
-def test_start_failure_is_reported_with_the_child_output(caplog):
-    script = ("import sys; print('(APIServer pid=1) INFO 11-22 [api.py:1] Received request c1: prompt: secret'); "
-              "print('(APIServer pid=1) ERROR 11-22 [core.py:9] ValueError: no such model', flush=True); "
-              "sys.exit(3)")
-    logger = logging.getLogger("qwen.captioner.vllm")
-    logger.addHandler(caplog.handler)  # the qwen tree may not propagate to the root (runtime.logging)
-    caplog.set_level(logging.INFO, logger="qwen.captioner.vllm")
-    server = vb.VLLMServer(child_settings(script), "/nope", "float32").start()
-    try:
-        assert server.wait_ready(20) is False
-        assert server.state == "failed"
-        assert "code 3" in server.error and "no such model" in server.error
-        assert server.restarts == 0  # a child that never got ready is not restarted blindly
-    finally:
-        server.close()
-        logger.removeHandler(caplog.handler)
-    forwarded = [r for r in caplog.records if "no such model" in r.getMessage()]
-    assert forwarded and forwarded[0].levelno == logging.ERROR  # vLLM's level kept
-    assert not any("secret" in r.getMessage() for r in caplog.records)  # request content never logged
-
-    with pytest.raises(RuntimeError, match="no such model"):
+def test_start_failure_raises_with_the_child_output():
+    script = "print('ERROR ValueError: no such model', flush=True); raise SystemExit(3)"
+    with pytest.raises(RuntimeError, match=r"vLLM did not become ready: vLLM exited with code 3: .*no such model"):
         vb.VLLMCaptionEngine.start(child_settings(script), "/nope", "float32")
+    with pytest.raises(RuntimeError, match=r"not ready after 1s \(vllm_start_timeout\)"):
+        vb.VLLMCaptionEngine.start(child_settings("import time; time.sleep(60)", vllm_start_timeout=1.0), "/m",
+                                   "float32")
 
 
-def test_start_timeout():
-    server = vb.VLLMServer(child_settings("import time; time.sleep(60)", vllm_start_timeout=1.0), "/m", "float32")
-    server.start()
-    try:
-        assert server.wait_ready(20) is False
-        assert server.state == "failed" and "not ready after" in server.error
-        assert server.pid is None  # the hung child was stopped
-    finally:
-        server.close()
+# -- the service's admission -------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend, device, limit", [("auto", "cuda:0", 6), ("auto", "cpu", 1), ("vllm", "cpu", 6),
+                                                    ("transformers", "cuda:0", 1)])
+def test_captioner_concurrency_is_set_by_its_backend_at_placement(monkeypatch, backend, device, limit):
+    """vLLM batches max_num_seqs itself: that many calls at once; the thinker runs one at a time. The
+    scheduler's limit is set where the device is known (placement), before the engine loads."""
+    from services.captioner import service as cs
+    from services.runtime import modelservice, sources
+    from services.runtime.device import Placement
+    from services.runtime.lifecycle import ModelHandle
+    from services.runtime.scheduler import Scheduler
+    from services.runtime.settings import Settings
 
-
-def test_missing_command_fails_fast():
-    cfg = settings(vllm_command="/nonexistent/bin/python -m vllm.entrypoints.openai.api_server")
-    server = vb.VLLMServer(cfg, "/m", "float32").start()
-    try:
-        assert server.wait_ready(10) is False
-        assert server.state == "failed" and "cannot start vLLM" in server.error
-    finally:
-        server.close()
+    svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
+    svc.settings = Settings()
+    svc.cfg = svc.settings.captioner.model_copy(update={"backend": backend, "vllm_max_num_seqs": 6,
+                                                        "max_concurrency": 3})
+    svc.handle = ModelHandle("captioner", "m")
+    svc.scheduler = Scheduler("captioner", "m", svc._run_batch, max_concurrency=svc.cfg.max_concurrency)
+    seen = {}
+    monkeypatch.setattr(modelservice, "place", lambda *a: Placement(device, "float32", []))
+    monkeypatch.setattr(sources, "resolve_model_path", lambda *a, **kw: "/m")
+    monkeypatch.setattr(svc, "check_settings", lambda: None)
+    monkeypatch.setattr(svc, "load_engine", lambda *a: seen.setdefault("limit", svc.scheduler.max_concurrency))
+    assert svc._load() == limit  # already set when the engine loads
+    assert svc.scheduler.max_concurrency == limit and svc.scheduler.max_batch_size == 1
