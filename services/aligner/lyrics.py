@@ -1,4 +1,4 @@
-"""Pure lyric logic: languages, per-line units, long-audio chunk plans, and lines rebuilt from units.
+"""Pure lyric logic: language detection, per-line units, long-audio chunk plans, lines rebuilt from units.
 
 The forced aligner times "units" (a word, or one CJK character; punctuation dropped; Japanese via nagisa,
 Korean via soynlp) — not lines. We compute each line's units with the aligner's own unit splitter, align
@@ -14,40 +14,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from services.runtime.chunking import Chunk, frame_rms
-
-# The aligner's 11 languages: canonical name (what qwen_asr expects) and accepted spellings.
-LANGUAGES: dict[str, tuple[str, ...]] = {
-    "Chinese": ("zh", "zh-cn", "zh-hans", "zh-tw", "zh-hant", "cmn", "chinese", "mandarin"),
-    "English": ("en", "en-us", "en-gb", "english"),
-    "Cantonese": ("yue", "zh-hk", "cantonese"),
-    "French": ("fr", "french"),
-    "German": ("de", "german"),
-    "Italian": ("it", "italian"),
-    "Japanese": ("ja", "jp", "japanese"),
-    "Korean": ("ko", "kr", "korean"),
-    "Portuguese": ("pt", "pt-br", "pt-pt", "portuguese"),
-    "Russian": ("ru", "russian"),
-    "Spanish": ("es", "spanish"),
-}
-_ALIASES = {alias: name for name, aliases in LANGUAGES.items() for alias in aliases}
-ISO = {"Chinese": "zh", "English": "en", "Cantonese": "yue", "French": "fr", "German": "de", "Italian": "it",
-       "Japanese": "ja", "Korean": "ko", "Portuguese": "pt", "Russian": "ru", "Spanish": "es"}
-
-
-def parse_language(value: str | None) -> str | None:
-    """Canonical language name for an ISO code or name (case-insensitive); None if not given.
-
-    Raises ValueError naming the accepted values."""
-    if value is None or not str(value).strip():
-        return None
-    name = _ALIASES.get(str(value).strip().lower().replace("_", "-"))
-    if name is None:
-        raise ValueError(
-            f"unsupported language {value!r}; the aligner supports: "
-            + ", ".join(f"{ISO[n]} ({n})" for n in LANGUAGES)
-        )
-    return name
-
 
 # Function words that tell the Latin-script languages apart in lyrics.
 _STOPWORDS = {

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.runtime.languages import ALIGNER as LANGUAGES
+
 AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced"]
 
 
@@ -36,7 +38,7 @@ class AlignRequest(BaseModel):
     )
     format: AlignFormat = Field("lrc", description="lrc | json | srt | vtt | lrc_enhanced")
     language: str | None = Field(
-        None, description="ISO code or name (zh en yue fr de it ja ko pt ru es); detected from the lyrics if omitted"
+        None, description=f"ISO code or name ({' '.join(LANGUAGES.codes)}); detected from the lyrics if omitted"
     )
     metadata: LyricsMetadata | None = None
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.runtime import remote
-from services.runtime.errors import InvalidRequest, QwenError, Unprocessable
+from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from services.runtime.http import form_fields, inline_schema, read_form, read_json_object, validate
 from services.runtime.media import load_audio, read_upload
 from services.runtime.tasks import add_task_routes
@@ -76,7 +76,7 @@ async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
         payload = await read_json_object(request)
         data = None
     else:
-        raise QwenError("send application/json or multipart/form-data", status=415, code="unsupported_content_type")
+        raise UnsupportedMedia("send application/json or multipart/form-data", code="unsupported_content_type")
     return validate(AlignRequest, payload), data
 
 
@@ -85,11 +85,11 @@ def _check_lyrics(req: AlignRequest, gw) -> None:
     if not any(line.strip() for line in req.lyrics):
         raise Unprocessable("lyrics are empty", param="lyrics", code="empty_lyrics")
     if len(req.lyrics) > cfg.max_lines:
-        raise QwenError(f"lyrics have {len(req.lyrics)} lines; the limit is {cfg.max_lines}", status=413,
-                        param="lyrics", code="lyrics_too_long")
+        raise PayloadTooLarge(f"lyrics have {len(req.lyrics)} lines; the limit is {cfg.max_lines}",
+                              param="lyrics", code="lyrics_too_long")
     if sum(len(line) for line in req.lyrics) > cfg.max_lyrics_chars:
-        raise QwenError(f"lyrics exceed {cfg.max_lyrics_chars} characters", status=413, param="lyrics",
-                        code="lyrics_too_long")
+        raise PayloadTooLarge(f"lyrics exceed {cfg.max_lyrics_chars} characters", param="lyrics",
+                              code="lyrics_too_long")
 
 
 Ctx = tuple[AlignRequest, "bytes | None"]
@@ -107,7 +107,7 @@ async def _run(gw, ctx: Ctx) -> dict:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url",
                              max_seconds=gw.settings.aligner.max_audio_seconds)
-    return await remote.call("aligner", gw.aligner.to_async.align(
+    return await remote.call("aligner", lambda: gw.aligner.to_async.align(
         audio=audio.samples, lines=req.lyrics, language=req.language))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from services.runtime.chunking import frame_rms, plan_chunks
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from services.runtime.languages import ALIGNER as LANGUAGES
 from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.remote import guarded
 from services.runtime.settings import get_settings
@@ -73,7 +74,7 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
 
     def _language(self, language: str | None, lines: list[str]) -> str:
         try:
-            lang = lyrics.parse_language(language) or lyrics.parse_language(self.cfg.default_language)
+            lang = LANGUAGES.parse(language) or LANGUAGES.parse(self.cfg.default_language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         return lang or lyrics.detect_language("\n".join(lines))
@@ -107,7 +108,7 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
         segments = lyrics.rebuild_segments(all_lines, all_units, unit_times, duration)
         return {
             "segments": segments,
-            "language": lyrics.ISO[lang],
+            "language": LANGUAGES.code(lang),
             "duration": round(duration, 3),
             "chunks": len(jobs),
         }

@@ -19,7 +19,8 @@ import re
 import time
 import uuid
 
-from .errors import InvalidRequest, QwenError, Unauthorized
+from .errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound, QwenError, Unauthorized,
+                     UnsupportedMedia)
 from .logging import get_logger, request_id_var
 from .metrics import metrics
 
@@ -97,10 +98,8 @@ class EdgeMiddleware:
                 if message["status"] in (404, 405) and not ctype.startswith(b"application/json"):
                     # BentoML's router answers unknown paths in plain text: keep the one envelope.
                     replaced["on"] = True
-                    code = "not_found" if message["status"] == 404 else "method_not_allowed"
-                    err = QwenError(f"{method} {path}: {'no such route' if code == 'not_found' else 'method not allowed'}",
-                                    status=message["status"], code=code)
-                    err.type = "invalid_request_error"
+                    err = (NotFound(f"{method} {path}: no such route") if message["status"] == 404
+                           else MethodNotAllowed(f"{method} {path}: method not allowed"))
                     await send_json(send, err.status, err.envelope(), extra_headers=[(b"x-request-id", rid.encode())])
                     return
                 hdrs.append((b"x-request-id", rid.encode()))
@@ -174,7 +173,7 @@ async def read_form(request, *, file_field: str, file_required: bool, what: str,
     """(upload or None, the form) of a multipart request, with the envelope's errors: 415 for another
     content type, 400 for a malformed body or a missing required file part (`what` names it)."""
     if not request.headers.get("content-type", "").startswith(content_types):
-        raise QwenError(f"send multipart/form-data with {what}", status=415, code="unsupported_content_type")
+        raise UnsupportedMedia(f"send multipart/form-data with {what}", code="unsupported_content_type")
     try:
         form = await request.form(max_files=1, max_fields=max_fields)
     except Exception:
@@ -237,9 +236,9 @@ def install_error_handlers(app) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_req, exc: HTTPException):
+        # Starlette's own errors carry any status: the envelope's type follows it (errors.error_type).
         err = QwenError(str(exc.detail), status=exc.status_code,
                         code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
-        err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return error_response(err)
 
     @app.exception_handler(Exception)
@@ -275,8 +274,12 @@ _ERROR_STATUSES = {
     503: "model loading or a model service unreachable; retry after Retry-After",
     504: "a model or a fetched URL did not finish in time",
 }
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"description": text, "content": {"application/json": {"schema": ERROR_ENVELOPE_SCHEMA}},
-             **({"headers": _RETRY_AFTER} if status in (429, 503) else {})}
-    for status, text in _ERROR_STATUSES.items()
-}
+
+
+def error_doc(status: int, text: str) -> dict:
+    """The OpenAPI response of one error status: the envelope (and Retry-After where it is sent)."""
+    return {"description": text, "content": {"application/json": {"schema": ERROR_ENVELOPE_SCHEMA}},
+            **({"headers": _RETRY_AFTER} if status in RETRY_AFTER_STATUSES else {})}
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {status: error_doc(status, text) for status, text in _ERROR_STATUSES.items()}

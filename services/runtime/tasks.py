@@ -17,7 +17,8 @@ from typing import Any, Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from .errors import NotFound, QwenError, TooManyRequests
+from .errors import Conflict, NotFound, QwenError, TooManyRequests
+from .http import error_doc
 from .logging import get_logger
 
 log = get_logger("tasks")
@@ -119,14 +120,14 @@ def add_task_routes(router, *, path: str, kind: str, parse, run, render, openapi
     async def status(task_id: str, request: Request) -> JSONResponse:
         return JSONResponse(gateway(request).tasks.get(task_id).describe())
 
-    @router.get(f"{path}/tasks/{{task_id}}/result", summary=f"Result of a {kind} task")
+    @router.get(f"{path}/tasks/{{task_id}}/result", summary=f"Result of a {kind} task",
+                responses={409: error_doc(409, "the task has not finished yet; poll its status")})
     async def result(task_id: str, request: Request):
         task = gateway(request).tasks.get(task_id)
         if task.status == "failed" and task.error is not None:
             raise task.error
         if task.status != "succeeded":
-            raise QwenError(f"task is {task.status}; poll {path}/tasks/{task_id}", status=409,
-                            code="task_not_finished")
+            raise Conflict(f"task is {task.status}; poll {path}/tasks/{task_id}", code="task_not_finished")
         ctx, out = task.result
         return render(ctx, out)
 

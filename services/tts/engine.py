@@ -99,10 +99,9 @@ _VOICE_TABLE: dict[str, tuple[str, str, str]] = {
 
 
 # What the real CustomVoice checkpoint serves, known without loading it (the gateway validates requests
-# and lists voices from these; the engine checks again against the loaded model).
+# and lists voices from these, and its languages from runtime.languages.TTS_LANGUAGES; the engine checks
+# again against the loaded model).
 VOICES: list[Voice] = [Voice(k, *v) for k, v in _VOICE_TABLE.items()]
-LANGUAGES: list[str] = ["auto", "chinese", "english", "french", "german", "italian", "japanese", "korean",
-                        "portuguese", "russian", "spanish"]
 
 
 class SpeechEngine(Protocol):

@@ -6,16 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# tts-1-{lang} / tts-1-hd-{lang} force the output language (the seed's convention).
-MODEL_LANGUAGES = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "de": "german",
-                   "fr": "french", "es": "spanish", "ru": "russian", "pt": "portuguese", "it": "italian"}
+from services.runtime.languages import TTS_MODEL_LANGUAGES
 
 
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., description="tts-1, tts-1-hd, qwen3-tts, tts-1-{lang}/tts-1-hd-{lang} "
-                                        "(zh en ja ko de fr es ru pt it: forces the language), or the model id")
+                                        f"({' '.join(TTS_MODEL_LANGUAGES)}: forces the language), or the model id")
     input: str = Field(..., description="the text to speak")
     voice: str = Field(..., description="vivian serena uncle_fu dylan eric ryan aiden ono_anna sohee "
                                         "(case-insensitive); see GET /v1/audio/voices")

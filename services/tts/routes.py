@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.runtime import remote
 from services.runtime.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
-from services.runtime.errors import InvalidRequest, NotFound, QwenError
+from services.runtime.errors import InvalidRequest, NotFound, PayloadTooLarge
 from services.runtime.http import read_json_object, validate
+from services.runtime.languages import TTS_LANGUAGES as LANGUAGES
+from services.runtime.languages import TTS_MODEL_LANGUAGES as MODEL_LANGUAGES
 from services.runtime.logging import get_logger
 
-from .engine import LANGUAGES, VOICES
-from .protocol import MODEL_LANGUAGES, SpeechRequest
+from .engine import VOICES
+from .protocol import SpeechRequest
 
 router = APIRouter(tags=["audio"])
 log = get_logger("tts")
@@ -63,8 +65,8 @@ async def _validated(request: Request, gw) -> tuple[SpeechRequest, str | None]:
         raise InvalidRequest("input is empty", param="input", code="empty_input")
     limit = gw.settings.tts.max_input_chars
     if len(req.input) > limit:
-        raise QwenError(f"input is {len(req.input)} characters; the limit is {limit}", status=413,
-                        param="input", code="input_too_long")
+        raise PayloadTooLarge(f"input is {len(req.input)} characters; the limit is {limit}",
+                              param="input", code="input_too_long")
     if req.voice.strip().lower() not in _VOICE_IDS:
         raise InvalidRequest(f"unknown voice {req.voice!r}; valid voices: {', '.join(sorted(_VOICE_IDS))}",
                              param="voice", code="invalid_voice")
@@ -80,7 +82,7 @@ async def speech(request: Request, gw=Depends(gateway)) -> Response:
     args = dict(text=req.input, voice=req.voice, language=language, instructions=req.instructions)
     stream_format = req.stream_format or ("audio" if req.stream else None)
     if stream_format is None:
-        out = await remote.call("tts", gw.tts.to_async.synthesize(**args))
+        out = await remote.call("tts", lambda: gw.tts.to_async.synthesize(**args))
         body = encode_audio(out["audio"], out["sample_rate"], fmt, req.speed)
         return Response(body, media_type=MEDIA_TYPES[fmt])
 

@@ -261,7 +261,8 @@ def test_tts_side_files_match(tiny_folder):
 
 def test_tts_engine_tables_are_the_real_ones():
     """The voices and languages the gateway lists and validates without loading the model."""
-    from services.tts.engine import LANGUAGES, VOICES
+    from services.runtime.languages import TTS_LANGUAGES as LANGUAGES
+    from services.tts.engine import VOICES
 
     talker = real.read_json(real.TTS / "config.json")["talker_config"]
     assert sorted(v.id for v in VOICES) == sorted(talker["spk_id"])
@@ -459,11 +460,10 @@ def test_vl_chat_template_renders_like_the_real_one(tiny_folder):
 
 
 def test_service_language_lists_are_the_real_ones():
-    from services.aligner.lyrics import LANGUAGES as ALIGNER_LANGUAGES
-    from services.asr.languages import ISO_TO_NAME
+    from services.runtime.languages import ALIGNER, ASR
 
-    assert list(ISO_TO_NAME.values()) == real.read_json(real.ASR / "config.json")["support_languages"]
-    assert sorted(ALIGNER_LANGUAGES) == sorted(real.read_json(real.ALIGNER / "config.json")["support_languages"])
+    assert ASR.names == real.read_json(real.ASR / "config.json")["support_languages"]
+    assert sorted(ALIGNER.names) == sorted(real.read_json(real.ALIGNER / "config.json")["support_languages"])
 
 
 # --- Qwen3-VL-2B (diagram) and the Omni captioner: no vendored files -----------------------------------

@@ -3,6 +3,7 @@ import pytest
 
 from services.aligner import lyrics
 from services.runtime.chunking import Chunk, plan_chunks
+from services.runtime.languages import ALIGNER
 
 
 def whitespace_units(text, language):
@@ -15,12 +16,12 @@ def whitespace_units(text, language):
 @pytest.mark.parametrize("value, name", [("en", "English"), ("ZH", "Chinese"), ("yue", "Cantonese"),
                                          ("japanese", "Japanese"), ("pt-BR", "Portuguese"), (None, None), ("", None)])
 def test_parse_language(value, name):
-    assert lyrics.parse_language(value) == name
+    assert ALIGNER.parse(value) == name
 
 
 def test_parse_language_unknown_lists_supported():
     with pytest.raises(ValueError, match="supports: zh"):
-        lyrics.parse_language("klingon")
+        ALIGNER.parse("klingon")
 
 
 @pytest.mark.parametrize("text, lang", [

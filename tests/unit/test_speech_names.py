@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 
 from services.asr.engine import _printable
-from services.asr.languages import parse_language
 from services.asr.routes import resolve_model, split_sentences
 from services.runtime.errors import NotFound
+from services.runtime.languages import ASR
 from services.runtime.settings import Settings
 from services.tts.routes import model_language
 
@@ -43,12 +43,12 @@ def test_unknown_asr_model():
                                          ("zh-CN", "Chinese"), ("yue", "Cantonese"), ("fil", "Filipino"),
                                          ("tl", "Filipino"), ("", None), (None, None)])
 def test_asr_languages(value, name):
-    assert parse_language(value) == name
+    assert ASR.parse(value) == name
 
 
 def test_asr_unknown_language_lists_codes():
-    with pytest.raises(ValueError, match="supported: .*en"):
-        parse_language("xx")
+    with pytest.raises(ValueError, match=r"the ASR supports: zh \(Chinese\), en \(English\), .*mk \(Macedonian\)$"):
+        ASR.parse("xx")
 
 
 def test_control_characters_are_dropped_from_transcripts():
