@@ -72,7 +72,8 @@ async def caption_chat(gw, req: ChatRequest) -> Response:
     }
     cid = new_id()
     if not req.stream:
-        out = await remote.call("captioner", gw.captioner.to_async.complete(audio=audio.samples, params=params))
+        out = await remote.call("captioner",
+                                lambda: gw.captioner.to_async.complete(audio=audio.samples, params=params))
         return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
 
     body = await remote.open_stream("captioner", gw.captioner.to_async.stream(audio=audio.samples, params=params))

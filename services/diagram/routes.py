@@ -49,7 +49,7 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
                                                       {"type": "text", "text": req.prompt or cfg.prompt}]}],
             "images": [wire_image(img)], "max_new_tokens": token_budget(cfg, req.max_new_tokens),
             "temperature": 0.0, "adapter": req.adapter}
-    (out,) = (await remote.call("diagram", gw.diagram.to_async.generate(requests=[item])))["results"]
+    (out,) = (await remote.call("diagram", lambda: gw.diagram.to_async.generate(requests=[item])))["results"]
     status = await gw.service_status("diagram")
     return JSONResponse({
         "description": out["text"],
@@ -69,7 +69,7 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
 @router.get("/infer/stats", summary="The seed's JSON counters (also exported as Prometheus metrics)")
 async def stats(request: Request, gw=Depends(gateway)) -> JSONResponse:
     gw.require("diagram")
-    return JSONResponse(await remote.call("diagram", gw.diagram.to_async.seed_stats()))
+    return JSONResponse(await remote.call("diagram", lambda: gw.diagram.to_async.seed_stats()))
 
 
 CHAT = ChatHandler(names=model_names, handle=chat_for("diagram"))

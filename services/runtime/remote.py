@@ -10,7 +10,7 @@ slow) to 503/429/504 in the envelope.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from .errors import QwenError, ServiceUnavailable, Timeout, TooManyRequests
 from .logging import get_logger
@@ -36,7 +36,31 @@ def guarded(service: str):
     return deco
 
 
-async def call(service: str, awaitable: Awaitable[Any]) -> Any:
+# A pooled keep-alive connection the callee closed while idle (its server's idle timeout is shorter
+# than the client's) fails on first use, before the call reached the model: seen after a burst, as an
+# aiohttp ClientOSError / ServerDisconnectedError. Model calls have no side effects, so such a failure is
+# tried once more on a fresh connection; a callee that is really gone fails again at once.
+_STALE_CONNECTION = ("ClientOSError", "ServerDisconnectedError", "ClientConnectionResetError",
+                     "ConnectionResetError", "BrokenPipeError")
+
+
+async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[Any]]) -> Any:
+    """Await a model service's API and map its failures to our errors. `request` is the call, or a
+    function making it (then a stale pooled connection is retried once)."""
+    if not callable(request):
+        return await _call(service, request, retry_stale=False)
+    try:
+        return await _call(service, request(), retry_stale=True)
+    except _StaleConnection:
+        log.info("stale connection to a model service, retrying once", extra={"service": service})
+        return await _call(service, request(), retry_stale=False)
+
+
+class _StaleConnection(Exception):
+    pass
+
+
+async def _call(service: str, awaitable: Awaitable[Any], *, retry_stale: bool) -> Any:
     from bentoml.exceptions import BentoMLException
 
     try:
@@ -54,16 +78,17 @@ async def call(service: str, awaitable: Awaitable[Any]) -> Any:
                                  retry_after=5) from None
     except TimeoutError:  # asyncio's and the builtin (an OSError since 3.11): the callee hung or is too slow
         raise Timeout(f"{service} did not answer in time") from None
-    except (ConnectionError, OSError) as exc:
+    except Exception as exc:
+        if retry_stale and type(exc).__name__ in _STALE_CONNECTION:
+            raise _StaleConnection() from exc
+        transport = isinstance(exc, (ConnectionError, OSError)) or \
+            type(exc).__module__.startswith(("httpx", "aiohttp", "anyio"))  # transport errors and the like
+        if not transport:
+            raise
+        if "Timeout" in type(exc).__name__:
+            raise Timeout(f"{service} did not answer in time") from None
         raise ServiceUnavailable(f"{service} is unreachable: {type(exc).__name__}", code="service_unavailable",
                                  retry_after=5) from None
-    except Exception as exc:  # httpx transport errors and the like
-        if type(exc).__module__.startswith(("httpx", "aiohttp", "anyio")):
-            if "Timeout" in type(exc).__name__:
-                raise Timeout(f"{service} did not answer in time") from None
-            raise ServiceUnavailable(f"{service} is unreachable: {type(exc).__name__}",
-                                     code="service_unavailable", retry_after=5) from None
-        raise
     if isinstance(result, dict) and ERROR_KEY in result:
         raise QwenError.from_payload(result[ERROR_KEY])
     return result

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.runtime import remote
 from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
-from services.runtime.errors import InvalidRequest, QwenError
+from services.runtime.errors import InvalidRequest, PayloadTooLarge
 from services.runtime.http import form_fields, inline_schema, read_form, validate
 from services.runtime.images import to_wire
 from services.runtime.media import image_from_request, read_upload
@@ -75,8 +75,8 @@ async def generate(request: Request, gw=Depends(gateway)) -> Response:
                                    content_types=("multipart/form-data", "application/x-www-form-urlencoded"))
     req = validate(GenerateForm, form_fields(form, "image"))
     if len(req.text) > cfg.max_prompt_chars:
-        raise QwenError(f"text exceeds {cfg.max_prompt_chars} characters", status=413, param="text",
-                        code="prompt_too_long")
+        raise PayloadTooLarge(f"text exceeds {cfg.max_prompt_chars} characters", param="text",
+                              code="prompt_too_long")
     data = None
     if upload is not None:
         data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="image")
@@ -88,7 +88,7 @@ async def generate(request: Request, gw=Depends(gateway)) -> Response:
     item = {"messages": [{"role": "user", "content": content}], "images": images,
             "max_new_tokens": token_budget(cfg, req.max_new_tokens), "temperature": req.temperature}
     t0 = time.perf_counter()
-    (out,) = (await remote.call("vl", gw.vl.to_async.generate(requests=[item])))["results"]
+    (out,) = (await remote.call("vl", lambda: gw.vl.to_async.generate(requests=[item])))["results"]
     return JSONResponse({
         "response": out["text"],
         "finish_reason": out["finish_reason"],
@@ -141,7 +141,7 @@ def chat_for(key: str):
         dep = getattr(gw, key)
         cid = new_id()
         if not req.stream:
-            (out,) = (await remote.call(key, dep.to_async.generate(requests=[item])))["results"]
+            (out,) = (await remote.call(key, lambda: dep.to_async.generate(requests=[item])))["results"]
             return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
         body = await remote.open_stream(key, dep.to_async.stream(request=item))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -53,3 +53,52 @@ def test_a_services_own_error_crosses_with_its_status_type_and_fields():
     with pytest.raises(QwenError) as e:
         call({remote.ERROR_KEY: err.payload()})
     assert e.value.payload() == err.payload() and e.value.status == 400
+
+
+def _flaky(failures: list[BaseException], value="ok"):
+    """A request factory whose calls fail with `failures` in turn, then return `value`; counts calls."""
+    calls = []
+
+    def make():
+        calls.append(1)
+
+        async def dep():
+            if len(calls) <= len(failures):
+                raise failures[len(calls) - 1]
+            return value
+
+        return dep()
+
+    return make, calls
+
+
+@pytest.mark.parametrize("stale", ["ClientOSError", "ServerDisconnectedError"])
+def test_a_stale_pooled_connection_is_retried_once(stale):
+    """aiohttp's errors for a keep-alive connection the callee closed while idle (seen after a burst):
+    the model call never ran, so it is made again once on a fresh connection."""
+    import aiohttp
+
+    exc = getattr(aiohttp, stale)() if stale == "ServerDisconnectedError" else aiohttp.ClientOSError(104, "reset")
+    make, calls = _flaky([exc])
+    assert asyncio.run(remote.call("aligner", make)) == "ok" and len(calls) == 2
+    make, calls = _flaky([exc, exc])  # gone for real: the second failure is the answer
+    with pytest.raises(ServiceUnavailable) as e:
+        asyncio.run(remote.call("aligner", make))
+    assert len(calls) == 2 and e.value.retry_after and stale in e.value.message
+
+
+def test_only_stale_connections_are_retried_and_only_for_factories():
+    import aiohttp
+
+    make, calls = _flaky([ConnectionRefusedError()])  # nobody listening: not retried
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(remote.call("aligner", make))
+    assert len(calls) == 1
+    make, calls = _flaky([TimeoutError()])  # the callee may still be working: never retried
+    with pytest.raises(Timeout):
+        asyncio.run(remote.call("aligner", make))
+    assert len(calls) == 1
+    make, calls = _flaky([aiohttp.ServerDisconnectedError()])  # an awaitable cannot be made again
+    with pytest.raises(ServiceUnavailable):
+        asyncio.run(remote.call("aligner", make()))
+    assert len(calls) == 1
