@@ -95,15 +95,18 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$(echo $$missing | tr ' ' '\n' | sort -u); \
 	fi
 
-# One source, two Bentos: requirements written from uv.lock per target, then `bentoml build -f`.
+# One description, two Bentos: the root bentofile.yaml is the CPU Bento (`bentoml build`); the CUDA one is
+# it with bentos/cuda.yaml's keys replaced. Requirements are written from uv.lock per target (committed,
+# refreshed here when uv.lock changes; tests/deploy/test_bentos.py checks they match it).
 bentos/requirements-%.txt: uv.lock bentos/requirements.py | uv
 	$(PY) bentos/requirements.py $* $@
 
 bento-cpu: venv bentos/requirements-cpu.txt
-	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cpu.yaml .
+	BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build .
 
 bento-cuda: venv bentos/requirements-cuda.txt
-	QWEN_BENTO_TARGET=cuda BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/cuda.yaml .
+	$(PY) bentos/bentofile.py cuda bentos/bentofile-cuda.yaml
+	QWEN_BENTO_TARGET=cuda BENTOML_NO_LOCAL_URL=1 .venv/bin/bentoml build -f bentos/bentofile-cuda.yaml .
 
 bento: bento-cpu bento-cuda
 

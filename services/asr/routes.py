@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.runtime import remote
-from services.runtime.errors import InvalidRequest, NotFound, QwenError
+from services.runtime.errors import InvalidRequest, NotFound
 from services.runtime.http import inline_schema, read_form, validate
+from services.runtime.languages import ALIGNER as ALIGNER_LANGUAGES
 from services.runtime.media import load_audio, read_upload
 from services.runtime.subtitles import to_srt, to_vtt
 from services.runtime.tasks import add_task_routes
 
-from services.aligner.lyrics import ISO as _ALIGNER_ISO
-
-from .languages import NAME_TO_ISO
 from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word
 
 router = APIRouter(tags=["audio"])
@@ -34,7 +33,6 @@ _BODY_DOC = {
         }}},
     }
 }
-ALIGNER_ISO = set(_ALIGNER_ISO.values())
 # Sentence ends: Latin punctuation followed by a space, or CJK punctuation.
 _SENTENCE = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
 
@@ -85,7 +83,7 @@ async def _run(gw, ctx: Ctx) -> dict:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
-    result = await remote.call("asr", gw.asr.to_async.transcribe(
+    result = await remote.call("asr", lambda: gw.asr.to_async.transcribe(
         audio=audio.samples, prompt=req.prompt or "", language=req.language))
     if req.response_format in ("json", "text"):
         return {**result, "segments": [], "words": []}
@@ -123,29 +121,34 @@ async def transcriptions(request: Request, gw=Depends(gateway)) -> Response:
     return _render(ctx, await _run(gw, ctx))
 
 
+def has_words(text: str) -> bool:
+    """Whether `text` holds a unit the forced aligner can time. Its unit splitter (qwen_asr's
+    Qwen3ForceAlignProcessor, every language) keeps letters, digits (Unicode L* and N*) and apostrophes
+    and drops everything else: a transcript without any (noise or music written as punctuation) has no
+    word to time."""
+    return any(ch == "'" or unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
 async def _timed(gw, samples, result: dict, want_words: bool) -> tuple[list[dict], list[dict]]:
     """Sentence segments (and words) timed by the forced-aligner service, window by window; without
-    the aligner, one segment per ASR window."""
+    the aligner, one segment per ASR window.
+
+    Words are [] only when the transcript has no word (`has_words`); then the aligner is not asked. Any
+    error of the aligner is the request's error: a failed timing never becomes an empty word list."""
     spans = [s for s in result["spans"] if s["text"]]
+    windows = [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in spans]
     if "aligner" not in gw.enabled:
         if want_words:
             raise InvalidRequest("word timestamps need the aligner service, which is not enabled (QWEN_SERVICES)",
                                  param="timestamp_granularities", code="timestamps_unavailable")
-        return [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in spans], []
-    if not spans:
-        return [], []
-    iso = NAME_TO_ISO.get(result["language"])
-    try:
-        aligned = await remote.call("aligner", gw.aligner.to_async.align_spans(
-            audio=samples,
-            spans=[{"start": s["start"], "end": s["end"], "lines": split_sentences(s["text"])} for s in spans],
-            language=iso if iso in ALIGNER_ISO else None,
-        ))
-    except QwenError as exc:
-        if exc.code != "empty_lyrics":
-            raise
-        # Text without a single word (noise, music): nothing to time word by word.
-        return [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in spans], []
+        return windows, []
+    if not any(has_words(s["text"]) for s in spans):
+        return windows, []
+    aligned = await remote.call("aligner", lambda: gw.aligner.to_async.align_spans(
+        audio=samples,
+        spans=[{"start": s["start"], "end": s["end"], "lines": split_sentences(s["text"])} for s in spans],
+        language=ALIGNER_LANGUAGES.code(result["language"]),  # None: the aligner detects it
+    ))
     segments = [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in aligned["segments"]]
     words = [{"word": w["text"], "start": w["start"], "end": w["end"]}
              for s in aligned["segments"] for w in s["words"]]

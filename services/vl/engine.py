@@ -1,7 +1,8 @@
 """Qwen vision-language models (Qwen2.5-VL for `vl`, Qwen3-VL + LoRA for `diagram`) behind one engine.
 
 - Batching: items of concurrent requests go through one `generate` with left padding (batched equals
-  sequential for greedy decoding: tests/tiny). Items are grouped by what must be equal inside one call
+  sequential for greedy decoding in float32: tests/tiny; in fp16/bf16 padding can change the last bits
+  of a logit, so a near-tie may pick another token). Items are grouped by what must be equal inside one call
   (adapter, and the full `sampling_kwargs` of the item: one request's sampling never applies to another);
   each item is cut to its own token budget.
 - Images: every processor call gets the service's pixel budget (runtime.images.processor_pixel_kwargs).

@@ -647,7 +647,8 @@ def test_systemd_analyze_verify_and_security(tmp_path):
     unit.write_text(UNIT.read_text().replace(exec_path, "/bin/true"))  # verify wants the binary to exist
     res = subprocess.run([sa, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and not res.stderr.strip() and not res.stdout.strip(), res.stdout + res.stderr
-    res = subprocess.run([sa, "security", "--offline=yes", "--threshold=30", str(unit)], capture_output=True,
+    # The exposure deploy/README.md states (1.8, on systemd's 0-10 scale; --threshold is x10): more fails.
+    res = subprocess.run([sa, "security", "--offline=yes", "--threshold=18", str(unit)], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stdout[-800:] + res.stderr[-800:]
 

@@ -279,3 +279,100 @@ def stop_hard(proc: subprocess.Popen) -> None:
     proc.wait(timeout=15)
     gone, alive = psutil.wait_procs(procs, timeout=15)
     assert not alive, alive
+
+
+def test_a_task_is_409_while_it_runs_then_its_result(split):
+    """The aligner's server is stopped (SIGSTOP) while a task waits on it: the task is accepted (202) and
+    its result is a 409 `task_not_finished` until the aligner resumes; then the result is the answer."""
+    url, audio = split.url, encode(song(4.0, sr=16000), 16000, "wav")
+    signal_tree(split.procs[0], signal.SIGSTOP)
+    try:
+        r = httpx.post(url + "/api/v1/align/tasks", files={"audio": ("a.wav", audio)},
+                       data={"lyrics": '["a b", "c d"]', "format": "json"}, timeout=60)
+        assert r.status_code == 202, r.text
+        task = r.json()
+        deadline = time.monotonic() + 30
+        while (st := httpx.get(url + task["status_url"]).json())["status"] == "pending":
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert st["status"] == "running", st  # waiting on the stopped aligner
+        r = httpx.get(url + task["result_url"])
+        assert r.status_code == 409 and r.json()["error"]["code"] == "task_not_finished", r.text
+    finally:
+        signal_tree(split.procs[0], signal.SIGCONT)
+    deadline = time.monotonic() + 120
+    while (st := httpx.get(url + task["status_url"]).json())["status"] == "running":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+    r = httpx.get(url + task["result_url"])
+    assert st["status"] == "succeeded" and r.status_code == 200 and len(r.json()["segments"]) == 2, r.text
+
+
+class _StatusStub:
+    """Stands in for a model service on its address: answers BentoML's `status` API (POST /status) with
+    `body`, as a service whose model serves with something missing (a diagram LoRA adapter) does."""
+
+    def __init__(self, port: int, body: dict):
+        import http.server
+        import json
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                data = json.dumps(body).encode()
+                self.send_response(200 if self.path == "/status" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_health_failed_for_a_model_that_does_not_load_and_degraded_is_200(split):
+    """The aligner restarted on weights that do not exist: its model fails to load. /health is 503
+    `unhealthy` with the aligner `failed` and the reason; requests (and tasks) answer 503 `model_failed`.
+    A service reporting `degraded` (a stub on the aligner's address) makes /health 200 `degraded`. The real
+    aligner is started again at the end."""
+    url, audio = split.url, encode(song(4.0, sr=16000), 16000, "wav")
+    stop(split.procs[0])
+    missing = split.work / "no-such-weights"
+    split.procs[0] = restart_aligner(split, {**split.env, "QWEN_MODELS": "hub", "QWEN_ALIGNER_MODEL": str(missing)})
+    deadline = time.monotonic() + 240
+    while (st := _aligner_status(url))["status"] != "failed":
+        assert time.monotonic() < deadline and st["status"] in ("unreachable", "loading"), st
+        time.sleep(0.5)
+    health = httpx.get(url + "/health", timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "unhealthy", health.text
+    assert str(missing) in st["error"] and health.json()["services"]["vl"]["status"] == "ready", st
+    err = assert_503_envelope(_align(url, audio))
+    assert err["code"] == "model_failed" and "failed to load" in err["message"], err
+    r = httpx.post(url + "/api/v1/align/tasks", files={"audio": ("a.wav", audio)}, data={"lyrics": '["a b"]'})
+    assert r.status_code == 202, r.text
+    task, deadline = r.json(), time.monotonic() + 60
+    while (st := httpx.get(url + task["status_url"]).json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, st
+        time.sleep(0.2)
+    assert st["status"] == "failed" and st["error"]["code"] == "model_failed", st
+    result = httpx.get(url + task["result_url"])
+    assert assert_503_envelope(result) == st["error"]  # the failed task's result is its error
+
+    stop(split.procs[0])
+    stub = _StatusStub(split.ports["aligner"], {"status": "degraded", "error": "adapter 'x' not served"})
+    try:
+        health = httpx.get(url + "/health", timeout=30)
+        assert health.status_code == 200 and health.json()["status"] == "degraded", health.text
+        assert health.json()["services"]["aligner"]["status"] == "degraded"
+    finally:
+        stub.close()
+    split.procs[0] = restart_aligner(split, split.env)
+    wait_ok(url, "/health", time.monotonic() + 300, [split.procs[0], split.procs[2]], split.logs)
+    assert _align(url, audio).status_code == 200

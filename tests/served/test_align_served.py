@@ -265,18 +265,6 @@ def test_task_submit_status_result_survives_the_client(served, wav):
         assert c.get("/api/v1/align/tasks/does-not-exist").status_code == 404
 
 
-def test_concurrent_requests_all_succeed(served, wav):
-    import concurrent.futures
-
-    def one(_):
-        with served.client() as c:
-            return post_upload(c, wav, format="json").status_code
-
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        codes = list(pool.map(one, range(6)))
-    assert codes == [200] * 6
-
-
 def test_metrics_parse_and_cover_routes_models_and_batches(client, wav):
     assert post_upload(client, wav).status_code == 200
     text = httpx.get(str(client.base_url) + "/metrics").text

@@ -181,17 +181,28 @@ PRIVATE_TARGETS = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.25
                    "::1", "fc00::1", "fd00:ec2::254", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "fe80::1"]
 
 
+class DNS(dict):
+    """name -> its addresses, or an iterator giving the answer of each lookup in turn (a rebinding
+    resolver); `lookups` lists every name asked for, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups: list[str] = []
+
+
 @pytest.fixture
 def dns(monkeypatch):
     """The system resolver, answering for names under .test as the table says (everything else as usual):
     the guard's own resolution path runs, only the DNS answer is chosen by the test."""
-    table: dict[str, list[str]] = {}
+    table = DNS()
     real = socket.getaddrinfo
 
     def fake(host, port, *a, **kw):
         if isinstance(host, str) and host in table:
+            table.lookups.append(host)
+            answer = table[host]
             out = []
-            for ip in table[host]:
+            for ip in answer if isinstance(answer, list) else next(answer):
                 fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
                 out.append((fam, socket.SOCK_STREAM, 6, "", (ip, port or 0, 0, 0) if fam == socket.AF_INET6
                             else (ip, port or 0)))

@@ -146,3 +146,52 @@ def test_slot_on_a_full_queue_is_429():
                     pass
 
     run(main())
+
+
+def _retry_after_at(depths, batch_seconds, warm_batches=4):
+    """Retry-After a scheduler (one slot, batches of one) gives after `warm_batches` batches of
+    `batch_seconds` each, with its slot busy and `depth` requests queued, for each depth; then the
+    Retry-After of a real refusal once its queue is full."""
+    release = threading.Event()
+
+    def run_batch(items):
+        if items == ["warm"]:
+            time.sleep(batch_seconds)
+        else:
+            release.wait(10)
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=1, max_queue=max(depths))
+        for _ in range(warm_batches):
+            await s.run(["warm"])
+        tasks = [asyncio.create_task(s.run(["busy"]))]  # holds the only slot until released
+        values = []
+        try:
+            for depth in depths:
+                while s.queue_depth < depth:
+                    tasks.append(asyncio.create_task(s.run([len(tasks)])))
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02)
+                assert s.queue_depth == depth
+                values.append(s.retry_after())
+            with pytest.raises(TooManyRequests) as refused:
+                await s.run(["one too many"])
+            return values, refused.value
+        finally:
+            release.set()
+            await asyncio.gather(*tasks)
+
+    return run(main())
+
+
+def test_retry_after_grows_with_queue_depth_and_with_batch_time():
+    """A refusal's Retry-After is the wait for the batches ahead of it: recent batch time x batches queued
+    / running slots (at least 1 s)."""
+    slow, full = _retry_after_at([2, 6, 12], batch_seconds=0.15)
+    assert slow[0] < slow[1] < slow[2], slow  # deeper queue, longer wait
+    assert full.retry_after == slow[2] and full.status == 429  # the 429 carries the same estimate
+    assert int(full.headers()["Retry-After"]) == max(1, round(full.retry_after))
+    fast, _ = _retry_after_at([12], batch_seconds=0.0)
+    assert fast[0] < slow[2], (fast, slow)  # same depth, quicker recent batches: shorter wait
+    assert 1 <= fast[0] and slow[2] / slow[0] > 2.5  # proportional to the batches ahead, not a constant

@@ -170,12 +170,27 @@ def test_stream_reraises_worker_errors(engine, monkeypatch):
     _assert_wav(engine.synthesize("After.", "sohee", None, None, 2), 2)
 
 
-def test_concurrent_calls_are_serialised(engine):
+def test_concurrent_calls_are_serialised(engine, monkeypatch):
+    """Two threads released together: their generates run one after the other (the talker's per-call
+    state), each still gets its own audio."""
+    spans: list[tuple[float, float]] = []
+    generate = engine._generate_codes
+
+    def timed_generate(items, max_frames):
+        t0 = time.perf_counter()
+        try:
+            return generate(items, max_frames)
+        finally:
+            spans.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(engine, "_generate_codes", timed_generate)
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
+    start = threading.Barrier(2)
 
     def run(frames):
         try:
+            start.wait()
             results[frames] = engine.synthesize(TEXT, "aiden", "english", None, frames)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
@@ -188,6 +203,9 @@ def test_concurrent_calls_are_serialised(engine):
     assert not errors
     _assert_wav(results[8], 8)
     _assert_wav(results[11], 11)
+    assert len(spans) == 2
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, spans  # no overlap: one generate at a time
 
 
 def test_synthesize_batch(engine):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,13 +92,36 @@ def test_batched_equals_sequential_and_budgets_are_per_item(vl_engine):
     assert batched[2].prompt_tokens < batched[1].prompt_tokens  # no image, no image tokens
 
 
-def test_replicas_serve_concurrent_calls(vl_engine):
+def test_replicas_serve_concurrent_calls(vl_engine, monkeypatch):
+    """Four calls released together on two replicas: two generations run at once, never more, each on
+    its own replica (both are used); every replica is handed back."""
+    spans: list[tuple[float, float, int]] = []  # start, end, replica
+    generate = vl_engine._generate_group
+
+    def timed_generate(model, group, adapter):
+        t0 = time.perf_counter()
+        try:
+            return generate(model, group, adapter)
+        finally:
+            spans.append((t0, time.perf_counter(), id(model)))
+
+    monkeypatch.setattr(vl_engine, "_generate_group", timed_generate)
     out = []
-    threads = [threading.Thread(target=lambda i=i: out.append(vl_engine.generate_batch([item(i)])[0]))
-               for i in range(4)]
+    start = threading.Barrier(4)
+
+    def call(i):
+        start.wait()
+        out.append(vl_engine.generate_batch([item(i)])[0])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert len(out) == 4 and vl_engine._free.qsize() == 2  # every replica handed back
+    assert len(out) == 4 and len(spans) == 4 and vl_engine._free.qsize() == 2  # every replica handed back
+    running = [sum(s <= t < e for s, e, _ in spans) for t, _, _ in spans]  # generations running at each start
+    assert max(running) == 2, spans
+    for a in spans:  # the generations that overlap ran on different replicas
+        assert all(b is a or b[2] != a[2] for b in spans if b[0] < a[1] and a[0] < b[1]), spans
+    assert len({r for _, _, r in spans}) == 2
 
 
 def test_stream_matches_generate(vl_engine):
