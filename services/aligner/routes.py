@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from services.gateway.deps import gateway
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from services.runtime.http import form_fields, inline_schema, read_form, read_json_object, validate
@@ -44,10 +45,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Aligned lyrics in the requested format",
           "content": {"text/plain": {}, "application/json": {"schema": inline_schema(AlignResponse)}}},
 }
-
-
-def gateway(request: Request):
-    return request.app.state.gateway
 
 
 async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:

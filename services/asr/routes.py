@@ -8,6 +8,7 @@ import unicodedata
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from services.gateway.deps import gateway
 from services.runtime import remote
 from services.runtime.errors import InvalidRequest, NotFound
 from services.runtime.http import inline_schema, read_form, validate
@@ -35,10 +36,6 @@ _BODY_DOC = {
 }
 # Sentence ends: Latin punctuation followed by a space, or CJK punctuation.
 _SENTENCE = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
-
-
-def gateway(request: Request):
-    return request.app.state.gateway
 
 
 def resolve_model(gw, name: str) -> None:

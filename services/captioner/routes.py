@@ -12,10 +12,6 @@ from services.runtime.media import decode_base64, load_audio
 ROUTES: tuple[str, ...] = ()  # served through the shared /v1/chat/completions route
 
 
-def model_names(cfg) -> list[str]:
-    return [cfg.model, cfg.model.rstrip("/").split("/")[-1], *cfg.aliases]
-
-
 def _audio_source(req: ChatRequest) -> tuple[str | None, bytes | None, str]:
     """(url, data, param) of the one audio part; 400 for text, images, several audios or none."""
     found: list[tuple[str | None, bytes | None, str]] = []
@@ -81,4 +77,4 @@ async def caption_chat(gw, req: ChatRequest) -> Response:
     return sse(jsonl_chunks(cid, req.model, body, include_usage))
 
 
-CHAT = ChatHandler(names=model_names, handle=caption_chat)
+CHAT = ChatHandler(handle=caption_chat)

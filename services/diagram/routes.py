@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.deps import gateway
 from services.runtime import remote
 from services.runtime.chat import ChatHandler
 from services.runtime.http import form_fields, inline_schema, read_form, validate
 from services.runtime.media import read_upload
-from services.vl.routes import chat_for, load_image, model_names, token_budget, wire_image
+from services.vl.routes import chat_for, load_image, token_budget, wire_image
 
 router = APIRouter(tags=["vision"])
 ROUTES = ("/infer", "/infer/stats")
@@ -25,10 +26,6 @@ class InferForm(BaseModel):
     adapter: str | None = Field(None, description="LoRA adapter name; 'base' for none; default: the first loaded")
     prompt: str | None = Field(None, max_length=8000, description="default: the diagram-to-table instruction")
     max_new_tokens: int | None = Field(None, ge=1)
-
-
-def gateway(request: Request):
-    return request.app.state.gateway
 
 
 @router.post("/infer", summary="Diagram image -> markdown table of its steps (multipart `file`)",
@@ -67,9 +64,9 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
 
 
 @router.get("/infer/stats", summary="The seed's JSON counters (also exported as Prometheus metrics)")
-async def stats(request: Request, gw=Depends(gateway)) -> JSONResponse:
+async def stats(gw=Depends(gateway)) -> JSONResponse:
     gw.require("diagram")
     return JSONResponse(await remote.call("diagram", lambda: gw.diagram.to_async.seed_stats()))
 
 
-CHAT = ChatHandler(names=model_names, handle=chat_for("diagram"))
+CHAT = ChatHandler(handle=chat_for("diagram"))

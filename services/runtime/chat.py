@@ -1,9 +1,9 @@
 """OpenAI chat completions, written once: request/response models, SSE chunks, and the one
 POST /v1/chat/completions route, which hands each request to the service that serves its `model`.
 
-A service's routes module exposes `CHAT = ChatHandler(...)`; the gateway registers the names it answers
-to. Handlers validate the messages for their model (the captioner takes one audio part, the VL model
-images and text) and return a Response (JSON or a stream).
+A service's routes module exposes `CHAT = ChatHandler(...)`; the gateway registers it under the names
+its registry entry answers to. Handlers validate the messages for their model (the captioner takes one
+audio part, the VL model images and text) and return a Response (JSON or a stream).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.gateway.deps import gateway
 
 from .errors import InvalidRequest, NotFound
 from .http import read_json_object, validate
@@ -73,7 +75,6 @@ class ChatRequest(BaseModel):
 
 @dataclass
 class ChatHandler:
-    names: Callable[[Any], list[str]]  # model names it answers to, from the service's settings
     handle: Callable[[Any, ChatRequest], Awaitable[Response]]  # (gateway, request) -> Response
 
 
@@ -144,8 +145,7 @@ def make_router(handlers: dict[str, ChatHandler]) -> APIRouter:
     router = APIRouter(tags=["chat"])
 
     @router.post("/v1/chat/completions", summary="Chat completions (OpenAI-compatible), routed by model")
-    async def chat(request: Request) -> Response:
-        gw = request.app.state.gateway
+    async def chat(request: Request, gw=Depends(gateway)) -> Response:
         req = validate(ChatRequest, await read_json_object(request))
         handler = handlers.get(req.model) or handlers.get(req.model.rstrip("/").split("/")[-1])
         if handler is None:

@@ -82,9 +82,6 @@ class AlignerSettings(ServiceSettings):
     max_lyrics_chars: int = Field(20000, gt=0)
     max_lines: int = Field(2000, gt=0)
     default_language: str | None = None
-    # Tasks (submit/status/result): results kept this long, at most this many at once.
-    task_ttl_seconds: float = Field(3600.0, gt=0)
-    max_tasks: int = Field(64, ge=1)
 
 
 class ASRSettings(ServiceSettings):
@@ -251,6 +248,11 @@ class Settings(_Base):
     # Hosts or CIDRs that may be fetched although they are loopback/private (tests, in-cluster storage).
     fetch_private_allowlist: CommaList = Field(default_factory=list)
     upload_max_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    # Tasks (submit/status/result of every task route): results kept this long, at most this many at once.
+    # The QWEN_ALIGNER_* names are the older ones (tasks were the aligner's first), still accepted.
+    task_ttl_seconds: float = Field(3600.0, gt=0,
+                                    validation_alias=env("QWEN_TASK_TTL_SECONDS", "QWEN_ALIGNER_TASK_TTL_SECONDS"))
+    max_tasks: int = Field(64, ge=1, validation_alias=env("QWEN_MAX_TASKS", "QWEN_ALIGNER_MAX_TASKS"))
 
     # s3://bucket/key (Cloudflare R2 or any S3-protocol store)
     s3_endpoint_url: str | None = Field(

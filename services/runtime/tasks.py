@@ -14,8 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+
+from services.gateway.deps import gateway
 
 from .errors import Conflict, NotFound, QwenError, TooManyRequests
 from .http import error_doc
@@ -99,13 +101,9 @@ def add_task_routes(router, *, path: str, kind: str, parse, run, render, openapi
 
     parse(request, gw) -> ctx validates everything before the task is accepted; run(gw, ctx) -> result
     does the work; render(ctx, result) -> Response. Returns the route labels for metrics."""
-    def gateway(request: Request):
-        return request.app.state.gateway
-
     @router.post(f"{path}/tasks", status_code=202, openapi_extra=openapi_extra,
                  summary=f"Submit a {kind} task; it runs even if the client disconnects")
-    async def submit(request: Request) -> JSONResponse:
-        gw = gateway(request)
+    async def submit(request: Request, gw=Depends(gateway)) -> JSONResponse:
         ctx = await parse(request, gw)
 
         async def work():
@@ -117,13 +115,13 @@ def add_task_routes(router, *, path: str, kind: str, parse, run, render, openapi
         return JSONResponse(body, status_code=202, headers={"Location": base})
 
     @router.get(f"{path}/tasks/{{task_id}}", summary=f"Status of a {kind} task")
-    async def status(task_id: str, request: Request) -> JSONResponse:
-        return JSONResponse(gateway(request).tasks.get(task_id).describe())
+    async def status(task_id: str, gw=Depends(gateway)) -> JSONResponse:
+        return JSONResponse(gw.tasks.get(task_id).describe())
 
     @router.get(f"{path}/tasks/{{task_id}}/result", summary=f"Result of a {kind} task",
                 responses={409: error_doc(409, "the task has not finished yet; poll its status")})
-    async def result(task_id: str, request: Request):
-        task = gateway(request).tasks.get(task_id)
+    async def result(task_id: str, gw=Depends(gateway)):
+        task = gw.tasks.get(task_id)
         if task.status == "failed" and task.error is not None:
             raise task.error
         if task.status != "succeeded":

@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from services.gateway.deps import gateway
 from services.runtime import remote
 from services.runtime.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
 from services.runtime.errors import InvalidRequest, NotFound, PayloadTooLarge
@@ -30,10 +31,6 @@ SAMPLE_RATE = 24000  # Qwen3-TTS 12 Hz codec output
 _VOICE_IDS = {v.id for v in VOICES}
 
 
-def gateway(request: Request):
-    return request.app.state.gateway
-
-
 def model_language(gw, model: str) -> str | None:
     """The language a model name forces (tts-1-en -> english), None for auto; 404 for unknown models."""
     cfg = gw.settings.tts
@@ -46,11 +43,6 @@ def model_language(gw, model: str) -> str | None:
     valid = sorted(known) + [f"tts-1-{k}" for k in MODEL_LANGUAGES]
     raise NotFound(f"model {model!r} is not served here; use one of: {', '.join(valid)}", param="model",
                    code="model_not_found")
-
-
-def model_aliases(cfg) -> list[str]:
-    """The language-forcing model names, listed by GET /v1/models."""
-    return [f"{p}{k}" for p in ("tts-1-", "tts-1-hd-") for k in MODEL_LANGUAGES]
 
 
 async def _validated(request: Request, gw) -> tuple[SpeechRequest, str | None]:
@@ -129,8 +121,7 @@ async def _sse(pcm, encoder):
 
 
 @router.get("/v1/audio/voices", summary="The voices, their native language and description")
-async def voices(request: Request) -> JSONResponse:
-    gw = gateway(request)
+async def voices(gw=Depends(gateway)) -> JSONResponse:
     gw.require("tts")
     return JSONResponse({"object": "list", "data": [
         {"id": v.id, "name": v.name, "language": v.language, "description": v.description} for v in VOICES

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.deps import gateway
 from services.runtime import remote
 from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.errors import InvalidRequest, PayloadTooLarge
@@ -29,14 +30,6 @@ class GenerateForm(BaseModel):
     image_url: str | None = Field(None, description="only when QWEN_VL_ALLOW_IMAGE_URL=true (SSRF-guarded)")
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
-
-
-def gateway(request: Request):
-    return request.app.state.gateway
-
-
-def model_names(cfg) -> list[str]:
-    return [cfg.model, cfg.model.rstrip("/").split("/")[-1], *cfg.aliases]
 
 
 def token_budget(cfg, asked: int | None, param: str = "max_new_tokens") -> int:
@@ -150,4 +143,4 @@ def chat_for(key: str):
     return handle
 
 
-CHAT = ChatHandler(names=model_names, handle=chat_for("vl"))
+CHAT = ChatHandler(handle=chat_for("vl"))

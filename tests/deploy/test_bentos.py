@@ -164,7 +164,7 @@ def test_the_root_build_is_the_cpu_target(bentos):
     assert bento_yaml(root) == bento_yaml(cpu)
     # Dockerfile, requirements, source (with its effective bentofile.yaml), schema: byte for byte.
     assert tree(root, skip=("bento.yaml",)) == tree(cpu, skip=("bento.yaml",))
-    assert "src/services/gateway.py" in tree(root)
+    assert "src/services/gateway/service.py" in tree(root)
 
 
 def test_the_targets_differ_only_where_they_should(bentos):
@@ -226,7 +226,7 @@ def test_cuda_has_the_vllm_stack(bentos):
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
 def test_source_is_the_service_package_only(bentos, target):
     src = bentos[target] / "src"
-    assert (src / "services/gateway.py").is_file() and (src / "configuration.yaml").is_file()
+    assert (src / "services/gateway/service.py").is_file() and (src / "configuration.yaml").is_file()
     shipped = {p.name for p in (src / "services/playground").iterdir()}
     assert shipped == {p.name for p in (ROOT / "services/playground").iterdir()}, shipped  # the page, whole
     assert not (src / "tests").exists() and not (src / ".venv").exists() and not (src / "bentos").exists()

@@ -283,8 +283,8 @@ def test_overlay_is_one_deployment_service_and_hpa_per_service(rendered, name):
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_pods_serve_real_services_and_probe_real_routes(rendered, name):
-    gateway_src = (ROOT / "services/gateway.py").read_text()
-    assert '@app.get("/health"' in gateway_src  # /livez and /readyz are BentoML's own, on every service
+    gateway_src = (ROOT / "services/gateway/routes.py").read_text()
+    assert '@router.get("/health"' in gateway_src  # /livez and /readyz are BentoML's own, on every service
     for dname, dep in objects(rendered[name], "Deployment").items():
         c = container(dep)
         key = check_served_target(served_target(c["args"]))

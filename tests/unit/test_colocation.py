@@ -99,24 +99,24 @@ def test_the_reference_gpu_layout_has_no_collision(monkeypatch):
 
 
 def test_the_gateway_refuses_an_over_committed_gpu_and_shows_warnings_in_health(monkeypatch):
-    import asyncio
-    import json
     from types import SimpleNamespace
 
-    from services import gateway
+    from fastapi.testclient import TestClient
+
+    from services.gateway import app, service
 
     over = colocation.Finding("error", "0", "GPU 0 is over-committed: ...")
     shared = colocation.Finding("warning", "0", "GPU 0 is shared by ...")
-    monkeypatch.setattr(gateway, "PLACEMENT", [shared, over])
+    monkeypatch.setattr(service, "placement", lambda _settings, _enabled: [shared, over])
+    svc = service.build_service(Settings(services=["asr"]))
     with pytest.raises(RuntimeError, match="GPU placement refused: GPU 0 is over-committed"):
-        gateway._GatewayBase()
+        svc.inner()  # refused before any dependency (model) is touched
 
-    monkeypatch.setattr(gateway, "PLACEMENT", [shared])
+    async def status():
+        return {"status": "ready"}
 
-    async def statuses():
-        return {"asr": {"status": "ready"}}
-
-    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(gateway=SimpleNamespace(statuses=statuses))))
-    response = asyncio.run(gateway.health(request))
-    body = json.loads(response.body)
+    asr = SimpleNamespace(to_async=SimpleNamespace(status=status))
+    gateway = app.build_gateway(Settings(services=["asr"]), {"asr": asr}, placement=[shared])
+    response = TestClient(gateway).get("/health")
+    body = response.json()
     assert response.status_code == 200 and body["placement"] == ["GPU 0 is shared by ..."]

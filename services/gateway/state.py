@@ -1,0 +1,73 @@
+"""What a running gateway holds: its settings, the model services it talks to, tasks and rate limits.
+
+Routes reach it through `deps.gateway` and call a service as `gw.<key>.to_async.<api>(...)`: a service is
+any object with that shape (a BentoML dependency in production, a fake in tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Mapping
+
+from services.runtime.colocation import Finding
+from services.runtime.errors import ServiceUnavailable
+from services.runtime.modelservice import ModelService
+from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
+from services.runtime.settings import Settings
+from services.runtime.tasks import TaskStore
+
+
+class GatewayState:
+    def __init__(self, settings: Settings, services: Mapping[str, Any], placement: list[Finding] | tuple = ()):
+        self.settings = settings
+        self.services = dict(services)
+        self.enabled = list(self.services)
+        self.placement = list(placement)
+        self.tasks = TaskStore(ttl=settings.task_ttl_seconds, max_tasks=settings.max_tasks)
+        # Per-client-IP limits on the routes the seeds limited (VL /generate: 10 per minute).
+        self.limiters: dict[str, RateLimiter] = {}
+        if "vl" in self.services and settings.vl.rate_limit > 0:
+            self.limiters["vl"] = RateLimiter(settings.vl.rate_limit, settings.vl.rate_window_seconds)
+
+    def __getattr__(self, key: str):
+        # gw.<key>: the service object; only called for names that are not ordinary attributes.
+        services = self.__dict__.get("services", {})
+        if key in services:
+            return services[key]
+        raise AttributeError(key)
+
+    def rate_limit(self, key: str, request) -> None:
+        """429 (rate_limited, Retry-After) when this client used up `key`'s per-IP allowance."""
+        limiter = self.limiters.get(key)
+        if limiter is not None:
+            limiter.check(bucket_key(client_ip(request, self.settings.trusted_proxies)))
+
+    def require(self, key: str) -> None:
+        if key not in self.services:
+            raise ServiceUnavailable(f"the {key} service is not enabled (QWEN_SERVICES)", code="service_disabled")
+
+    async def service_status(self, key: str) -> dict:
+        try:
+            return await asyncio.wait_for(self.services[key].to_async.status(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - a dead or hung service is a state, not an error
+            return {**dict.fromkeys(ModelService.STATUS_KEYS), "status": "unreachable",
+                    "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    async def statuses(self) -> dict[str, dict]:
+        results = await asyncio.gather(*(self.service_status(k) for k in self.enabled))
+        return dict(zip(self.enabled, results))
+
+    async def is_ready(self) -> bool:
+        return all(s.get("status") in ("ready", "degraded") for s in (await self.statuses()).values())
+
+    async def backend_metrics(self, keys) -> str:
+        """The backends' own metrics text (vLLM's `vllm:*` series) from the services in `keys`, joined."""
+        extra = []
+        for key in keys:
+            try:
+                text = await asyncio.wait_for(self.services[key].to_async.backend_metrics(), timeout=5)
+            except Exception:  # noqa: BLE001 - a backend without metrics must not break /metrics
+                continue
+            if text:
+                extra.append(text if text.endswith("\n") else text + "\n")
+        return "".join(extra)
