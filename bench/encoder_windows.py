@@ -33,7 +33,7 @@ def main() -> None:
     from qwen_asr.core.transformers_backend.configuration_qwen3_asr import Qwen3ASRAudioEncoderConfig
     from qwen_asr.core.transformers_backend.modeling_qwen3_asr import Qwen3ASRAudioEncoder
 
-    from services.runtime.encoder_attention import IMPLEMENTATION, window_audio_attention
+    from services.runtime.serving.encoder_attention import IMPLEMENTATION, window_audio_attention
 
     torch.manual_seed(0)
     real = json.loads((ROOT / "tests/fixtures/real/Qwen3-ASR-1.7B/config.json").read_text())

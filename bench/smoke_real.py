@@ -59,7 +59,7 @@ VL_PROMPT = "Describe this image in one sentence."
 
 def service_class(key: str):
     """The BentoML service of `key`: the ModelService subclass in services/<key>/service.py whose key it is."""
-    from services.runtime.modelservice import ModelService
+    from services.runtime.serving.modelservice import ModelService
 
     module = importlib.import_module(f"services.{key}.service")
     for obj in vars(module).values():
@@ -96,8 +96,8 @@ def synthetic_image():
 
 
 def load_inputs(args) -> dict:
-    from services.runtime.audio import decode_audio
-    from services.runtime.images import decode_image
+    from services.runtime.codecs.audio import decode_audio
+    from services.runtime.codecs.images import decode_image
 
     audio = decode_audio(Path(args.audio).read_bytes()).samples if args.audio else synthetic_audio()
     image = decode_image(Path(args.image).read_bytes()) if args.image else synthetic_image()
@@ -106,14 +106,14 @@ def load_inputs(args) -> dict:
 
 
 async def request_aligner(svc, inp) -> dict:
-    from services.runtime import remote
+    from services.runtime.edge import remote
 
     out = await remote.call("aligner", svc.align(audio=inp["audio"], lines=inp["lyrics"], language=None))
     return {"detail": f"{len(out['segments'])} segments, {out['chunks']} pass(es)"}
 
 
 async def request_asr(svc, inp) -> dict:
-    from services.runtime import remote
+    from services.runtime.edge import remote
 
     t0 = time.perf_counter()
     out = await remote.call("asr", svc.transcribe(audio=inp["audio"], prompt="", language=None))
@@ -127,7 +127,7 @@ async def request_asr(svc, inp) -> dict:
 
 
 async def request_tts(svc, inp) -> dict:
-    from services.runtime import remote
+    from services.runtime.edge import remote
 
     engine = svc.handle.get()
     voice = engine.voices[0].id
@@ -153,7 +153,7 @@ async def request_tts(svc, inp) -> dict:
 
 
 async def request_captioner(svc, inp) -> dict:
-    from services.runtime import remote
+    from services.runtime.edge import remote
 
     params = {"max_tokens": inp["max_tokens"], "temperature": 0.0, "top_p": 1.0, "top_k": -1}
     t0 = time.perf_counter()
@@ -164,8 +164,8 @@ async def request_captioner(svc, inp) -> dict:
 
 
 async def _vision(svc, key: str, inp, prompt: str) -> dict:
-    from services.runtime import remote
-    from services.runtime.images import to_wire
+    from services.runtime.edge import remote
+    from services.runtime.codecs.images import to_wire
 
     req = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
            "images": [to_wire(inp["image"])], "max_new_tokens": inp["max_tokens"], "temperature": 0.0}
@@ -239,7 +239,7 @@ def run_one(key: str, args) -> dict:
 
 
 def enabled_services() -> list[str]:
-    from services.runtime.settings import SERVICE_KEYS, get_settings
+    from services.runtime.core.settings import SERVICE_KEYS, get_settings
 
     return list(get_settings().services or SERVICE_KEYS)
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
-    from services.runtime.settings import SERVICE_KEYS
+    from services.runtime.core.settings import SERVICE_KEYS
 
     keys = [k.strip() for k in args.services.split(",") if k.strip()] if args.services else enabled_services()
     unknown = [k for k in keys if k not in SERVICE_KEYS]

@@ -138,9 +138,9 @@ def make_requests():
     import numpy as np
     from PIL import Image
 
-    from services.runtime import images
+    from services.runtime.codecs import images
 
-    def wire(a):  # base64 PNG (runtime.images.to_wire) where the service takes it, else the HxWx3 array
+    def wire(a):  # base64 PNG (runtime.codecs.images.to_wire) where the service takes it, else the HxWx3 array
         to_wire = getattr(images, "to_wire", None)
         return to_wire(Image.fromarray(a)) if to_wire else a
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.runtime.subtitles import clean_line, clock_time, to_srt, to_vtt  # noqa: F401 - re-exported
+from services.runtime.codecs.subtitles import clean_line, clock_time, to_srt, to_vtt  # noqa: F401 - re-exported
 
 FORMATS = ("lrc", "lrc_enhanced", "json", "srt", "vtt")
 

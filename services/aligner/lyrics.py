@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from services.runtime.chunking import Chunk, frame_rms
+from services.runtime.codecs.chunking import Chunk, frame_rms
 
 # Function words that tell the Latin-script languages apart in lyrics.
 _STOPWORDS = {

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.runtime.languages import ALIGNER as LANGUAGES
+from services.runtime.core.languages import ALIGNER as LANGUAGES
 
 AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced"]
 

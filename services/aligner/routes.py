@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.deps import gateway
-from services.runtime import remote
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
-from services.runtime.http import form_fields, inline_schema, read_form, read_json_object, validate
-from services.runtime.media import load_audio, read_upload
-from services.runtime.tasks import add_task_routes
+from services.runtime.edge import remote
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
+from services.runtime.edge.http import form_fields, inline_schema, read_form, read_json_object, validate
+from services.runtime.edge.media import load_audio, read_upload
+from services.gateway.tasks import add_task_routes
 
 from . import formats
 from .protocol import AlignRequest, AlignResponse

@@ -10,12 +10,12 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from services.runtime.chunking import frame_rms, plan_chunks
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, Unprocessable
-from services.runtime.languages import ALIGNER as LANGUAGES
-from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.codecs.chunking import frame_rms, plan_chunks
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from services.runtime.core.languages import ALIGNER as LANGUAGES
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 
 from . import lyrics
 from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine

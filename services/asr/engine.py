@@ -52,8 +52,8 @@ class QwenASREngine:
         import torch
         from qwen_asr import Qwen3ASRModel
 
-        from services.runtime.device import torch_dtype
-        from services.runtime.encoder_attention import require_windowed_audio_attention
+        from services.runtime.serving.device import torch_dtype
+        from services.runtime.serving.encoder_attention import require_windowed_audio_attention
 
         if threads:
             torch.set_num_threads(threads)

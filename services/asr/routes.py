@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from services.gateway.deps import gateway
-from services.runtime import remote
-from services.runtime.errors import InvalidRequest, NotFound
-from services.runtime.http import inline_schema, read_form, validate
-from services.runtime.languages import ALIGNER as ALIGNER_LANGUAGES
-from services.runtime.media import load_audio, read_upload
-from services.runtime.subtitles import to_srt, to_vtt
-from services.runtime.tasks import add_task_routes
+from services.runtime.edge import remote
+from services.runtime.core.errors import InvalidRequest, NotFound
+from services.runtime.edge.http import inline_schema, read_form, validate
+from services.runtime.core.languages import ALIGNER as ALIGNER_LANGUAGES
+from services.runtime.edge.media import load_audio, read_upload
+from services.runtime.codecs.subtitles import to_srt, to_vtt
+from services.gateway.tasks import add_task_routes
 
 from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from services.runtime.chunking import plan_chunks
-from services.runtime.device import TORCH, VLLM, require_vllm, uses_vllm
-from services.runtime.errors import InvalidRequest, PayloadTooLarge
-from services.runtime.languages import ASR as LANGUAGES
-from services.runtime.languages import word_separator
-from services.runtime.logging import get_logger
-from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.codecs.chunking import plan_chunks
+from services.runtime.serving.device import TORCH, VLLM, require_vllm, uses_vllm
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.core.languages import ASR as LANGUAGES
+from services.runtime.core.languages import word_separator
+from services.runtime.core.logging import get_logger
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
@@ -106,7 +106,7 @@ class ASR(ModelService[QwenASREngine]):
 
 def vllm_kwargs(cfg, dtype: str) -> dict:
     """vllm.LLM's arguments (EngineArgs fields) for the vLLM backend, besides the model. Its GPU is chosen
-    by CUDA_VISIBLE_DEVICES (runtime.device.place): vLLM 0.14 has no device argument."""
+    by CUDA_VISIBLE_DEVICES (runtime.serving.device.place): vLLM 0.14 has no device argument."""
     return {"dtype": dtype, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
             "max_model_len": cfg.vllm_max_model_len}
 

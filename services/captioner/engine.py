@@ -102,8 +102,8 @@ class TransformersCaptionEngine:
         import torch
         from transformers import AutoProcessor, Qwen3OmniMoeForConditionalGeneration
 
-        from services.runtime.device import torch_dtype
-        from services.runtime.encoder_attention import require_windowed_audio_attention
+        from services.runtime.serving.device import torch_dtype
+        from services.runtime.serving.encoder_attention import require_windowed_audio_attention
 
         if threads:
             torch.set_num_threads(threads)
@@ -126,7 +126,7 @@ class TransformersCaptionEngine:
         budget = max(1, min(params.max_tokens, self.max_model_len - prompt_len))
         kw = dict(return_audio=False, thinker_max_new_tokens=budget, thinker_eos_token_id=self.eos_id)
         # transformers' thinker.generate ignores generation_config.json's sampling defaults: pass them.
-        from services.runtime.generation import is_sampling
+        from services.runtime.serving.generation import is_sampling
 
         if is_sampling(params.temperature):
             kw.update(thinker_do_sample=True, thinker_temperature=params.temperature, thinker_top_p=params.top_p,
@@ -153,7 +153,7 @@ class TransformersCaptionEngine:
 
     def stream_sync(self, audio: np.ndarray, params: GenParams, cancel: threading.Event):
         """Text deltas as the thinker generates; the last Delta has finish_reason and usage."""
-        from services.runtime.generation import stream_generate
+        from services.runtime.serving.generation import stream_generate
 
         with self._lock:
             if params.seed is not None:
@@ -177,7 +177,7 @@ class TransformersCaptionEngine:
         return await asyncio.to_thread(self.complete_sync, audio, params)
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
-        from services.runtime.remote import relay_thread_iterator
+        from services.runtime.edge.remote import relay_thread_iterator
 
         cancel = threading.Event()
         async for delta in relay_thread_iterator(lambda: self.stream_sync(audio, params, cancel), cancel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse, Response
 
-from services.runtime import remote
-from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
-from services.runtime.errors import InvalidRequest
-from services.runtime.media import decode_base64, load_audio
+from services.runtime.edge import remote
+from services.gateway.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
+from services.runtime.core.errors import InvalidRequest
+from services.runtime.edge.media import decode_base64, load_audio
 
 ROUTES: tuple[str, ...] = ()  # served through the shared /v1/chat/completions route
 

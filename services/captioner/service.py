@@ -10,10 +10,10 @@ from typing import AsyncGenerator
 import bentoml
 import numpy as np
 
-from services.runtime.device import TORCH, VLLM_SERVER, resolve_device, uses_vllm
-from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device, uses_vllm
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 
 from .engine import CaptionEngine, GenParams, TransformersCaptionEngine
 

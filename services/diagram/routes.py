@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.deps import gateway
-from services.runtime import remote
-from services.runtime.chat import ChatHandler
-from services.runtime.http import form_fields, inline_schema, read_form, validate
-from services.runtime.media import read_upload
+from services.runtime.edge import remote
+from services.gateway.chat import ChatHandler
+from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
+from services.runtime.edge.media import read_upload
 from services.vl.routes import chat_for, load_image, token_budget, wire_image
 
 router = APIRouter(tags=["vision"])

@@ -14,11 +14,11 @@ from typing import AsyncGenerator
 
 import bentoml
 
-from services.runtime.logging import get_logger
-from services.runtime.metrics import metrics
-from services.runtime.modelservice import resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.core.logging import get_logger
+from services.runtime.core.metrics import metrics
+from services.runtime.serving.modelservice import resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 from services.vl.engine import VisionLanguageEngine
 from services.vl.service import VisionService
 
@@ -65,7 +65,7 @@ class Diagram(VisionService):
         super().__init__()
 
     def load_engine(self, path: str, device: str, dtype: str) -> VisionLanguageEngine:
-        from services.runtime.sources import resolve_model_path
+        from services.runtime.serving.sources import resolve_model_path
 
         entries = list(self.cfg.adapters)
         if self.settings.models == "tiny" and not entries:

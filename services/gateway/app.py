@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 from fastapi import FastAPI
 
-from services.runtime.chat import ChatHandler
-from services.runtime.chat import make_router as make_chat_router
-from services.runtime.colocation import Finding
-from services.runtime.http import ERROR_RESPONSES, install_error_handlers
-from services.runtime.settings import Settings
+from services.gateway.chat import ChatHandler
+from services.gateway.chat import make_router as make_chat_router
+from services.runtime.serving.colocation import Finding
+from services.runtime.edge.http import ERROR_RESPONSES, install_error_handlers
+from services.runtime.core.settings import Settings
 
 from . import routes as gateway_routes
 from .registry import REGISTRY

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
-from services.runtime.languages import TTS_MODEL_LANGUAGES
-from services.runtime.settings import SERVICE_KEYS, ServiceSettings, Settings
+from services.runtime.core.languages import TTS_MODEL_LANGUAGES
+from services.runtime.core.settings import SERVICE_KEYS, ServiceSettings, Settings
 
 
 def _no_extra_names(_cfg) -> list[str]:
@@ -45,7 +45,7 @@ class Entry:
     def chat_names(self, settings: Settings) -> list[str]:
         """The names the chat route dispatches to this model: the id, its last path part, every alias."""
         model = self.config(settings).model
-        return list(dict.fromkeys([model, model.rstrip("/").split("/")[-1], *self.aliases(settings)]))
+        return list(dict.fromkeys([model, _last_part(model), *self.aliases(settings)]))
 
     def routes_module(self) -> ModuleType:
         return importlib.import_module(self.routes)
@@ -64,6 +64,23 @@ REGISTRY: dict[str, Entry] = {e.key: e for e in (
     Entry("vl", "services.vl.service:VL", "services.vl.routes", "vl"),
 )}
 assert tuple(REGISTRY) == SERVICE_KEYS, "settings.SERVICE_KEYS and the registry must name the same services"
+
+
+def _last_part(name: str) -> str:
+    return name.rstrip("/").split("/")[-1]
+
+
+def resolve_model(settings: Settings, key: str, name: str, *, param: str = "model") -> None:
+    """Accept `name` for the service `key` (its id, the id's last path part, an alias, an extra name), else a
+    404 model_not_found that lists what is served. The one model-name check of every route."""
+    from services.runtime.core.errors import NotFound
+
+    entry = REGISTRY[key]
+    known = entry.chat_names(settings)
+    if name in known or _last_part(name) in known:
+        return
+    raise NotFound(f"model {name!r} is not served here; use one of: {', '.join(known)}", param=param,
+                   code="model_not_found")
 
 
 def enabled_keys(settings: Settings) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from services.runtime.errors import NotFound
+from services.runtime.core.errors import NotFound
 
 from .deps import gateway
 from .registry import REGISTRY

@@ -13,12 +13,12 @@ import logging
 
 import bentoml
 
-from services.runtime import colocation
-from services.runtime.device import visible_gpus
-from services.runtime.http import EdgeMiddleware
-from services.runtime.logging import configure as configure_logging
-from services.runtime.logging import get_logger
-from services.runtime.settings import Settings, get_settings
+from services.runtime.serving import colocation
+from services.runtime.serving.device import visible_gpus
+from services.runtime.edge.http import EdgeMiddleware
+from services.runtime.core.logging import configure as configure_logging
+from services.runtime.core.logging import get_logger
+from services.runtime.core.settings import Settings, get_settings
 
 from .app import bind, mount
 from .registry import REGISTRY, enabled_keys

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Mapping
 
-from services.runtime.colocation import Finding
-from services.runtime.errors import ServiceUnavailable
-from services.runtime.modelservice import ModelService
-from services.runtime.ratelimit import RateLimiter, bucket_key, client_ip
-from services.runtime.settings import Settings
-from services.runtime.tasks import TaskStore
+from services.runtime.serving.colocation import Finding
+from services.runtime.core.errors import ServiceUnavailable
+from services.runtime.serving.modelservice import ModelService
+from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip
+from services.runtime.core.settings import Settings
+from services.gateway.tasks import TaskStore
 
 
 class GatewayState:

@@ -99,7 +99,7 @@ _VOICE_TABLE: dict[str, tuple[str, str, str]] = {
 
 
 # What the real CustomVoice checkpoint serves, known without loading it (the gateway validates requests
-# and lists voices from these, and its languages from runtime.languages.TTS_LANGUAGES; the engine checks
+# and lists voices from these, and its languages from runtime.core.languages.TTS_LANGUAGES; the engine checks
 # again against the loaded model).
 VOICES: list[Voice] = [Voice(k, *v) for k, v in _VOICE_TABLE.items()]
 
@@ -311,7 +311,7 @@ class QwenTTSEngine:
         import torch
         from qwen_tts import Qwen3TTSModel
 
-        from services.runtime.device import torch_dtype
+        from services.runtime.serving.device import torch_dtype
 
         if threads:
             torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.runtime.languages import TTS_MODEL_LANGUAGES
+from services.runtime.core.languages import TTS_MODEL_LANGUAGES
 
 
 class SpeechRequest(BaseModel):

@@ -14,13 +14,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.gateway.deps import gateway
-from services.runtime import remote
-from services.runtime.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
-from services.runtime.errors import InvalidRequest, NotFound, PayloadTooLarge
-from services.runtime.http import read_json_object, validate
-from services.runtime.languages import TTS_LANGUAGES as LANGUAGES
-from services.runtime.languages import TTS_MODEL_LANGUAGES as MODEL_LANGUAGES
-from services.runtime.logging import get_logger
+from services.runtime.edge import remote
+from services.runtime.codecs.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
+from services.runtime.core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from services.runtime.edge.http import read_json_object, validate
+from services.runtime.core.languages import TTS_LANGUAGES as LANGUAGES
+from services.runtime.core.languages import TTS_MODEL_LANGUAGES as MODEL_LANGUAGES
+from services.runtime.core.logging import get_logger
 
 from .engine import VOICES
 from .protocol import SpeechRequest

@@ -12,12 +12,12 @@ from typing import AsyncGenerator
 import bentoml
 import numpy as np
 
-from services.runtime import remote
-from services.runtime.errors import InvalidRequest
-from services.runtime.logging import get_logger
-from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.edge import remote
+from services.runtime.core.errors import InvalidRequest
+from services.runtime.core.logging import get_logger
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 
 from .engine import QwenTTSEngine, SpeechItem
 

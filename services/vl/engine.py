@@ -5,7 +5,7 @@
   of a logit, so a near-tie may pick another token). Items are grouped by what must be equal inside one call
   (adapter, and the full `sampling_kwargs` of the item: one request's sampling never applies to another);
   each item is cut to its own token budget.
-- Images: every processor call gets the service's pixel budget (runtime.images.processor_pixel_kwargs).
+- Images: every processor call gets the service's pixel budget (runtime.codecs.images.processor_pixel_kwargs).
 - Concurrency: the models keep per-call state on the module (rope_deltas), so one generate at a time per
   model copy. `replicas` copies serve that many generations at once; a call takes a free copy.
 - Adapters (peft): loaded side by side by name on every copy, chosen per group with `set_adapter`; the
@@ -42,7 +42,7 @@ def sampling_kwargs(temperature: float | None, top_p: float | None = None, top_k
     transformers' top-k). A greedy one gets do_sample=False and the sampling values cleared. The
     checkpoint's other settings stay (Qwen2.5-VL: repetition_penalty 1.05).
     """
-    from services.runtime.generation import is_sampling
+    from services.runtime.serving.generation import is_sampling
 
     if not is_sampling(temperature):
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -140,7 +140,7 @@ class VisionLanguageEngine:
                  merged: bool, failed: dict[str, str] | None = None, image_pixels: int | None = None):
         import torch
 
-        from services.runtime.images import processor_pixel_kwargs
+        from services.runtime.codecs.images import processor_pixel_kwargs
 
         self._torch = torch
         self.processor = processor
@@ -169,7 +169,7 @@ class VisionLanguageEngine:
         import transformers
         from transformers import AutoProcessor
 
-        from services.runtime.device import torch_dtype
+        from services.runtime.serving.device import torch_dtype
 
         if threads:
             torch.set_num_threads(threads)
@@ -281,7 +281,7 @@ class VisionLanguageEngine:
 
     def stream(self, item: VLItem, cancel: threading.Event) -> Iterator[str]:
         """Text pieces as they are generated; returns (generator value) the VLResult."""
-        from services.runtime.generation import stream_generate
+        from services.runtime.serving.generation import stream_generate
 
         adapter = self.resolve_adapter(item.adapter)
         model = self._free.get()

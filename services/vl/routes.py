@@ -10,12 +10,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.deps import gateway
-from services.runtime import remote
-from services.runtime.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
-from services.runtime.errors import InvalidRequest, PayloadTooLarge
-from services.runtime.http import form_fields, inline_schema, read_form, validate
-from services.runtime.images import to_wire
-from services.runtime.media import image_from_request, read_upload
+from services.runtime.edge import remote
+from services.gateway.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
+from services.runtime.codecs.images import to_wire
+from services.runtime.edge.media import image_from_request, read_upload
 
 router = APIRouter(tags=["vision"])
 ROUTES = ("/generate",)

@@ -8,12 +8,12 @@ from typing import AsyncGenerator
 
 import bentoml
 
-from services.runtime import remote
-from services.runtime.errors import InvalidRequest, ServiceUnavailable
-from services.runtime.images import from_wire
-from services.runtime.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.remote import guarded
-from services.runtime.settings import get_settings
+from services.runtime.edge import remote
+from services.runtime.core.errors import InvalidRequest, ServiceUnavailable
+from services.runtime.codecs.images import from_wire
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.edge.remote import guarded
+from services.runtime.core.settings import get_settings
 
 from .engine import AdapterUnavailable, VisionLanguageEngine, VLItem, VLResult
 
@@ -21,7 +21,7 @@ _CFG = get_settings().vl
 
 
 def to_items(requests: list[dict]) -> list[VLItem]:
-    """Wire dicts (images as base64 PNG: runtime.images.to_wire) -> engine items."""
+    """Wire dicts (images as base64 PNG: runtime.codecs.images.to_wire) -> engine items."""
     return [VLItem(messages=r["messages"], images=[from_wire(a) for a in r["images"]],
                    max_new_tokens=int(r["max_new_tokens"]), temperature=float(r.get("temperature") or 0.0),
                    top_p=r.get("top_p"), top_k=r.get("top_k"), adapter=r.get("adapter")) for r in requests]

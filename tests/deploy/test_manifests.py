@@ -27,7 +27,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from services.runtime import settings as S
+from services.runtime.core import settings as S
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -665,8 +665,8 @@ PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right
 
 
 def metric_families() -> set[str]:
-    """Series names the suite exports (services/runtime/metrics.py), with the client's suffixes."""
-    src = (ROOT / "services/runtime/metrics.py").read_text()
+    """Series names the suite exports (services/runtime/core/metrics.py), with the client's suffixes."""
+    src = (ROOT / "services/runtime/core/metrics.py").read_text()
     out = set()
     for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"([a-z_:]+)"', src):
         out |= {"Counter": {f"{name}_total"}, "Gauge": {name},
@@ -748,7 +748,7 @@ def test_prometheus_config_and_alert_rules():
         assert r["labels"]["severity"] and r["annotations"]["summary"]
     assert {"QwenModelNotReady", "QwenHigh5xxRate", "QwenQueueSaturated"} <= set(alerts)
     # The reasons the alerts filter on are the ones the scheduler records.
-    scheduler = (ROOT / "services/runtime/scheduler.py").read_text()
+    scheduler = (ROOT / "services/runtime/serving/scheduler.py").read_text()
     reasons = set(re.findall(r'rejected\.labels\([^,]+,\s*"(\w+)"\)', scheduler))
     for r in alerts.values():
         assert set(re.findall(r'reason="(\w+)"', r["expr"])) <= reasons

@@ -66,7 +66,7 @@ def test_health_went_from_loading_to_ready(served):
     ready = served.health_seen[-1]["services"]["aligner"]
     assert ready["device"] == "cpu" and ready["dtype"] == "float32" and ready["concurrency_limit"] == 2
     assert ready["error"] is None and ready["model"] == "tiny:aligner" and ready["phase"] is None
-    from services.runtime.modelservice import ModelService  # the keys the gateway fills in when unreachable
+    from services.runtime.serving.modelservice import ModelService  # the keys the gateway fills in when unreachable
 
     for status in served.health_seen[-1]["services"].values():
         assert set(ModelService.STATUS_KEYS) <= set(status), status  # a service may add its own (backend)

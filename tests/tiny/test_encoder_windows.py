@@ -110,7 +110,7 @@ def test_captioner_encoder_attends_within_windows(tiny_folder):
 
 def test_windowed_sdpa_equals_dense_block_mask():
     """The windowed function equals sdpa with the encoders' own block-diagonal mask (ragged windows)."""
-    from services.runtime.encoder_attention import windowed_sdpa
+    from services.runtime.serving.encoder_attention import windowed_sdpa
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 250, 8, generator=gen) for _ in range(3))

@@ -261,7 +261,7 @@ def test_tts_side_files_match(tiny_folder):
 
 def test_tts_engine_tables_are_the_real_ones():
     """The voices and languages the gateway lists and validates without loading the model."""
-    from services.runtime.languages import TTS_LANGUAGES as LANGUAGES
+    from services.runtime.core.languages import TTS_LANGUAGES as LANGUAGES
     from services.tts.engine import VOICES
 
     talker = real.read_json(real.TTS / "config.json")["talker_config"]
@@ -460,7 +460,7 @@ def test_vl_chat_template_renders_like_the_real_one(tiny_folder):
 
 
 def test_service_language_lists_are_the_real_ones():
-    from services.runtime.languages import ALIGNER, ASR
+    from services.runtime.core.languages import ALIGNER, ASR
 
     assert ASR.names == real.read_json(real.ASR / "config.json")["support_languages"]
     assert sorted(ALIGNER.names) == sorted(real.read_json(real.ALIGNER / "config.json")["support_languages"])
@@ -515,7 +515,7 @@ def test_captioner_engine_values_match_the_references(tiny_folder):
     file could not be vendored; same thinker) and the Qwen3-Omni repos' processor values."""
     from transformers import AutoProcessor, Qwen3OmniMoeConfig
 
-    from services.runtime.settings import CaptionerSettings
+    from services.runtime.core.settings import CaptionerSettings
     from services.tiny import captioner as tiny_captioner
 
     folder = tiny_folder("captioner")

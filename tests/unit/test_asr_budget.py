@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.asr import budget
-from services.runtime.settings import ASRSettings
+from services.runtime.core.settings import ASRSettings
 
 
 def test_default_budget_follows_the_window_and_covers_fast_speech():
@@ -46,7 +46,7 @@ def test_vllm_context_that_cannot_hold_a_window_is_refused():
 
 def test_load_refuses_before_fetching(monkeypatch):
     """check_settings runs first in the load: the reason reaches /health, nothing is downloaded."""
-    from services.runtime import modelservice
+    from services.runtime.serving import modelservice
 
     calls = []
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from services.asr.routes import _timed, has_words
-from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable, Unprocessable
-from services.runtime.remote import guarded
+from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable, Unprocessable
+from services.runtime.edge.remote import guarded
 
 AUDIO = np.zeros(16000 * 4, dtype=np.float32)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from services.runtime.audio import decode_audio
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from services.runtime.codecs.audio import decode_audio
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from tests.audio_fixtures import encode, song
 
 
@@ -58,7 +58,7 @@ def test_truncate_keeps_the_first_seconds_instead_of_413():
 def test_base64_and_data_urls():
     import base64
 
-    from services.runtime.media import decode_base64
+    from services.runtime.edge.media import decode_base64
 
     raw = b"\x00\x01binary"
     assert decode_base64(base64.b64encode(raw).decode(), max_bytes=100, param="p") == raw

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from services.runtime.audio_encode import (
+from services.runtime.codecs.audio_encode import (
     FORMATS,
     MEDIA_TYPES,
     StreamingEncoder,

@@ -1,4 +1,4 @@
-"""GPU sharing between co-located services, judged from settings (runtime.colocation): no GPU needed."""
+"""GPU sharing between co-located services, judged from settings (runtime.serving.colocation): no GPU needed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.runtime import colocation
-from services.runtime.settings import SERVICE_KEYS, Settings
+from services.runtime.serving import colocation
+from services.runtime.core.settings import SERVICE_KEYS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = list(SERVICE_KEYS)

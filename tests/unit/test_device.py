@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.runtime import device
-from services.runtime.settings import Settings
+from services.runtime.serving import device
+from services.runtime.core.settings import Settings
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def handle():
 @pytest.fixture
 def qwen_log(caplog):
     logger = logging.getLogger("qwen")
-    # The qwen tree may not propagate to the root (runtime.logging): a record can arrive twice.
+    # The qwen tree may not propagate to the root (runtime.core.logging): a record can arrive twice.
     logger.addHandler(caplog.handler)
     caplog.set_level(logging.INFO, logger="qwen")
     yield caplog
@@ -122,7 +122,7 @@ def test_memory_fraction_applies_only_on_cuda(monkeypatch):
 def test_per_service_device_strings_are_validated(monkeypatch):
     from pydantic import ValidationError
 
-    from services.runtime.settings import Settings
+    from services.runtime.core.settings import Settings
 
     monkeypatch.setenv("QWEN_TTS_DEVICE", "cuda:1")
     monkeypatch.setenv("QWEN_TTS_GPU_MEMORY_FRACTION", "0.45")

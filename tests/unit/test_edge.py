@@ -4,8 +4,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.runtime.errors import InvalidRequest
-from services.runtime.http import EdgeMiddleware, install_error_handlers
+from services.runtime.core.errors import InvalidRequest
+from services.runtime.edge.http import EdgeMiddleware, install_error_handlers
 
 
 def make_app(api_key):

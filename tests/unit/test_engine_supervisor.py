@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from services.runtime.engine_supervisor import ManagedEngine, filter_families, free_port
-from services.runtime.errors import ServiceUnavailable
+from services.runtime.serving.engine_supervisor import ManagedEngine, filter_families, free_port
+from services.runtime.core.errors import ServiceUnavailable
 
 from .fake_servers import CHILD, alive, wait_for
 
@@ -93,7 +93,7 @@ def test_start_failure_is_reported_with_the_child_output(caplog):
               "print('(APIServer pid=1) ERROR 11-22 [core.py:9] ValueError: no such model', flush=True); "
               "sys.exit(3)")
     logger = logging.getLogger("qwen.test.engine")
-    logger.addHandler(caplog.handler)  # the qwen tree may not propagate to the root (runtime.logging)
+    logger.addHandler(caplog.handler)  # the qwen tree may not propagate to the root (runtime.core.logging)
     caplog.set_level(logging.INFO, logger="qwen.test.engine")
     engine = child(script, logger=logger).start()
     try:

@@ -9,10 +9,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from services.runtime import errors
-from services.runtime.errors import Conflict, QwenError
-from services.runtime.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
-from services.runtime.tasks import TaskStore, add_task_routes
+from services.runtime.core import errors
+from services.runtime.core.errors import Conflict, QwenError
+from services.runtime.edge.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
+from services.gateway.tasks import TaskStore, add_task_routes
 
 TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from services.runtime import fetch
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
-from services.runtime.settings import Settings
+from services.runtime.edge import fetch
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
+from services.runtime.core.settings import Settings
 
 
 @pytest.mark.parametrize("addr, refused", [

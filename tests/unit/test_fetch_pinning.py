@@ -18,9 +18,9 @@ import threading
 
 import pytest
 
-from services.runtime import fetch
-from services.runtime.errors import UpstreamError
-from services.runtime.settings import Settings
+from services.runtime.edge import fetch
+from services.runtime.core.errors import UpstreamError
+from services.runtime.core.settings import Settings
 from tests.unit.test_fetch_guard import dns  # noqa: F401 - the fixture
 
 PUBLIC = "93.184.216.34"

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from services.gateway.app import build_gateway
 from services.gateway.registry import REGISTRY
-from services.runtime.errors import PayloadTooLarge
-from services.runtime.http import EdgeMiddleware
-from services.runtime.settings import Settings
+from services.runtime.core.errors import PayloadTooLarge
+from services.runtime.edge.http import EdgeMiddleware
+from services.runtime.core.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,10 @@ import zlib
 import pytest
 from PIL import Image, ImageFile, features
 
-from services.runtime.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
-from services.runtime.images import decode_image, fit_to_budget
-from services.runtime.media import image_from_request
-from services.runtime.settings import Settings
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from services.runtime.codecs.images import decode_image, fit_to_budget
+from services.runtime.edge.media import image_from_request
+from services.runtime.core.settings import Settings
 
 MB = 1 << 20
 

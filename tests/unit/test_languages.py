@@ -3,7 +3,7 @@ real configs' language lists: tests/tiny/test_real_configs.py.)"""
 
 import pytest
 
-from services.runtime.languages import ALIGNER, ASR, TABLE, TTS, TTS_LANGUAGES, TTS_MODEL_LANGUAGES, word_separator
+from services.runtime.core.languages import ALIGNER, ASR, TABLE, TTS, TTS_LANGUAGES, TTS_MODEL_LANGUAGES, word_separator
 
 
 def test_every_spelling_names_one_language():

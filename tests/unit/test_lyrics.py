@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from services.aligner import lyrics
-from services.runtime.chunking import Chunk, plan_chunks
-from services.runtime.languages import ALIGNER
+from services.runtime.codecs.chunking import Chunk, plan_chunks
+from services.runtime.core.languages import ALIGNER
 
 
 def whitespace_units(text, language):

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from services.runtime.engine_supervisor import free_port
-from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
-from services.runtime.openai_client import OpenAIClient, aiter_sse, upstream_error
+from services.runtime.serving.engine_supervisor import free_port
+from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
+from services.runtime.serving.openai_client import OpenAIClient, aiter_sse, upstream_error
 
 from .fake_servers import FakeOpenAI
 

@@ -7,9 +7,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.runtime.errors import TooManyRequests
-from services.runtime.http import EdgeMiddleware
-from services.runtime.ratelimit import RateLimiter, RateLimitMiddleware, RateLimitRule, bucket_key, client_ip
+from services.runtime.core.errors import TooManyRequests
+from services.runtime.edge.http import EdgeMiddleware
+from services.runtime.edge.ratelimit import RateLimiter, RateLimitMiddleware, RateLimitRule, bucket_key, client_ip
 
 
 class Clock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.runtime.settings import SERVICE_KEYS, ServiceSettings, Settings
+from services.runtime.core.settings import SERVICE_KEYS, ServiceSettings, Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 TABLE = README[README.index("## Settings"):README.index("## Architecture")]

@@ -33,7 +33,7 @@ def test_aligner_real_config_on_meta_and_the_engine_limit():
     from qwen_asr.core.transformers_backend import Qwen3ASRForConditionalGeneration
 
     from services.aligner.engine import QwenForcedAlignerEngine
-    from services.runtime.settings import AlignerSettings
+    from services.runtime.core.settings import AlignerSettings
 
     cfg = real.asr_config(real.ALIGNER)
     model = on_meta(Qwen3ASRForConditionalGeneration, cfg)

@@ -6,8 +6,8 @@ import asyncio
 import httpx
 import pytest
 
-from services.runtime import remote
-from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
+from services.runtime.edge import remote
+from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
 
 
 def call(exc_or_value):
@@ -102,3 +102,46 @@ def test_only_stale_connections_are_retried_and_only_for_factories():
     with pytest.raises(ServiceUnavailable):
         asyncio.run(remote.call("aligner", make()))
     assert len(calls) == 1
+
+
+def test_into_validates_the_result_into_the_contract_model():
+    from pydantic import BaseModel
+
+    class Result(BaseModel):
+        text: str
+        n: int
+
+    async def ok(value):
+        return value
+
+    for value in ({"text": "a", "n": 1}, Result(text="a", n=1)):  # across a socket / in one process
+        got = asyncio.run(remote.call("svc", ok(value), into=Result))
+        assert isinstance(got, Result) and (got.text, got.n) == ("a", 1)
+    with pytest.raises(QwenError) as err:  # the service broke its contract: a 500, not the client's fault
+        asyncio.run(remote.call("svc", ok({"text": "a"}), into=Result))
+    assert err.value.status == 500 and "contract" in err.value.message
+    # an error crossing the boundary still wins over the contract
+    with pytest.raises(QwenError) as err:
+        asyncio.run(remote.call("svc", ok({remote.ERROR_KEY: InvalidRequest("bad").payload()}), into=Result))
+    assert err.value.status == 400
+
+
+def test_resolve_model_is_the_one_model_name_check():
+    from services.gateway.registry import resolve_model
+    from services.runtime.core.errors import NotFound
+    from services.runtime.core.settings import Settings
+
+    s = Settings()
+    for key in ("asr", "tts", "vl", "diagram", "captioner", "aligner"):
+        model = getattr(s, key).model
+        resolve_model(s, key, model)
+        resolve_model(s, key, model.split("/")[-1])
+        resolve_model(s, key, f"someorg/{model.split('/')[-1]}")  # last path part
+        resolve_model(s, key, key)
+        with pytest.raises(NotFound) as err:
+            resolve_model(s, key, "gpt-4o-mini")
+        assert err.value.code == "model_not_found" and model in err.value.message
+    resolve_model(s, "asr", "whisper-1")
+    resolve_model(s, "tts", "tts-1-hd-en")
+    with pytest.raises(NotFound):
+        resolve_model(s, "asr", "tts-1")

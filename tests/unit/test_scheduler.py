@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from services.runtime.errors import Timeout, TooManyRequests
-from services.runtime.scheduler import Scheduler
+from services.runtime.core.errors import Timeout, TooManyRequests
+from services.runtime.serving.scheduler import Scheduler
 
 
 def run(coro):

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from services.runtime.settings import Settings
+from services.runtime.core.settings import Settings
 
 
 def test_seed_aliases_are_accepted(monkeypatch):

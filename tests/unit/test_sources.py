@@ -3,8 +3,8 @@ refusals are checked, the download itself needs a hub)."""
 
 import pytest
 
-from services.runtime.settings import Settings
-from services.runtime.sources import progress_class, resolve_model_path
+from services.runtime.core.settings import Settings
+from services.runtime.serving.sources import progress_class, resolve_model_path
 
 
 def test_local_folder_is_used_as_is(tmp_path):

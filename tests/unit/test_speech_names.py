@@ -6,9 +6,9 @@ import pytest
 
 from services.asr.engine import _printable
 from services.asr.routes import resolve_model, split_sentences
-from services.runtime.errors import NotFound
-from services.runtime.languages import ASR
-from services.runtime.settings import Settings
+from services.runtime.core.errors import NotFound
+from services.runtime.core.languages import ASR
+from services.runtime.core.settings import Settings
 from services.tts.routes import model_language
 
 GW = SimpleNamespace(settings=Settings())

@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from services.runtime.errors import InvalidRequest, NotFound, TooManyRequests
-from services.runtime.tasks import TaskStore
+from services.runtime.core.errors import InvalidRequest, NotFound, TooManyRequests
+from services.gateway.tasks import TaskStore
 
 
 def test_task_runs_to_a_result_and_failures_keep_their_envelope():

@@ -353,7 +353,7 @@ def test_service_caps_request_frames_at_the_budget(engine):
     limit, which includes QWEN_TTS_MAX_BATCH_FRAMES (the service's own `_item`, without BentoML)."""
     from types import SimpleNamespace
 
-    from services.runtime.settings import TTSSettings
+    from services.runtime.core.settings import TTSSettings
     from services.tts.service import TTS
 
     budgeted = QwenTTSEngine(engine.tts, max_batch_frames=100)

@@ -141,7 +141,7 @@ def test_the_real_model_samples_and_the_engine_passes_it_explicitly():
 
 
 def test_tts_settings_budget(monkeypatch):
-    from services.runtime.settings import TTSSettings
+    from services.runtime.core.settings import TTSSettings
 
     cfg = TTSSettings()
     assert cfg.max_batch_frames == MAX_FRAMES_LIMIT and cfg.stream_context_frames is None

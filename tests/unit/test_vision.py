@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from services.diagram.service import discover_adapters
-from services.runtime.errors import InvalidRequest
-from services.runtime.settings import Settings
+from services.runtime.core.errors import InvalidRequest
+from services.runtime.core.settings import Settings
 from services.vl.engine import BASE, AdapterUnavailable, VisionLanguageEngine, VLItem, attach_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ print(json.dumps(asyncio.run(inner.generate([{**item, "adapter": "base"}]))))
 @pytest.mark.parametrize("which", ["vl", "diagram"])
 def test_the_pixel_budget_reaches_the_image_processor_through_the_full_processor(which, vl_engine, diagram_engine,
                                                                                  monkeypatch):
-    from services.runtime.images import processor_pixel_kwargs
+    from services.runtime.codecs.images import processor_pixel_kwargs
 
     engine = vl_engine if which == "vl" else diagram_engine
     ip = engine.processor.image_processor

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from services.runtime.images import processor_pixel_kwargs
-from services.runtime.settings import Settings
+from services.runtime.codecs.images import processor_pixel_kwargs
+from services.runtime.core.settings import Settings
 from services.vl.engine import VisionLanguageEngine, VLItem, sampling_kwargs
 from tests import real_configs as real
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.captioner import vllm_backend as vb
-from services.runtime.settings import ASRSettings, CaptionerSettings
+from services.runtime.core.settings import ASRSettings, CaptionerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm"
@@ -68,7 +68,7 @@ def test_every_flag_of_the_captioner_command_is_a_vllm_serve_option(dtype):
 
 
 def test_every_dtype_placement_can_choose_is_a_vllm_dtype():
-    from services.runtime import device
+    from services.runtime.serving import device
 
     choices = serve_options()["--dtype"]
     chosen = {device.dtype_for(pref, cap) for pref in ("auto", "float32", "float16", "bfloat16")

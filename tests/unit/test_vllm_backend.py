@@ -18,9 +18,9 @@ import pytest
 
 from services.captioner import vllm_backend as vb
 from services.captioner.engine import GenParams
-from services.runtime.engine_supervisor import free_port
-from services.runtime.errors import InvalidRequest, QwenError, ServiceUnavailable
-from services.runtime.settings import CaptionerSettings
+from services.runtime.serving.engine_supervisor import free_port
+from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable
+from services.runtime.core.settings import CaptionerSettings
 
 from .fake_servers import CHILD, FakeOpenAI
 
@@ -73,7 +73,7 @@ def test_command_python_module_form():
 def test_tp_defaults_to_visible_gpus(monkeypatch):
     import torch
 
-    from services.runtime import device
+    from services.runtime.serving import device
 
     monkeypatch.setattr(device, "_nvml", lambda: None)  # torch's count answers (a GPU host's NVML would)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -85,7 +85,7 @@ def test_tp_defaults_to_visible_gpus(monkeypatch):
 
 
 def test_visible_gpus_from_env_without_torch(monkeypatch):
-    from services.runtime import device
+    from services.runtime.serving import device
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     monkeypatch.setattr(device, "_nvml", lambda: None)
@@ -132,7 +132,7 @@ def test_bare_vllm_is_the_one_next_to_the_interpreter_then_on_path(no_vllm_anywh
 
 
 def test_missing_vllm_is_refused_with_the_install_hint(no_vllm_anywhere, monkeypatch):
-    from services.runtime import device
+    from services.runtime.serving import device
 
     with pytest.raises(RuntimeError, match=r"no `vllm` is installed next to this interpreter .*uv sync --extra cuda"):
         vb.check_command("vllm serve")
@@ -151,8 +151,8 @@ def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_any
     """backend auto on CUDA is vLLM: without it the load fails at once with the hint (was: /health 503
     after the weights were fetched)."""
     from services.captioner import service as cs
-    from services.runtime import modelservice
-    from services.runtime.settings import Settings
+    from services.runtime.serving import modelservice
+    from services.runtime.core.settings import Settings
 
     monkeypatch.setattr(cs, "resolve_device", lambda preference: "cuda")
     monkeypatch.setattr(modelservice, "place", lambda *a: pytest.fail("placed"))
@@ -349,11 +349,11 @@ def test_captioner_concurrency_is_set_by_its_backend_at_placement(monkeypatch, b
     """vLLM batches max_num_seqs itself: that many calls at once; the thinker runs one at a time. The
     scheduler's limit is set where the device is known (placement), before the engine loads."""
     from services.captioner import service as cs
-    from services.runtime import modelservice, sources
-    from services.runtime.device import Placement
-    from services.runtime.lifecycle import ModelHandle
-    from services.runtime.scheduler import Scheduler
-    from services.runtime.settings import Settings
+    from services.runtime.serving import modelservice, sources
+    from services.runtime.serving.device import Placement
+    from services.runtime.serving.lifecycle import ModelHandle
+    from services.runtime.serving.scheduler import Scheduler
+    from services.runtime.core.settings import Settings
 
     svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
     svc.settings = Settings()

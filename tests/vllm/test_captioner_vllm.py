@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from services.captioner.engine import GenParams
-from services.runtime.errors import InvalidRequest, ServiceUnavailable
-from services.runtime.settings import CaptionerSettings
+from services.runtime.core.errors import InvalidRequest, ServiceUnavailable
+from services.runtime.core.settings import CaptionerSettings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
@@ -60,7 +60,7 @@ async def collect(agen):
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     from services.captioner.vllm_backend import VLLMCaptionEngine
-    from services.runtime.device import resolve_dtype_name
+    from services.runtime.serving.device import resolve_dtype_name
     from services.tiny import ensure
 
     folder = ensure("captioner", tmp_path_factory.mktemp("tiny"))

@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "0"
 sys.path.insert(0, os.getcwd())
 
-from services.runtime.settings import SERVICE_KEYS, get_settings  # noqa: E402
+from services.runtime.core.settings import SERVICE_KEYS, get_settings  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

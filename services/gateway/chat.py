@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.deps import gateway
 
-from .errors import InvalidRequest, NotFound
-from .http import read_json_object, validate
-from .logging import get_logger
+from services.runtime.core.errors import InvalidRequest, NotFound
+from services.runtime.edge.http import read_json_object, validate
+from services.runtime.core.logging import get_logger
 
 log = get_logger("chat")
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, NamedTuple, Sequence
 
-from .logging import get_logger
+from services.runtime.core.logging import get_logger
 
 log = get_logger("device")
 

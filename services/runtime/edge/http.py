@@ -19,10 +19,10 @@ import re
 import time
 import uuid
 
-from .errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound, QwenError, Unauthorized,
+from services.runtime.core.errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound, QwenError, Unauthorized,
                      UnsupportedMedia)
-from .logging import get_logger, request_id_var
-from .metrics import metrics
+from services.runtime.core.logging import get_logger, request_id_var
+from services.runtime.core.metrics import metrics
 
 log = get_logger("http")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .logging import get_logger
-from .settings import Settings
+from services.runtime.core.logging import get_logger
+from services.runtime.core.settings import Settings
 
 log = get_logger("sources")
 

@@ -1,8 +1,8 @@
 """One error envelope for every failure: {"error": {"message", "type", "param", "code"}}.
 
 Code raises a `QwenError` subclass (one per status); `type` follows the status (`error_type`) unless a
-subclass sets its own. The gateway renders it once (runtime.http). Between processes a model service
-returns `error.payload()` (see runtime.remote) and the gateway re-raises it here, so the status, type,
+subclass sets its own. The gateway renders it once (runtime.edge.http). Between processes a model service
+returns `error.payload()` (see runtime.edge.remote) and the gateway re-raises it here, so the status, type,
 message and Retry-After survive the hop.
 """
 

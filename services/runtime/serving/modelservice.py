@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .device import TORCH, Placement, place
-from .lifecycle import ModelHandle
-from .logging import configure as configure_logging
-from .scheduler import Scheduler
-from .settings import ServiceSettings, get_settings
+from services.runtime.serving.device import TORCH, Placement, place
+from services.runtime.serving.lifecycle import ModelHandle
+from services.runtime.core.logging import configure as configure_logging
+from services.runtime.serving.scheduler import Scheduler
+from services.runtime.core.settings import ServiceSettings, get_settings
 
 E = TypeVar("E")
 
@@ -73,7 +73,7 @@ class ModelService(Generic[E]):
 
     def engine_kind(self, device: str) -> str:
         """What runs the model on `device`: device.TORCH, VLLM (in this process) or VLLM_SERVER (a child);
-        placement differs (runtime.device.place)."""
+        placement differs (runtime.serving.device.place)."""
         return TORCH
 
     def check_settings(self) -> None:
@@ -88,7 +88,7 @@ class ModelService(Generic[E]):
 
     # -- shared -------------------------------------------------------------------------------------
     def _load(self) -> E:
-        from .sources import resolve_model_path
+        from services.runtime.serving.sources import resolve_model_path
 
         self.check_settings()
         self.placement = place(self.settings, self.key, self.handle, self.engine_kind)
@@ -103,11 +103,11 @@ class ModelService(Generic[E]):
         return self.load_engine(path, device, dtype)
 
     async def guarded_stream(self, prepare, body):
-        """A streamed API with the header protocol of runtime.remote: `prepare(engine)` validates (its
+        """A streamed API with the header protocol of runtime.edge.remote: `prepare(engine)` validates (its
         QwenError becomes the header, so the gateway answers with its status), then one scheduler slot is
         held while `body(engine, prepared)` yields the bytes."""
-        from . import remote
-        from .errors import QwenError
+        from services.runtime.core.errors import QwenError
+        from services.runtime.edge.remote import STREAM_OK, stream_error
 
         try:
             engine = self.handle.get()
@@ -115,10 +115,10 @@ class ModelService(Generic[E]):
             slot = self.scheduler.slot()
             await slot.__aenter__()
         except QwenError as exc:
-            yield remote.stream_error(exc)
+            yield stream_error(exc)
             return
         try:
-            yield remote.STREAM_OK
+            yield STREAM_OK
             async for chunk in body(engine, prepared):
                 yield chunk
         finally:
@@ -146,7 +146,7 @@ class ModelService(Generic[E]):
             return
         import torch
 
-        from .metrics import metrics
+        from services.runtime.core.metrics import metrics
 
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         m = metrics().gpu_memory

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
-from .errors import ServiceUnavailable
-from .logging import get_logger
-from .metrics import metrics
+from services.runtime.core.errors import ServiceUnavailable
+from services.runtime.core.logging import get_logger
+from services.runtime.core.metrics import metrics
 
 log = get_logger("lifecycle")
 

@@ -8,7 +8,7 @@ interpreter exit. Its `state` (loading -> ready, loading again while it restarts
 `metrics_text()` passes the child's Prometheus text through, keeping only the families asked for.
 
 Nothing here knows what the child serves: the caller builds the command line (which must make the child
-listen on `port`) and talks to it over HTTP (runtime.openai_client for OpenAI-compatible servers).
+listen on `port`) and talks to it over HTTP (runtime.serving.openai_client for OpenAI-compatible servers).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import httpx
 
-from .errors import ServiceUnavailable
-from .logging import get_logger
+from services.runtime.core.errors import ServiceUnavailable
+from services.runtime.core.logging import get_logger
 
 log = get_logger("engine")
 

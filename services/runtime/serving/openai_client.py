@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
+from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable, Timeout, TooManyRequests
 
 CHAT_PATH = "/v1/chat/completions"
 

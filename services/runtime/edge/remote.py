@@ -10,13 +10,16 @@ slow) to 503/429/504 in the envelope.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
-from .errors import QwenError, ServiceUnavailable, Timeout, TooManyRequests
-from .logging import get_logger
+from pydantic import BaseModel, ValidationError
+
+from services.runtime.core.errors import QwenError, ServiceUnavailable, Timeout, TooManyRequests
+from services.runtime.core.logging import get_logger
 
 log = get_logger("remote")
 ERROR_KEY = "__qwen_error__"
+M = TypeVar("M", bound=BaseModel)
 
 
 def guarded(service: str):
@@ -44,16 +47,26 @@ _STALE_CONNECTION = ("ClientOSError", "ServerDisconnectedError", "ClientConnecti
                      "ConnectionResetError", "BrokenPipeError")
 
 
-async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[Any]]) -> Any:
+async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[Any]], into: type[M] | None = None) -> Any:
     """Await a model service's API and map its failures to our errors. `request` is the call, or a
-    function making it (then a stale pooled connection is retried once)."""
+    function making it (then a stale pooled connection is retried once). With `into` (a contract's pydantic
+    model) the result is validated into it: the same whether the service ran in this process (a model or a
+    dict) or across a socket (JSON)."""
     if not callable(request):
-        return await _call(service, request, retry_stale=False)
+        result = await _call(service, request, retry_stale=False)
+    else:
+        try:
+            result = await _call(service, request(), retry_stale=True)
+        except _StaleConnection:
+            log.info("stale connection to a model service, retrying once", extra={"service": service})
+            result = await _call(service, request(), retry_stale=False)
+    if into is None:
+        return result
     try:
-        return await _call(service, request(), retry_stale=True)
-    except _StaleConnection:
-        log.info("stale connection to a model service, retrying once", extra={"service": service})
-        return await _call(service, request(), retry_stale=False)
+        return into.model_validate(result)
+    except ValidationError as exc:  # the two sides disagree on the contract: a deployment fault, not the client's
+        log.error("model service answered outside its contract", extra={"service": service, "errors": exc.error_count()})
+        raise QwenError(f"{service} answered outside its contract") from None
 
 
 class _StaleConnection(Exception):

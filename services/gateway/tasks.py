@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse
 
 from services.gateway.deps import gateway
 
-from .errors import Conflict, NotFound, QwenError, TooManyRequests
-from .http import error_doc
-from .logging import get_logger
+from services.runtime.core.errors import Conflict, NotFound, QwenError, TooManyRequests
+from services.runtime.edge.http import error_doc
+from services.runtime.core.logging import get_logger
 
 log = get_logger("tasks")
 

@@ -21,7 +21,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from .errors import InvalidRequest, PayloadTooLarge, QwenError, UnsupportedMedia
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, QwenError, UnsupportedMedia
 
 # 40 MP: a 8K x 5K photo fits; an RGB(A) image this size is 120-160 MB decoded, the most one request may
 # cost. Pillow's own limit (89 MP warn / 179 MP error) is higher, so our cap is the one that decides.

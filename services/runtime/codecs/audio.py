@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .device import cuda_index, gpu_span, uses_vllm, vllm_gpu_count
+from services.runtime.serving.device import cuda_index, gpu_span, uses_vllm, vllm_gpu_count
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from .audio import DecodedAudio, decode_audio
-from .errors import InvalidRequest, PayloadTooLarge
-from .fetch import fetch_bytes
-from .images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from .settings import Settings
+from services.runtime.codecs.audio import DecodedAudio, decode_audio
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.edge.fetch import fetch_bytes
+from services.runtime.codecs.images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from services.runtime.core.settings import Settings
 
 
 async def read_upload(upload, *, max_bytes: int, param: str) -> bytes:
@@ -77,7 +77,7 @@ async def image_from_request(
     resize_to: int | None = None,
 ) -> DecodedImage:
     """An uploaded image, or one named by `url` (http(s) behind the SSRF guard, s3://, or a base64 data:
-    URL), decoded by content to RGB (runtime.images). The data: URL's declared type is ignored."""
+    URL), decoded by content to RGB (runtime.codecs.images). The data: URL's declared type is ignored."""
     if data is None and not url:
         raise InvalidRequest(f"send the image as a `{param}` file or give `{url_param}`", param=param,
                              code="missing_image")

@@ -16,8 +16,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from .errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
-from .settings import Settings
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Timeout, UpstreamError
+from services.runtime.core.settings import Settings
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import Timeout, TooManyRequests
-from .metrics import metrics
+from services.runtime.core.errors import Timeout, TooManyRequests
+from services.runtime.core.metrics import metrics
 
 
 @dataclass

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import TooManyRequests
-from .http import send_json
+from services.runtime.core.errors import TooManyRequests
+from services.runtime.edge.http import send_json
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -1,0 +1,1 @@
+"""See services/runtime/__init__.py for what this layer may import."""
