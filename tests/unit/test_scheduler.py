@@ -195,3 +195,66 @@ def test_retry_after_grows_with_queue_depth_and_with_batch_time():
     fast, _ = _retry_after_at([12], batch_seconds=0.0)
     assert fast[0] < slow[2], (fast, slow)  # same depth, quicker recent batches: shorter wait
     assert 1 <= fast[0] and slow[2] / slow[0] > 2.5  # proportional to the batches ahead, not a constant
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_short_request_is_not_held_behind_every_item_of_a_long_one(batch):
+    """Round robin across requests: a 1-item request that arrives while a 20-item request waits runs
+    within two batches of its arrival (the long request may already be first in line for the next one),
+    not after the long request's 20 items."""
+    batches: list[list[str]] = []
+    gate = threading.Event()
+
+    def run_batch(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            gate.wait(5)  # hold the first batch until the short request has been queued
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=batch, max_concurrency=1, max_queue=64)
+        long = asyncio.ensure_future(s.run([f"L{i}" for i in range(20)]))
+        while not batches:
+            await asyncio.sleep(0.005)
+        short = asyncio.ensure_future(s.run(["S"]))
+        await asyncio.sleep(0.05)  # queued behind the long request's 20 - batch items
+        gate.set()
+        assert await short == ["S"]
+        short_done_at = len(batches)
+        assert await long == [f"L{i}" for i in range(20)]
+        return short_done_at
+
+    short_done_at = run(main())
+    where = next(i for i, b in enumerate(batches) if "S" in b)
+    assert where <= 2, batches  # FIFO: 20 // batch
+    assert short_done_at <= 3 < len(batches)
+    # the long request's items still run in order
+    longs = [x for b in batches for x in b if x != "S"]
+    assert longs == [f"L{i}" for i in range(20)]
+
+
+def test_round_robin_interleaves_two_long_requests_and_keeps_each_ones_order():
+    batches: list[list[str]] = []
+    gate = threading.Event()
+
+    def run_batch(items):
+        batches.append(list(items))
+        if len(batches) == 1:
+            gate.wait(5)
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=2, max_concurrency=1, max_queue=64)
+        a = asyncio.ensure_future(s.run([f"A{i}" for i in range(6)]))
+        while not batches:
+            await asyncio.sleep(0.005)
+        b = asyncio.ensure_future(s.run([f"B{i}" for i in range(6)]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await a, await b
+
+    a, b = run(main())
+    assert a == [f"A{i}" for i in range(6)] and b == [f"B{i}" for i in range(6)]
+    assert batches[0] == ["A0", "A1"]
+    assert all(sorted(x[0] for x in bt) == ["A", "B"] for bt in batches[1:5]), batches  # one of each
+    assert len(batches[1:5]) == 4

@@ -4,7 +4,11 @@
 estimated from recent batch times and queue depth), groups waiting items from concurrent requests into
 batches of at most `max_batch_size` (a batch leaves when full or `batch_wait_ms` after its first item
 arrived — and at once when a slot frees up with items already waiting), runs at most `max_concurrency`
-batches at a time in worker threads, and gives each request its own results, in order. A request that
+batches at a time in worker threads, and gives each request its own results, in order.
+
+Batches are formed round robin across requests (one item of each waiting request in turn, a request
+that got an item goes to the back): a 5-second clip that arrives while the 10 windows of a 20-minute
+file wait runs in the next batch, not after all 10. Each request's own items still run in order. A request that
 exceeds `timeout` gets a 504 and its not-yet-started items are dropped. With max_batch_size=1 it is a
 plain concurrency limit with a bounded queue.
 
@@ -36,6 +40,39 @@ class _Pending:
     exclusive: bool = False  # a slot() holder: never batched, holds a running slot until released
 
 
+class _Queue:
+    """Waiting requests in round-robin order; each holds its not-yet-started items in order."""
+
+    def __init__(self) -> None:
+        self._requests: collections.deque[collections.deque[_Pending]] = collections.deque()
+        self._items = 0
+
+    def __len__(self) -> int:
+        return self._items
+
+    def add(self, items: list[_Pending]) -> None:
+        self._requests.append(collections.deque(items))
+        self._items += len(items)
+
+    def first(self) -> _Pending:
+        return self._requests[0][0]
+
+    def take(self) -> _Pending:
+        """The next item in round-robin order: the front request's first; that request goes to the back."""
+        request = self._requests.popleft()
+        item = request.popleft()
+        self._items -= 1
+        if request:
+            self._requests.append(request)
+        return item
+
+    def drop(self, items: list[_Pending]) -> None:
+        gone = {id(p) for p in items}
+        kept = (collections.deque(p for p in r if id(p) not in gone) for r in self._requests)
+        self._requests = collections.deque(r for r in kept if r)
+        self._items = sum(len(r) for r in self._requests)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -57,7 +94,7 @@ class Scheduler:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.timeout = timeout
-        self._pending: collections.deque[_Pending] = collections.deque()
+        self._pending = _Queue()
         self._running = 0
         self._ewma_batch_seconds = 1.0
         self._wake: asyncio.Event | None = None
@@ -87,7 +124,7 @@ class Scheduler:
             )
         loop = asyncio.get_running_loop()
         mine = [_Pending(it, loop.create_future()) for it in items]
-        self._pending.extend(mine)
+        self._pending.add(mine)
         self._gauge()
         assert self._wake is not None
         self._wake.set()
@@ -99,7 +136,7 @@ class Scheduler:
         finally:
             # Drop what has not started (timeout, client gone); started batches finish in their thread.
             if any(not p.future.done() for p in mine):
-                self._pending = collections.deque(p for p in self._pending if p not in mine)
+                self._pending.drop(mine)
                 for p in mine:
                     p.future.cancel()
                 self._gauge()
@@ -112,7 +149,7 @@ class Scheduler:
             self._m.rejected.labels(self.service, "queue_full").inc()
             raise TooManyRequests(f"{self.service} is at capacity; retry later", retry_after=self.retry_after())
         mine = _Pending(None, asyncio.get_running_loop().create_future(), exclusive=True)
-        self._pending.append(mine)
+        self._pending.add([mine])
         self._gauge()
         assert self._wake is not None
         self._wake.set()
@@ -123,7 +160,7 @@ class Scheduler:
                 self._release()  # granted just as we gave up
             else:
                 mine.future.cancel()
-                self._pending = collections.deque(p for p in self._pending if p is not mine)
+                self._pending.drop([mine])
                 self._gauge()
             if isinstance(exc, asyncio.TimeoutError):
                 self._m.rejected.labels(self.service, "timeout").inc()
@@ -163,23 +200,23 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             # Batch window: wait for more items until the batch is full or the oldest item waited enough.
-            deadline = self._pending[0].arrived + self.batch_wait
+            deadline = self._pending.first().arrived + self.batch_wait
             while len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            if self._pending[0].exclusive:
-                p = self._pending.popleft()
+            if self._pending.first().exclusive:
+                p = self._pending.take()
                 if not p.future.done():
                     self._running += 1  # released by the holder (slot())
                     self._gauge()
                     p.future.set_result(None)
                 continue
             batch: list[_Pending] = []
-            while self._pending and len(batch) < self.max_batch_size and not self._pending[0].exclusive:
-                p = self._pending.popleft()
+            while self._pending and len(batch) < self.max_batch_size and not self._pending.first().exclusive:
+                p = self._pending.take()
                 if not p.future.done():
                     batch.append(p)
             if not batch:
