@@ -42,6 +42,7 @@ def child(seconds: float, repeats: int) -> dict:
 
     from tests.audio_fixtures import song
 
+    from services.aligner.contract import AlignLines
     from services.aligner.service import Aligner
 
     svc = Aligner()
@@ -57,7 +58,7 @@ def child(seconds: float, repeats: int) -> dict:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = await inner.align(audio=audio, lines=lines, language="en")
+            out = await inner.align(audio=audio, text=AlignLines(lines=lines, language="en"))
             times.append(time.perf_counter() - t0)
             assert "segments" in out, out
         return times, out["chunks"]

@@ -36,6 +36,7 @@ MAX_TOKENS = 16
 def child(repeats: int) -> dict:
     from tests.audio_fixtures import song
 
+    from services.captioner.contract import GenParams
     from services.captioner.service import Captioner
 
     svc = Captioner()
@@ -43,7 +44,7 @@ def child(repeats: int) -> dict:
     if not cap.handle.wait(600):
         raise SystemExit(f"model failed: {cap.handle.error}")
     clips = [song(SECONDS, sr=16000, phrase=2.0, gap=0.5, seed=i) for i in range(CONCURRENCY)]
-    params = {"max_tokens": cap.cfg.max_tokens, "temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    params = GenParams(max_tokens=cap.cfg.max_tokens, temperature=0.0, top_p=1.0, top_k=-1)
 
     async def one(audio) -> tuple[float, int]:
         t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def child(repeats: int) -> dict:
             conc_lat.append(sorted(r[0] for r in res))
             tokens |= {r[1] for r in res}
         return {"seq_wall": seq_wall, "conc_wall": conc_wall, "seq_lat": seq_lat, "conc_lat": conc_lat,
-                "tokens": sorted(tokens), "max_tokens": params["max_tokens"], "device": cap.handle.device,
+                "tokens": sorted(tokens), "max_tokens": params.max_tokens, "device": cap.handle.device,
                 "backend": cap.handle.get().backend, "slots": cap.scheduler.max_concurrency}
 
     return asyncio.run(run())

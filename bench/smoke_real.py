@@ -106,17 +106,19 @@ def load_inputs(args) -> dict:
 
 
 async def request_aligner(svc, inp) -> dict:
+    from services.aligner.contract import AlignLines
     from services.runtime.edge import remote
 
-    out = await remote.call("aligner", svc.align(audio=inp["audio"], lines=inp["lyrics"], language=None))
+    out = await remote.call("aligner", svc.align(audio=inp["audio"], text=AlignLines(lines=inp["lyrics"])))
     return {"detail": f"{len(out['segments'])} segments, {out['chunks']} pass(es)"}
 
 
 async def request_asr(svc, inp) -> dict:
+    from services.asr.contract import TranscribeOptions
     from services.runtime.edge import remote
 
     t0 = time.perf_counter()
-    out = await remote.call("asr", svc.transcribe(audio=inp["audio"], prompt="", language=None))
+    out = await remote.call("asr", svc.transcribe(audio=inp["audio"], options=TranscribeOptions()))
     wall = time.perf_counter() - t0
     row = {"detail": f"{len(out['text'])} chars, language {out['language'] or '?'}"}
     processor = getattr(svc.handle.get().model, "processor", None)
@@ -127,20 +129,20 @@ async def request_asr(svc, inp) -> dict:
 
 
 async def request_tts(svc, inp) -> dict:
-    from services.runtime.edge import remote
+    from services.tts.contract import Utterance
 
     engine = svc.handle.get()
     voice = engine.voices[0].id
     t0 = time.perf_counter()
     first = None
     header, pcm = b"", 0
-    async for chunk in svc.stream(text=TTS_TEXT, voice=voice, language="english"):
-        if b"\n" not in header:  # the header line ({"ok": true} or the error) precedes the PCM
+    async for chunk in svc.stream(utterance=Utterance(text=TTS_TEXT, voice=voice, language="english")):
+        if b"\n" not in header:  # the header line ({"ok": true, ...} or the error) precedes the PCM
             header += chunk
             if b"\n" not in header:
                 continue
             head, chunk = header.split(b"\n", 1)
-            if head + b"\n" != remote.STREAM_OK:
+            if not json.loads(head).get("ok"):
                 raise RuntimeError(f"stream refused: {head.decode(errors='replace')}")
         if chunk and first is None:
             first = time.perf_counter() - t0
@@ -153,27 +155,29 @@ async def request_tts(svc, inp) -> dict:
 
 
 async def request_captioner(svc, inp) -> dict:
+    from services.captioner.contract import GenParams
     from services.runtime.edge import remote
+    from services.runtime.serving.generation import Completion
 
-    params = {"max_tokens": inp["max_tokens"], "temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    params = GenParams(max_tokens=inp["max_tokens"], temperature=0.0, top_p=1.0, top_k=-1)
     t0 = time.perf_counter()
-    out = await remote.call("captioner", svc.complete(audio=inp["audio"], params=params))
+    out = await remote.call("captioner", svc.complete(audio=inp["audio"], params=params), into=Completion)
     wall = time.perf_counter() - t0
-    n = out["usage"]["completion_tokens"]
-    return {"tokens": n, "tokens_per_s": n / wall, "detail": f"{n} tokens, {out['finish_reason']}"}
+    n = out.usage.completion_tokens
+    return {"tokens": n, "tokens_per_s": n / wall, "detail": f"{n} tokens, {out.finish_reason}"}
 
 
 async def _vision(svc, key: str, inp, prompt: str) -> dict:
-    from services.runtime.edge import remote
     from services.runtime.codecs.images import to_wire
+    from services.runtime.edge import remote
+    from services.vl.contract import VisionItem, VisionResults
 
-    req = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-           "images": [to_wire(inp["image"])], "max_new_tokens": inp["max_tokens"], "temperature": 0.0}
-    (out,) = (await remote.call(key, svc.generate(requests=[req])))["results"]
-    n, dt = out["usage"]["completion_tokens"], out["generate_seconds"]
-    detail = f"{n} tokens, {out['usage']['prompt_tokens']} prompt, {out['finish_reason']}"
-    if out.get("adapter"):
-        detail += f", adapter {out['adapter']}"
+    item = VisionItem.prompt(prompt, [to_wire(inp["image"])], max_new_tokens=inp["max_tokens"])
+    (out,) = (await remote.call(key, svc.generate(requests=[item]), into=VisionResults)).results
+    n, dt = out.usage.completion_tokens, out.generate_seconds
+    detail = f"{n} tokens, {out.usage.prompt_tokens} prompt, {out.finish_reason}"
+    if out.adapter:
+        detail += f", adapter {out.adapter}"
     return {"tokens": n, "tokens_per_s": n / dt if dt > 0 else None, "detail": detail}
 
 

@@ -54,6 +54,7 @@ def _service(cls):
 
 
 def child_tts(repeats: int) -> dict:
+    from services.tts.contract import Speech, Utterance
     from services.tts.service import TTS
 
     tts = _service(TTS)
@@ -72,8 +73,8 @@ def child_tts(repeats: int) -> dict:
         first = None
         nbytes = 0
         header = b""
-        async for chunk in tts.stream(text=LONG_TEXT, voice=voice, language=lang):
-            if b"\n" not in header:  # the header line ({"ok": true}) precedes the PCM
+        async for chunk in tts.stream(utterance=Utterance(text=LONG_TEXT, voice=voice, language=lang)):
+            if b"\n" not in header:  # the header line ({"ok": true, ...}) precedes the PCM
                 header += chunk
                 if b"\n" not in header:
                     continue
@@ -86,9 +87,8 @@ def child_tts(repeats: int) -> dict:
 
     async def synth_once(text: str) -> tuple[float, float]:
         t0 = time.perf_counter()
-        out = await tts.synthesize(text=text, voice=voice, language=lang)
-        assert "audio" in out, out
-        return time.perf_counter() - t0, len(out["audio"]) / out["sample_rate"]
+        out = Speech.model_validate(await tts.synthesize(utterance=Utterance(text=text, voice=voice, language=lang)))
+        return time.perf_counter() - t0, len(out.audio) / out.sample_rate
 
     async def run() -> dict:
         sr = tts.handle.get().sample_rate
@@ -129,6 +129,7 @@ def child_tts(repeats: int) -> dict:
 def child_asr(repeats: int) -> dict:
     from tests.audio_fixtures import song
 
+    from services.asr.contract import TranscribeOptions
     from services.asr.service import ASR
 
     asr = _service(ASR)
@@ -138,7 +139,7 @@ def child_asr(repeats: int) -> dict:
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            out = await asr.transcribe(audio=audio, prompt="", language="en")
+            out = await asr.transcribe(audio=audio, options=TranscribeOptions(language="en"))
             times.append(time.perf_counter() - t0)
             assert "spans" in out, out
         return {"median_s": statistics.median(times), "times": times, "windows": len(out["spans"]),

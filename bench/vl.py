@@ -134,15 +134,15 @@ def build_mid(out: Path, tiny: Path) -> dict:
 
 # -- child: one service process ------------------------------------------------------------------------
 def make_requests():
-    """The 16 /generate request dicts, images in the service's wire format (what the gateway sends)."""
+    """The 16 /generate items, as the gateway sends them (services/vl/contract.py)."""
     import numpy as np
     from PIL import Image
 
-    from services.runtime.codecs import images
+    from services.runtime.codecs.images import to_wire
+    from services.vl.contract import VisionItem
 
-    def wire(a):  # base64 PNG (runtime.codecs.images.to_wire) where the service takes it, else the HxWx3 array
-        to_wire = getattr(images, "to_wire", None)
-        return to_wire(Image.fromarray(a)) if to_wire else a
+    def wire(a):
+        return to_wire(Image.fromarray(a))
 
     rng = np.random.default_rng(SEED)
     reqs = []
@@ -151,13 +151,13 @@ def make_requests():
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([(xx * (i + 1)) % 256, (yy * (7 - i % 5)) % 256, ((xx + yy) * 3) % 256], -1)
         img = np.clip(base + rng.integers(-30, 30, (h, w, 3)), 0, 255).astype(np.uint8)
-        reqs.append({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-                     "images": [wire(img)], "max_new_tokens": MAX_NEW, "temperature": 0.0})
+        reqs.append(VisionItem.prompt(prompt, [wire(img)], max_new_tokens=MAX_NEW))
     return reqs
 
 
 def child(repeats: int, batch_sizes: list[int]) -> dict:
-    from services.vl.service import VL, to_items
+    from services.vl.engine import VLItem
+    from services.vl.service import VL
 
     svc = VL()
     vl = svc() if callable(svc) and not hasattr(svc, "handle") else svc
@@ -177,7 +177,7 @@ def child(repeats: int, batch_sizes: list[int]) -> dict:
 
     vl.scheduler._run_batch = counting
     reqs = make_requests()
-    items = to_items(reqs)
+    items = [VLItem.decode(r) for r in reqs]
 
     async def one(req) -> tuple[float, dict]:
         t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def child(repeats: int, batch_sizes: list[int]) -> dict:
     async def run() -> dict:
         # Warm-up: the largest batch shape once, short (allocator, first-call costs).
         vl.scheduler.max_batch_size = max(batch_sizes)
-        await asyncio.gather(*(one({**r, "max_new_tokens": 2}) for r in reqs[:max(batch_sizes)]))
+        await asyncio.gather(*(one(r.model_copy(update={"max_new_tokens": 2})) for r in reqs[:max(batch_sizes)]))
         vl.scheduler.max_batch_size = configured
         runs: dict = {"served_c1": [], "engine_1": []}
         for _ in range(repeats):  # rounds: every mode once, so drift in machine load hits all alike

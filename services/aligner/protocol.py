@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 
+from .contract import Segment
+
 AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced"]
 
 
@@ -55,22 +57,9 @@ class AlignRequest(BaseModel):
         return [line.rstrip("\r") for line in v]
 
 
-class AlignWord(BaseModel):
-    text: str
-    start: float
-    end: float
-
-
-class AlignSegment(BaseModel):
-    text: str
-    start: float
-    end: float
-    words: list[AlignWord]
-
-
 class AlignResponse(BaseModel):
     """format=json. Other formats are text (LRC, SRT, VTT)."""
 
-    segments: list[AlignSegment]
+    segments: list[Segment]
     language: str
     duration: float

@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse, Response
 
 from services.gateway.deps import gateway
 from services.runtime.edge import remote
-from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
+from services.runtime.core.errors import InvalidRequest, UnsupportedMedia
 from services.runtime.edge.http import form_fields, inline_schema, read_form, read_json_object, validate
 from services.runtime.edge.media import load_audio, read_upload
 from services.gateway.tasks import add_task_routes
 
 from . import formats
+from .contract import AlignLines, Alignment, check_lyrics
 from .protocol import AlignRequest, AlignResponse
 
 router = APIRouter(tags=["alignment"])
@@ -48,6 +49,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
+    """JSON or multipart (FastAPI declares one body per route, so this route reads its own)."""
     ctype = request.headers.get("content-type", "")
     settings = gw.settings
     if ctype.startswith("multipart/form-data"):
@@ -77,51 +79,36 @@ async def _parse(request: Request, gw) -> tuple[AlignRequest, bytes | None]:
     return validate(AlignRequest, payload), data
 
 
-def _check_lyrics(req: AlignRequest, gw) -> None:
-    cfg = gw.settings.aligner
-    if not any(line.strip() for line in req.lyrics):
-        raise Unprocessable("lyrics are empty", param="lyrics", code="empty_lyrics")
-    if len(req.lyrics) > cfg.max_lines:
-        raise PayloadTooLarge(f"lyrics have {len(req.lyrics)} lines; the limit is {cfg.max_lines}",
-                              param="lyrics", code="lyrics_too_long")
-    if sum(len(line) for line in req.lyrics) > cfg.max_lyrics_chars:
-        raise PayloadTooLarge(f"lyrics exceed {cfg.max_lyrics_chars} characters", param="lyrics",
-                              code="lyrics_too_long")
-
-
 Ctx = tuple[AlignRequest, "bytes | None"]
 
 
-async def _parse_checked(request: Request, gw) -> Ctx:
+async def _parse_checked(request: Request, gw=Depends(gateway)) -> Ctx:
     """Everything a client can get wrong is refused here, before any work (or task) starts."""
-    gw.require("aligner")
     req, data = await _parse(request, gw)
-    _check_lyrics(req, gw)
+    check_lyrics(req.lyrics, gw.settings.aligner)
     return req, data
 
 
-async def _run(gw, ctx: Ctx) -> dict:
+async def _run(gw, ctx: Ctx) -> Alignment:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url",
                              max_seconds=gw.settings.aligner.max_audio_seconds)
     return await remote.call("aligner", lambda: gw.aligner.to_async.align(
-        audio=audio.samples, lines=req.lyrics, language=req.language))
+        audio=audio.samples, text=AlignLines(lines=req.lyrics, language=req.language)), into=Alignment)
 
 
-def _render(ctx: Ctx, result: dict) -> Response:
+def _render(ctx: Ctx, result: Alignment) -> Response:
     req = ctx[0]
-    segments = result["segments"]
     if req.format == "json":
-        return JSONResponse({"segments": segments, "language": result["language"], "duration": result["duration"]})
-    body = formats.render(req.format, segments, language=result["language"], duration=result["duration"],
-                          metadata=req.metadata.model_dump() if req.metadata else None)
+        return JSONResponse(result.model_dump(exclude={"chunks"}))  # AlignResponse
+    body = formats.render(req.format, result.model_dump()["segments"], language=result.language,
+                          duration=result.duration, metadata=req.metadata.model_dump() if req.metadata else None)
     return Response(body, media_type=formats.MEDIA_TYPES[req.format])
 
 
 @router.post("/api/v1/align", openapi_extra=_BODY_DOC, responses=_RESPONSES,
              summary="Align lyric lines to a song (LRC, enhanced LRC, SRT, VTT, JSON)")
-async def align(request: Request, gw=Depends(gateway)) -> Response:
-    ctx = await _parse_checked(request, gw)
+async def align(ctx: Ctx = Depends(_parse_checked), gw=Depends(gateway)) -> Response:
     return _render(ctx, await _run(gw, ctx))
 
 

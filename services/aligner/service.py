@@ -1,6 +1,7 @@
 """The aligner model service: owns the model, its admission queue and batching; no HTTP wire format.
 
-The gateway decodes the audio once and calls `align(audio, lines, language)`. Here: language (given or
+The gateway decodes the audio once and calls `align(audio, AlignLines)` (lyrics) or `align_spans(audio,
+AlignSpans)` (an ASR transcript, window by window; services/aligner/contract.py). Here: language (given or
 detected), units per line, long audio split at quiet points into windows the aligner can time, the chunks
 of all concurrent requests batched through one scheduler, lines rebuilt with global offsets.
 """
@@ -11,13 +12,14 @@ import bentoml
 import numpy as np
 
 from services.runtime.codecs.chunking import frame_rms, plan_chunks
-from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from services.runtime.core.errors import InvalidRequest, Unprocessable
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
 
 from . import lyrics
+from .contract import EMPTY_LYRICS, AlignLines, Alignment, AlignSpans, check_audio, check_lyrics
 from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine
 
 _CFG = get_settings().aligner
@@ -45,32 +47,26 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
 
     @bentoml.api
     @guarded("aligner")
-    async def align(self, audio: np.ndarray, lines: list[str], language: str | None = None) -> dict:
-        """Time `lines` (lyrics) against the whole `audio`."""
-        audio = self._checked(audio)
-        lang = self._language(language, lines)
-        return await self._align_spans(audio, [(0, len(audio), list(lines))], lang)
+    async def align(self, audio: np.ndarray, text: AlignLines) -> dict:
+        """Time `text.lines` (lyrics) against the whole `audio`."""
+        check_lyrics(text.lines, self.cfg)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        check_audio(audio, self.cfg)
+        lang = self._language(text.language, text.lines)
+        return (await self._align_spans(audio, [(0, len(audio), list(text.lines))], lang)).model_dump()
 
     @bentoml.api
     @guarded("aligner")
-    async def align_spans(self, audio: np.ndarray, spans: list[dict], language: str | None = None) -> dict:
-        """Time text already known per span of audio (ASR windows): spans [{"start","end","lines"}],
-        seconds. Each span's lines are aligned inside that span only."""
+    async def align_spans(self, audio: np.ndarray, text: AlignSpans) -> dict:
+        """Time text already known per span of audio (ASR windows): each span's lines are aligned inside
+        that span only."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        groups = [(int(s["start"] * SAMPLE_RATE), int(s["end"] * SAMPLE_RATE), list(s["lines"])) for s in spans]
+        groups = [(int(s.start * SAMPLE_RATE), int(s.end * SAMPLE_RATE), list(s.lines)) for s in text.spans]
         # The length limit is per span here (each is one ASR window), not for the whole recording.
         for start, end, _ in groups:
-            self._checked(audio[start:end])
-        lang = self._language(language, [line for g in groups for line in g[2]])
-        return await self._align_spans(audio, groups, lang)
-
-    def _checked(self, audio) -> np.ndarray:
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        duration = len(audio) / SAMPLE_RATE
-        if duration > self.cfg.max_audio_seconds:
-            raise PayloadTooLarge(f"audio is {duration:.0f}s; the limit is {self.cfg.max_audio_seconds:.0f}s",
-                                  param="audio", code="audio_too_long")
-        return audio
+            check_audio(audio[start:end], self.cfg)
+        lang = self._language(text.language, [line for g in groups for line in g[2]])
+        return (await self._align_spans(audio, groups, lang)).model_dump()
 
     def _language(self, language: str | None, lines: list[str]) -> str:
         try:
@@ -79,7 +75,7 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         return lang or lyrics.detect_language("\n".join(lines))
 
-    async def _align_spans(self, audio: np.ndarray, groups: list[tuple[int, int, list[str]]], lang: str) -> dict:
+    async def _align_spans(self, audio: np.ndarray, groups: list[tuple[int, int, list[str]]], lang: str) -> Alignment:
         engine = self.handle.get()  # 503 with the state while loading or failed
         duration = len(audio) / SAMPLE_RATE
         all_lines: list[str] = []
@@ -102,13 +98,9 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
                 offsets.append((start + c.start) / SAMPLE_RATE)
         if not any(all_units):
             raise Unprocessable("no alignable words in the text (only blank lines or punctuation)",
-                                param="lyrics", code="empty_lyrics")
+                                param="lyrics", code=EMPTY_LYRICS)
         per_job = await self.scheduler.run(jobs)
         unit_times = [(s + off, e + off) for off, times in zip(offsets, per_job) for s, e in times]
         segments = lyrics.rebuild_segments(all_lines, all_units, unit_times, duration)
-        return {
-            "segments": segments,
-            "language": LANGUAGES.code(lang),
-            "duration": round(duration, 3),
-            "chunks": len(jobs),
-        }
+        return Alignment(segments=segments, language=LANGUAGES.code(lang), duration=round(duration, 3),
+                         chunks=len(jobs))

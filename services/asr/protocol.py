@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["word", "segment"]
 
 
+def _file_is_required(schema: dict) -> None:
+    # `file` is optional to pydantic so that its absence is our own 400 (missing_file); the form needs it.
+    schema["required"] = ["file", *schema.get("required", [])]
+
+
 class TranscriptionRequest(BaseModel):
-    """Form fields (the audio itself is the `file` part)."""
+    """The form: the audio as the `file` part and OpenAI's fields (FastAPI `Form()` model)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # loc_by_alias=False: errors name `timestamp_granularities`, whichever spelling the client sent.
+    model_config = ConfigDict(extra="forbid", loc_by_alias=False, json_schema_extra=_file_is_required)
 
+    file: Annotated[UploadFile | None, WithJsonSchema({"type": "string", "format": "binary"})] = Field(
+        None, description="the audio, any common format (decoded by content)")
     model: str = Field(..., description="model id, a short alias (qwen3-asr, asr) or whisper-1")
     language: str | None = Field(None, description="ISO-639-1 code or name; forces the language when given")
     prompt: str | None = Field(None, max_length=4000, description="context for the model (names, terms)")
     response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0, description="accepted for compatibility; decoding is greedy")
+    # OpenAI's clients send `timestamp_granularities[]` (one part per value); the plain name is accepted too.
     timestamp_granularities: list[Granularity] = Field(
-        default_factory=list, description="word and/or segment; only with response_format=verbose_json"
+        default_factory=list, validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
+        description="word and/or segment; only with response_format=verbose_json",
     )
-    stream: bool = False
+    stream: SkipJsonSchema[bool] = False  # refused with its own message (`openai_rule_violation`)
 
     def openai_rule_violation(self) -> tuple[str, str] | None:
         """(param, message) when the fields break a rule OpenAI enforces across fields."""
@@ -53,10 +65,6 @@ class Segment(BaseModel):
     avg_logprob: float | None = None
     compression_ratio: float | None = None
     no_speech_prob: float | None = None
-
-
-class Transcription(BaseModel):
-    text: str
 
 
 class TranscriptionVerbose(BaseModel):

@@ -1,7 +1,8 @@
 """The ASR model service: owns Qwen3-ASR, its queue and batching; windows long audio at quiet points.
 
-The gateway decodes the audio once and calls `transcribe(audio, prompt, language)`; it gets the text,
-the language and the window spans (start, end, text), which it can pass to the aligner for timestamps.
+The gateway decodes the audio once and calls `transcribe(audio, TranscribeOptions)`; it gets a
+`Transcription` (services/asr/contract.py): the text, the language and the window spans (start, end, text),
+which it can pass to the aligner for timestamps (services/gateway/pipelines/transcribe_align.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numpy as np
 
 from services.runtime.codecs.chunking import plan_chunks
 from services.runtime.serving.device import TORCH, VLLM, require_vllm, uses_vllm
-from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.codecs.audio import check_duration
+from services.runtime.core.errors import InvalidRequest
 from services.runtime.core.languages import ASR as LANGUAGES
 from services.runtime.core.languages import word_separator
 from services.runtime.core.logging import get_logger
@@ -20,6 +22,7 @@ from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
+from .contract import Span, TranscribeOptions, Transcription
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
 
 _CFG = get_settings().asr
@@ -71,8 +74,9 @@ class ASR(ModelService[QwenASREngine]):
 
     @bentoml.api
     @guarded("asr")
-    async def transcribe(self, audio: np.ndarray, prompt: str = "", language: str | None = None) -> dict:
+    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> dict:
         engine = self.handle.get()
+        prompt = options.prompt
         # Checked before batching: an over-long prompt would otherwise fail (vLLM) or slow every
         # window batched beside it.
         if prompt and engine.count_tokens(prompt) > self.cfg.max_prompt_tokens:
@@ -80,28 +84,19 @@ class ASR(ModelService[QwenASREngine]):
                                  code="prompt_too_long")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
-        if duration > self.cfg.max_audio_seconds:
-            raise PayloadTooLarge(f"audio is {duration:.0f}s; the limit is {self.cfg.max_audio_seconds:.0f}s",
-                                  param="file", code="audio_too_long")
+        check_duration(duration, self.cfg.max_audio_seconds, param="audio")
         try:
-            lang = LANGUAGES.parse(language)
+            lang = LANGUAGES.parse(options.language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
-        items = [ASRItem(audio[c.start : c.end], prompt or "", lang) for c in chunks]
+        items = [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks]
         results = await self.scheduler.run(items)
         detected = lang or _majority([r.language for r in results]) or ""
-        sep = word_separator(detected)
-        spans = [
-            {"start": round(c.start / SAMPLE_RATE, 3), "end": round(c.end / SAMPLE_RATE, 3), "text": r.text}
-            for c, r in zip(chunks, results)
-        ]
-        return {
-            "text": sep.join(s["text"] for s in spans if s["text"]),
-            "language": detected,
-            "duration": round(duration, 3),
-            "spans": spans,
-        }
+        spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text)
+                 for c, r in zip(chunks, results)]
+        text = word_separator(detected).join(s.text for s in spans if s.text)
+        return Transcription(text=text, language=detected, duration=round(duration, 3), spans=spans).model_dump()
 
 
 def vllm_kwargs(cfg, dtype: str) -> dict:

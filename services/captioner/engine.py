@@ -1,64 +1,36 @@
-"""The captioner behind one async Protocol, two backends:
+"""The captioner's engines, both `CaptionEngine`s:
 
 - `TransformersCaptionEngine`: the Omni thinker in-process (CPU/MPS fallback, the tiny model in tests);
   one generation at a time (the thinker keeps per-call state on the module).
 - `VLLMCaptionEngine` (services/captioner/vllm_backend.py): a managed `vllm serve` subprocess that the
   service proxies; vLLM batches itself.
 
-Both take decoded 16 kHz mono audio (the gateway fetched, decoded and length-checked it) and sampling
-parameters, and give the caption text with token usage, whole or as a stream of deltas.
+Both take decoded 16 kHz mono audio (the gateway fetched, decoded and length-checked it) and GenParams,
+and give the caption as a Completion, or as a stream of Deltas (runtime.serving.generation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from services.runtime.serving.generation import Completion, Delta, Usage
 
-
-@dataclass(frozen=True)
-class GenParams:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None = None
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str  # "stop" | "length"
-    usage: Usage = field(default_factory=Usage)
-
-
-@dataclass
-class Delta:
-    """A piece of a streamed caption; the last one has finish_reason and usage set."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
+from .contract import SAMPLE_RATE, GenParams
 
 
 class CaptionEngine(Protocol):
-    backend: str
-    max_model_len: int
+    """What the captioner service uses of an engine."""
+
+    backend: str  # "transformers" | "vllm"
+
+    @property
+    def state(self) -> str:
+        """loading | ready | failed | stopped: a vLLM child can die and restart after the model loaded."""
 
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion: ...
 
@@ -67,24 +39,12 @@ class CaptionEngine(Protocol):
     async def metrics_text(self) -> str:
         """Prometheus text of the backend itself (vLLM's own /metrics), '' when it has none."""
 
-    async def close(self) -> None: ...
-
-
-def _deltas(pieces):
-    """Text pieces as Deltas; returns the wrapped generator's return value (the new token ids)."""
-    try:
-        while True:
-            try:
-                piece = next(pieces)
-            except StopIteration as stop:
-                return stop.value
-            yield Delta(text=piece)
-    finally:
-        pieces.close()  # a consumer that leaves early stops the generation
+    def warmup(self) -> None: ...
 
 
 class TransformersCaptionEngine:
     backend = "transformers"
+    state = "ready"  # in-process: ready once loaded (the service's model handle says the rest)
 
     def __init__(self, model, processor, max_model_len: int):
         import torch
@@ -149,10 +109,12 @@ class TransformersCaptionEngine:
             new = ids[0, prompt_len:].tolist()
         text = self.processor.tokenizer.decode(new, skip_special_tokens=True)
         return Completion(text=text, finish_reason=self._finish(new, kw["thinker_max_new_tokens"]),
-                          usage=Usage(prompt_len, len(new)))
+                          usage=Usage(prompt_tokens=prompt_len, completion_tokens=len(new)))
 
-    def stream_sync(self, audio: np.ndarray, params: GenParams, cancel: threading.Event):
-        """Text deltas as the thinker generates; the last Delta has finish_reason and usage."""
+    def stream_sync(self, audio: np.ndarray, params: GenParams, emit: Callable[[str], None],
+                    cancel: threading.Event) -> Delta:
+        """Emits the text pieces as the thinker generates them (in this thread: a runtime.serving.streams
+        worker); returns the last Delta (finish_reason and usage)."""
         from services.runtime.serving.generation import stream_generate
 
         with self._lock:
@@ -168,26 +130,27 @@ class TransformersCaptionEngine:
                                                  thinker_stopping_criteria=criteria)
                 return ids[0, prompt_len:].tolist()
 
-            new = yield from _deltas(stream_generate(run, self.processor.tokenizer, cancel))
-        yield Delta(finish_reason=self._finish(new or [], kw["thinker_max_new_tokens"]),
-                    usage=Usage(prompt_len, len(new or [])))
+            new = stream_generate(run, self.processor.tokenizer, emit, cancel)
+        return Delta(finish_reason=self._finish(new, kw["thinker_max_new_tokens"]),
+                     usage=Usage(prompt_tokens=prompt_len, completion_tokens=len(new)))
 
     # -- async API -----------------------------------------------------------------------------------
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:
         return await asyncio.to_thread(self.complete_sync, audio, params)
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
-        from services.runtime.edge.remote import relay_thread_iterator
+        from services.runtime.serving.streams import ThreadStream
 
         cancel = threading.Event()
-        async for delta in relay_thread_iterator(lambda: self.stream_sync(audio, params, cancel), cancel):
-            yield delta
+        pieces = ThreadStream(lambda emit: self.stream_sync(audio, params, emit, cancel), cancel)
+        async with contextlib.aclosing(aiter(pieces)) as it:  # closed (generation stopped) when this one is
+            async for piece in it:
+                yield Delta(text=piece)
+        assert pieces.result is not None
+        yield pieces.result
 
     async def metrics_text(self) -> str:
         return ""
-
-    async def close(self) -> None:
-        return None
 
     def warmup(self) -> None:
         self.complete_sync(np.zeros(SAMPLE_RATE, dtype=np.float32),

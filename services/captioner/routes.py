@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse, Response
 
-from services.runtime.edge import remote
 from services.gateway.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
 from services.runtime.core.errors import InvalidRequest
+from services.runtime.edge import remote
 from services.runtime.edge.media import decode_base64, load_audio
+from services.runtime.serving.generation import Completion
+
+from .contract import GenParams
 
 ROUTES: tuple[str, ...] = ()  # served through the shared /v1/chat/completions route
 
@@ -59,18 +62,15 @@ async def caption_chat(gw, req: ChatRequest) -> Response:
     data = decode_base64(b64, max_bytes=gw.settings.upload_max_bytes, param=param) if b64 is not None else None
     audio = await load_audio(gw.settings, data=data, url=url, param=param, url_param=param,
                              max_seconds=cfg.max_audio_seconds, truncate=req.truncate_audio)
-    params = {
-        "max_tokens": req.token_limit or cfg.max_tokens,
-        "temperature": cfg.temperature if req.temperature is None else req.temperature,
-        "top_p": cfg.top_p if req.top_p is None else req.top_p,
-        "top_k": cfg.top_k if req.top_k is None else req.top_k,
-        "seed": req.seed,
-    }
+    params = GenParams(max_tokens=req.token_limit or cfg.max_tokens,
+                       temperature=cfg.temperature if req.temperature is None else req.temperature,
+                       top_p=cfg.top_p if req.top_p is None else req.top_p,
+                       top_k=cfg.top_k if req.top_k is None else req.top_k, seed=req.seed)
     cid = new_id()
     if not req.stream:
-        out = await remote.call("captioner",
-                                lambda: gw.captioner.to_async.complete(audio=audio.samples, params=params))
-        return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
+        out = await remote.call("captioner", lambda: gw.captioner.to_async.complete(audio=audio.samples, params=params),
+                                into=Completion)
+        return JSONResponse(completion_body(cid, req.model, out))
 
     body = await remote.open_stream("captioner", gw.captioner.to_async.stream(audio=audio.samples, params=params))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -4,18 +4,18 @@ admission (no batching in front of either: transformers must not batch clips, vL
 
 from __future__ import annotations
 
-import json
 from typing import AsyncGenerator
 
 import bentoml
 import numpy as np
 
+from services.runtime.core.settings import get_settings
+from services.runtime.edge.remote import guarded
 from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device, uses_vllm
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.edge.remote import guarded
-from services.runtime.core.settings import get_settings
 
-from .engine import CaptionEngine, GenParams, TransformersCaptionEngine
+from .contract import GenParams
+from .engine import CaptionEngine, TransformersCaptionEngine
 
 _CFG = get_settings().captioner
 
@@ -61,55 +61,41 @@ class Captioner(ModelService[CaptionEngine]):
         return TransformersCaptionEngine.load(path, device, dtype, max_model_len=self.cfg.max_model_len,
                                               threads=self.settings.torch_threads)
 
-    def warmup(self, engine: CaptionEngine) -> None:
-        if hasattr(engine, "warmup"):
-            engine.warmup()
-
     def _run_batch(self, items):  # every call goes through scheduler.slot(): never batched
         raise RuntimeError("the captioner is not batched")
 
     def _engine_state(self) -> str | None:
-        """A vLLM subprocess can die and restart after load: its state wins over 'ready'."""
-        return getattr(self.handle.engine, "state", None)
+        """The engine's own state once loaded: a vLLM child can die and restart after load, and its state
+        then wins over the handle's 'ready'."""
+        engine = self.handle.engine
+        return None if engine is None else engine.state
 
     def __is_ready__(self) -> bool:
-        return self.handle.ready and self._engine_state() in (None, "ready")
+        return self.handle.ready and self._engine_state() == "ready"
 
     @bentoml.api
     async def status(self) -> dict:
         info = self.status_info()
         state = self._engine_state()
-        if state not in (None, "ready"):
-            info["status"] = "loading" if state in ("loading", "restarting") else state
-        if self.handle.ready:
+        if state is not None:
+            info["status"] = state
             info["backend"] = self.handle.get().backend
         return info
 
     @bentoml.api
     @guarded("captioner")
-    async def complete(self, audio: np.ndarray, params: dict) -> dict:
+    async def complete(self, audio: np.ndarray, params: GenParams) -> dict:
         engine = self.handle.get()
         async with self.scheduler.slot():
-            c = await engine.complete(np.asarray(audio, dtype=np.float32), GenParams(**params))
-        return {"text": c.text, "finish_reason": c.finish_reason,
-                "usage": {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
-                          "total_tokens": c.usage.total_tokens}}
+            return (await engine.complete(np.asarray(audio, dtype=np.float32), params)).model_dump()
 
     @bentoml.api
-    async def stream(self, audio: np.ndarray, params: dict) -> AsyncGenerator[bytes, None]:
-        """Header line, then one JSON line per delta: {"text"} ... {"finish_reason", "usage"}."""
+    async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncGenerator[bytes, None]:
+        """Header line, then one Delta line per piece: {"text"} ... {"finish_reason", "usage"}."""
 
-        async def lines(engine, _prepared):
-            async for d in engine.stream(np.asarray(audio, dtype=np.float32), GenParams(**params)):
-                line: dict = {"text": d.text} if d.text else {}
-                if d.finish_reason is not None:
-                    line["finish_reason"] = d.finish_reason
-                if d.usage is not None:
-                    line["usage"] = {"prompt_tokens": d.usage.prompt_tokens,
-                                     "completion_tokens": d.usage.completion_tokens,
-                                     "total_tokens": d.usage.total_tokens}
-                if line:
-                    yield json.dumps(line, ensure_ascii=False).encode() + b"\n"
+        async def lines(engine: CaptionEngine, _prepared):
+            async for delta in engine.stream(np.asarray(audio, dtype=np.float32), params):
+                yield delta.line()
 
         async for data in self.guarded_stream(lambda _e: None, lines):
             yield data

@@ -26,13 +26,14 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from services.runtime.serving import device
-from services.runtime.serving.engine_supervisor import ManagedEngine, free_port
 from services.runtime.core.errors import InvalidRequest, QwenError
 from services.runtime.core.logging import get_logger
+from services.runtime.serving import device
+from services.runtime.serving.engine_supervisor import ManagedEngine, free_port
+from services.runtime.serving.generation import Completion, Delta, Usage
 from services.runtime.serving.openai_client import OpenAIClient
 
-from .engine import SAMPLE_RATE, Completion, Delta, GenParams, Usage
+from .contract import SAMPLE_RATE, GenParams
 
 log = get_logger("captioner.vllm")
 
@@ -229,6 +230,9 @@ class VLLMCaptionEngine:
     def info(self) -> dict:
         return self.server.info()
 
+    def warmup(self) -> None:
+        """Nothing to do: `start` returns once vLLM's /health answers, after its own profiling and warm-up."""
+
     # -- requests -------------------------------------------------------------------------------------
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:
         self.server.require_ready(BACKEND)
@@ -240,7 +244,7 @@ class VLLMCaptionEngine:
                 raise
             out = await self.client.chat(body)
         return Completion(text=out.text, finish_reason=out.finish_reason or "stop",
-                          usage=Usage(out.prompt_tokens, out.completion_tokens))
+                          usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens))
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
         self.server.require_ready(BACKEND)
@@ -257,8 +261,8 @@ class VLLMCaptionEngine:
                     raise
                 continue
             out = deltas.result
-            yield Delta(finish_reason=out.finish_reason or "stop", usage=Usage(out.prompt_tokens,
-                                                                                out.completion_tokens))
+            yield Delta(finish_reason=out.finish_reason or "stop",
+                        usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens))
             return
 
     async def metrics_text(self) -> str:

@@ -9,12 +9,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.chat import ChatHandler
 from services.gateway.deps import gateway
 from services.runtime.edge import remote
-from services.gateway.chat import ChatHandler
 from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
 from services.runtime.edge.media import read_upload
-from services.vl.routes import chat_for, load_image, token_budget, wire_image
+from services.vl.contract import VisionItem
+from services.vl.routes import chat_for, generate_one, load_image, token_budget, wire_image
+
+from .contract import SeedStats
 
 router = APIRouter(tags=["vision"])
 ROUTES = ("/infer", "/infer/stats")
@@ -42,23 +45,21 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
     data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="file")
     t0 = time.perf_counter()
     img = await load_image(gw, cfg, data=data, url=None, param="file", url_param="file")
-    item = {"messages": [{"role": "user", "content": [{"type": "image"},
-                                                      {"type": "text", "text": req.prompt or cfg.prompt}]}],
-            "images": [wire_image(img)], "max_new_tokens": token_budget(cfg, req.max_new_tokens),
-            "temperature": 0.0, "adapter": req.adapter}
-    (out,) = (await remote.call("diagram", lambda: gw.diagram.to_async.generate(requests=[item])))["results"]
+    item = VisionItem.prompt(req.prompt or cfg.prompt, [wire_image(img)],
+                             max_new_tokens=token_budget(cfg, req.max_new_tokens), adapter=req.adapter)
+    out = await generate_one(gw, "diagram", item)
     status = await gw.service_status("diagram")
     return JSONResponse({
-        "description": out["text"],
+        "description": out.text,
         "metadata": {
             "inference_time": round(time.perf_counter() - t0, 4),
-            "generation_time": out["generate_seconds"],
+            "generation_time": out.generate_seconds,
             "image_size": list(img.original_size),
             "model": cfg.model,
-            "adapter": out["adapter"] or "base",
+            "adapter": out.adapter or "base",
             "device": status.get("device"),
-            "finish_reason": out["finish_reason"],
-            "usage": out["usage"],
+            "finish_reason": out.finish_reason,
+            "usage": out.usage.model_dump(),
         },
     })
 
@@ -66,7 +67,8 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
 @router.get("/infer/stats", summary="The seed's JSON counters (also exported as Prometheus metrics)")
 async def stats(gw=Depends(gateway)) -> JSONResponse:
     gw.require("diagram")
-    return JSONResponse(await remote.call("diagram", lambda: gw.diagram.to_async.seed_stats()))
+    stats = await remote.call("diagram", lambda: gw.diagram.to_async.seed_stats(), into=SeedStats)
+    return JSONResponse(stats.model_dump(exclude_unset=True))
 
 
 CHAT = ChatHandler(handle=chat_for("diagram"))

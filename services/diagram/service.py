@@ -19,8 +19,11 @@ from services.runtime.core.metrics import metrics
 from services.runtime.serving.modelservice import resources, thread_envs, traffic
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
+from services.vl.contract import VisionItem, VisionResults
 from services.vl.engine import VisionLanguageEngine
 from services.vl.service import VisionService
+
+from .contract import SeedStats
 
 _CFG = get_settings().diagram
 log = get_logger("diagram")
@@ -109,33 +112,33 @@ class Diagram(VisionService):
 
     @bentoml.api
     @guarded("diagram")
-    async def generate(self, requests: list[dict]) -> dict:
+    async def generate(self, requests: list[VisionItem]) -> dict:
         out = await self._generate(requests)
         m = metrics()
         for r in out:
             self.stats["inference_count"] += 1
-            self.stats["total_inference_time"] += r["generate_seconds"]
-            m.adapter_requests.labels("diagram", r["adapter"] or "base").inc()
-        return {"results": out}
+            self.stats["total_inference_time"] += r.generate_seconds
+            m.adapter_requests.labels("diagram", r.adapter or "base").inc()
+        return VisionResults(results=out).model_dump()
 
     @bentoml.api
-    async def stream(self, request: dict) -> AsyncGenerator[bytes, None]:
+    async def stream(self, request: VisionItem) -> AsyncGenerator[bytes, None]:
         async for chunk in self._stream(request):
             yield chunk
 
     @bentoml.api
     async def seed_stats(self) -> dict:
         """The seed's JSON counters (GET /infer/stats); the same figures are Prometheus metrics."""
-        n = self.stats["inference_count"]
-        out = {"inference_count": n, "total_inference_time": round(self.stats["total_inference_time"], 3),
-               "avg_inference_time": round(self.stats["total_inference_time"] / n, 3) if n else 0.0,
-               "model_load_time": self.handle.load_seconds}
+        n, total = self.stats["inference_count"], self.stats["total_inference_time"]
+        gpu = {}
         try:
             import torch
 
             if torch.cuda.is_available():
-                out["gpu_memory_allocated_gb"] = round(torch.cuda.memory_allocated() / 2**30, 3)
-                out["gpu_memory_reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 3)
+                gpu = {"gpu_memory_allocated_gb": round(torch.cuda.memory_allocated() / 2**30, 3),
+                       "gpu_memory_reserved_gb": round(torch.cuda.memory_reserved() / 2**30, 3)}
         except ImportError:
             pass
-        return out
+        return SeedStats(inference_count=n, total_inference_time=round(total, 3),
+                         avg_inference_time=round(total / n, 3) if n else 0.0, model_load_time=self.handle.load_seconds,
+                         **gpu).model_dump(exclude_unset=True)

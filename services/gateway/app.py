@@ -37,7 +37,7 @@ def mount(settings: Settings, keys: list[str]) -> FastAPI:
     install_error_handlers(app)
     labels: list[str] = list(gateway_routes.ROUTES)
     app.include_router(gateway_routes.router)
-    chat: dict[str, ChatHandler] = {}  # model name -> the service's chat handler
+    chat: dict[str, ChatHandler] = {}  # service key -> its chat handler
     for key in keys:
         entry = REGISTRY[key]
         module = entry.routes_module()
@@ -45,9 +45,9 @@ def mount(settings: Settings, keys: list[str]) -> FastAPI:
             app.include_router(module.router)
         labels += module.ROUTES
         if hasattr(module, "CHAT"):
-            chat.update(dict.fromkeys(entry.chat_names(settings), module.CHAT))
+            chat[key] = module.CHAT
     if chat:
-        app.include_router(make_chat_router(chat))
+        app.include_router(make_chat_router(settings, chat))
         labels.append("/v1/chat/completions")
     public: tuple[str, ...] = ()
     if settings.playground:  # QWEN_PLAYGROUND=false: no page, no redirect, nothing public beyond probes and docs

@@ -1,9 +1,10 @@
 """OpenAI chat completions, written once: request/response models, SSE chunks, and the one
 POST /v1/chat/completions route, which hands each request to the service that serves its `model`.
 
-A service's routes module exposes `CHAT = ChatHandler(...)`; the gateway registers it under the names
-its registry entry answers to. Handlers validate the messages for their model (the captioner takes one
-audio part, the VL model images and text) and return a Response (JSON or a stream).
+A service's routes module exposes `CHAT = ChatHandler(...)`; the gateway registers it for its service, and
+the route picks the service by the names the registry gives it (registry.model_key). Handlers validate the
+messages for their model (the captioner takes one audio part, the VL model images and text) and return a
+Response (JSON or a stream).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.deps import gateway
-
-from services.runtime.core.errors import InvalidRequest, NotFound
-from services.runtime.edge.http import read_json_object, validate
+from services.gateway.registry import model_key
 from services.runtime.core.logging import get_logger
+from services.runtime.edge.http import read_json_object, validate
+from services.runtime.serving.generation import Completion, Delta
 
 log = get_logger("chat")
 
@@ -82,12 +83,12 @@ def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def completion_body(cid: str, model: str, text: str, finish_reason: str, usage: dict) -> dict:
+def completion_body(cid: str, model: str, out: Completion) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason, "logprobs": None}],
-        "usage": usage,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                     "finish_reason": out.finish_reason, "logprobs": None}],
+        "usage": out.usage.model_dump(),
     }
 
 
@@ -116,8 +117,8 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 def jsonl_chunks(cid: str, model: str, body: AsyncIterator[bytes], include_usage: bool) -> AsyncIterator[dict]:
-    """A model service's JSON-lines stream ({"text"} ... {"finish_reason", "usage"}) as OpenAI chunks:
-    the role first, content deltas, the finish chunk, then usage (when asked) with no choices."""
+    """A model service's stream of Delta lines (runtime.serving.generation) as OpenAI chunks: the role
+    first, content deltas, the finish chunk, then usage (when asked) with no choices."""
 
     async def events():
         created = int(time.time())
@@ -127,36 +128,26 @@ def jsonl_chunks(cid: str, model: str, body: AsyncIterator[bytes], include_usage
         async for data in body:
             buf += data
             *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                line = json.loads(raw)
-                if line.get("text"):
-                    yield chunk_body(cid, model, created, {"content": line["text"]})
-                if "finish_reason" in line:
-                    usage = line.get("usage")
-                    yield chunk_body(cid, model, created, {}, finish_reason=line["finish_reason"])
+            for delta in map(Delta.model_validate_json, lines):
+                if delta.text:
+                    yield chunk_body(cid, model, created, {"content": delta.text})
+                if delta.finish_reason is not None:
+                    usage = delta.usage
+                    yield chunk_body(cid, model, created, {}, finish_reason=delta.finish_reason)
         if include_usage and usage is not None:
-            yield chunk_body(cid, model, created, {}, usage=usage, choices=False)
+            yield chunk_body(cid, model, created, {}, usage=usage.model_dump(), choices=False)
 
     return events()
 
 
-def make_router(handlers: dict[str, ChatHandler]) -> APIRouter:
-    """The /v1/chat/completions route over `handlers` (model name -> handler)."""
+def make_router(settings, handlers: dict[str, ChatHandler]) -> APIRouter:
+    """The /v1/chat/completions route over `handlers` (service key -> handler), dispatched by the names the
+    registry gives each service."""
     router = APIRouter(tags=["chat"])
 
     @router.post("/v1/chat/completions", summary="Chat completions (OpenAI-compatible), routed by model")
     async def chat(request: Request, gw=Depends(gateway)) -> Response:
         req = validate(ChatRequest, await read_json_object(request))
-        handler = handlers.get(req.model) or handlers.get(req.model.rstrip("/").split("/")[-1])
-        if handler is None:
-            raise NotFound(f"model {req.model!r} is not served here; use one of: {', '.join(sorted(handlers))}",
-                           param="model", code="model_not_found")
-        return await handler.handle(gw, req)
+        return await handlers[model_key(settings, handlers, req.model)].handle(gw, req)
 
     return router
-
-
-def text_of(part: ContentPart) -> str:
-    if part.type != "text" or part.text is None:
-        raise InvalidRequest("text part without text", param="messages", code="invalid_value")
-    return part.text

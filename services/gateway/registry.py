@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Iterable
 
 from services.runtime.core.languages import TTS_MODEL_LANGUAGES
 from services.runtime.core.settings import SERVICE_KEYS, ServiceSettings, Settings
@@ -70,17 +70,24 @@ def _last_part(name: str) -> str:
     return name.rstrip("/").split("/")[-1]
 
 
-def resolve_model(settings: Settings, key: str, name: str, *, param: str = "model") -> None:
-    """Accept `name` for the service `key` (its id, the id's last path part, an alias, an extra name), else a
-    404 model_not_found that lists what is served. The one model-name check of every route."""
+def model_key(settings: Settings, keys: Iterable[str], name: str, *, param: str = "model") -> str:
+    """The service among `keys` that answers to `name` (its id, the id's last path part, an alias, an extra
+    name), else a 404 model_not_found that lists what is served. The one model-name check of every route."""
     from services.runtime.core.errors import NotFound
 
-    entry = REGISTRY[key]
-    known = entry.chat_names(settings)
-    if name in known or _last_part(name) in known:
-        return
+    keys = list(keys)
+    for key in keys:
+        known = REGISTRY[key].chat_names(settings)
+        if name in known or _last_part(name) in known:
+            return key
+    known = [n for key in keys for n in REGISTRY[key].chat_names(settings)]
     raise NotFound(f"model {name!r} is not served here; use one of: {', '.join(known)}", param=param,
                    code="model_not_found")
+
+
+def resolve_model(settings: Settings, key: str, name: str, *, param: str = "model") -> None:
+    """Accept `name` for the service `key`, else the 404 of `model_key`."""
+    model_key(settings, [key], name, param=param)
 
 
 def enabled_keys(settings: Settings) -> list[str]:

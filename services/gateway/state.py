@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from services.runtime.serving.colocation import Finding
 from services.runtime.core.errors import ServiceUnavailable
 from services.runtime.serving.modelservice import ModelService
-from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip
+from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip, trusted_networks
 from services.runtime.core.settings import Settings
 from services.gateway.tasks import TaskStore
 
@@ -28,6 +28,7 @@ class GatewayState:
         self.limiters: dict[str, RateLimiter] = {}
         if "vl" in self.services and settings.vl.rate_limit > 0:
             self.limiters["vl"] = RateLimiter(settings.vl.rate_limit, settings.vl.rate_window_seconds)
+        trusted_networks(tuple(settings.trusted_proxies))  # a bad entry fails here, not on a client's request
 
     def __getattr__(self, key: str):
         # gw.<key>: the service object; only called for names that are not ordinary attributes.

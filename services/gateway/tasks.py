@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.responses import JSONResponse
 
 from services.gateway.deps import gateway
@@ -99,13 +99,12 @@ def add_task_routes(router, *, path: str, kind: str, parse, run, render, openapi
     """The task form of a route: POST {path}/tasks (202 + Location), GET {path}/tasks/{id} (status),
     GET {path}/tasks/{id}/result (the same response the plain route gives; 409 while running).
 
-    parse(request, gw) -> ctx validates everything before the task is accepted; run(gw, ctx) -> result
-    does the work; render(ctx, result) -> Response. Returns the route labels for metrics."""
+    parse is the plain route's FastAPI dependency giving its ctx (the same body, validated before the task is
+    accepted); run(gw, ctx) -> result does the work; render(ctx, result) -> Response. Returns the route
+    labels for metrics."""
     @router.post(f"{path}/tasks", status_code=202, openapi_extra=openapi_extra,
                  summary=f"Submit a {kind} task; it runs even if the client disconnects")
-    async def submit(request: Request, gw=Depends(gateway)) -> JSONResponse:
-        ctx = await parse(request, gw)
-
+    async def submit(ctx=Depends(parse), gw=Depends(gateway)) -> JSONResponse:
         async def work():
             return ctx, await run(gw, ctx)
 

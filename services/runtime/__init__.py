@@ -11,7 +11,8 @@ A module's folder says what it may import (tests/unit/test_layers.py holds the r
             stream header protocol). Imports core and codecs.
 - serving/  running models: scheduler (admission queue + adaptive micro-batching), lifecycle (background
             loading + state), modelservice (the base of every model service), device/colocation
-            (placement), sources (tiny/local/hub weights), generation (token streams), engine_supervisor
+            (placement), sources (tiny/local/hub weights), streams (one thread per stream feeding asyncio),
+            generation (token streams and the text-generation messages), engine_supervisor
             and openai_client (a managed `vllm serve` child). Imports core, codecs and edge.remote (the
             `guarded` wrapper a service's API wears).
 

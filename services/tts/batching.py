@@ -94,6 +94,7 @@ class TalkerLoop:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.steps = 0  # batched steps run (a metric for tests and benches)
+        self.on_step: Callable[[int], None] | None = None  # rows of each step (the service's metric)
         self.step_rows = 0  # sum of rows over steps: mean batch = step_rows / steps
 
     # -- public -----------------------------------------------------------------------------------------
@@ -249,6 +250,8 @@ class TalkerLoop:
         rows = self._rows
         self.steps += 1
         self.step_rows += len(rows)
+        if self.on_step is not None:
+            self.on_step(len(rows))
         total = self._cache.get_seq_length()
         pads = torch.tensor([total - r.length for r in rows], device=self.device)
         mask = (torch.arange(total + 1, device=self.device).view(1, -1) >= pads.view(-1, 1)).long()

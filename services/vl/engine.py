@@ -21,7 +21,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
+
+from services.runtime.serving.generation import Usage
+
+from .contract import VisionItem, VisionResult
 
 BASE = "base"  # adapter name that selects the base model (adapters disabled)
 
@@ -119,20 +123,13 @@ class VLItem:
     top_k: int | None = None  # None, 0 or -1: off
     adapter: str | None = None  # diagram: adapter name, BASE, or None (the engine's default)
 
+    @classmethod
+    def decode(cls, item: VisionItem) -> "VLItem":
+        """A contract item as the engine takes it: messages for the chat template, images decoded."""
+        from services.runtime.codecs.images import from_wire
 
-@dataclass
-class VLResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
-    generate_seconds: float
-    adapter: str | None
-
-
-class _Replica:
-    def __init__(self, model):
-        self.model = model
+        return cls(item.template_messages(), [from_wire(a) for a in item.images], max_new_tokens=item.max_new_tokens,
+                   temperature=item.temperature, top_p=item.top_p, top_k=item.top_k, adapter=item.adapter)
 
 
 class VisionLanguageEngine:
@@ -242,13 +239,13 @@ class VisionLanguageEngine:
                 return row[:i], "stop"
         return row[:budget], "length"
 
-    def generate_batch(self, items: Sequence[VLItem]) -> list[VLResult]:
+    def generate_batch(self, items: Sequence[VLItem]) -> list[VisionResult]:
         groups: dict[tuple, list[int]] = {}
         resolved = [self.resolve_adapter(it.adapter) for it in items]
         for i, it in enumerate(items):
             key = (resolved[i], tuple(sorted(self._sampling(it).items(), key=lambda kv: kv[0])))
             groups.setdefault(key, []).append(i)
-        out: list[VLResult | None] = [None] * len(items)
+        out: list[VisionResult | None] = [None] * len(items)
         model = self._free.get()
         try:
             for (adapter, _), idx in groups.items():
@@ -259,7 +256,7 @@ class VisionLanguageEngine:
             self._free.put(model)
         return out  # type: ignore[return-value]
 
-    def _generate_group(self, model, group: list[VLItem], adapter: str | None) -> list[VLResult]:
+    def _generate_group(self, model, group: list[VLItem], adapter: str | None) -> list[VisionResult]:
         torch = self._torch
         inputs = self._prepare(group).to(model.device)
         budget = max(it.max_new_tokens for it in group)
@@ -274,13 +271,14 @@ class VisionLanguageEngine:
         tok = self.processor.tokenizer
         for row, it, m in zip(ids[:, prompt_len:].tolist(), group, mask):
             kept, reason = self._finish(row, it.max_new_tokens)
-            results.append(VLResult(text=tok.decode(kept, skip_special_tokens=True), prompt_tokens=int(m.sum()),
-                                    completion_tokens=len(kept), finish_reason=reason, generate_seconds=dt,
-                                    adapter=adapter))
+            results.append(VisionResult(text=tok.decode(kept, skip_special_tokens=True), finish_reason=reason,
+                                        usage=Usage(prompt_tokens=int(m.sum()), completion_tokens=len(kept)),
+                                        generate_seconds=round(dt, 4), adapter=adapter))
         return results
 
-    def stream(self, item: VLItem, cancel: threading.Event) -> Iterator[str]:
-        """Text pieces as they are generated; returns (generator value) the VLResult."""
+    def stream(self, item: VLItem, emit: Callable[[str], None], cancel: threading.Event) -> VisionResult:
+        """Emits the text pieces as they are generated (in this thread: a runtime.serving.streams worker);
+        returns the result without its text (finish_reason, usage, timing)."""
         from services.runtime.serving.generation import stream_generate
 
         adapter = self.resolve_adapter(item.adapter)
@@ -295,13 +293,13 @@ class VisionLanguageEngine:
                     return model.generate(**inputs, max_new_tokens=item.max_new_tokens, pad_token_id=self.pad_id,
                                           streamer=streamer, stopping_criteria=criteria, **self._sampling(item))
 
-            ids = yield from stream_generate(run, self.processor.tokenizer, cancel)
+            ids = stream_generate(run, self.processor.tokenizer, emit, cancel)
         finally:
             self._free.put(model)
-        row = ids[0, prompt_len:].tolist() if ids is not None else []
-        kept, reason = self._finish(row, item.max_new_tokens)
-        return VLResult(text="", prompt_tokens=prompt_len, completion_tokens=len(kept), finish_reason=reason,
-                        generate_seconds=time.perf_counter() - t0, adapter=adapter)
+        kept, reason = self._finish(ids[0, prompt_len:].tolist(), item.max_new_tokens)
+        return VisionResult(text="", finish_reason=reason,
+                            usage=Usage(prompt_tokens=prompt_len, completion_tokens=len(kept)),
+                            generate_seconds=round(time.perf_counter() - t0, 4), adapter=adapter)
 
     def warmup(self) -> None:
         from PIL import Image

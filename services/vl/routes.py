@@ -9,13 +9,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.deps import gateway
-from services.runtime.edge import remote
 from services.gateway.chat import ChatHandler, ChatRequest, completion_body, jsonl_chunks, new_id, sse
-from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
-from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
+from services.gateway.deps import gateway
 from services.runtime.codecs.images import to_wire
+from services.runtime.core.errors import InvalidRequest, PayloadTooLarge
+from services.runtime.edge import remote
+from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
 from services.runtime.edge.media import image_from_request, read_upload
+
+from .contract import Part, Turn, VisionItem, VisionResult, VisionResults
 
 router = APIRouter(tags=["vision"])
 ROUTES = ("/generate",)
@@ -70,60 +72,63 @@ async def generate(request: Request, gw=Depends(gateway)) -> Response:
     if len(req.text) > cfg.max_prompt_chars:
         raise PayloadTooLarge(f"text exceeds {cfg.max_prompt_chars} characters", param="text",
                               code="prompt_too_long")
-    data = None
-    if upload is not None:
-        data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="image")
     images = []
-    if data is not None or req.image_url:
+    if upload is not None or req.image_url:
+        data = None if upload is None else await read_upload(upload, max_bytes=cfg.max_image_bytes, param="image")
         images = [wire_image(await load_image(gw, cfg, data=data, url=req.image_url, param="image",
                                               url_param="image_url"))]
-    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": req.text}]
-    item = {"messages": [{"role": "user", "content": content}], "images": images,
-            "max_new_tokens": token_budget(cfg, req.max_new_tokens), "temperature": req.temperature}
+    item = VisionItem.prompt(req.text, images, max_new_tokens=token_budget(cfg, req.max_new_tokens),
+                             temperature=req.temperature)
     t0 = time.perf_counter()
-    (out,) = (await remote.call("vl", lambda: gw.vl.to_async.generate(requests=[item])))["results"]
+    out = await generate_one(gw, "vl", item)
     return JSONResponse({
-        "response": out["text"],
-        "finish_reason": out["finish_reason"],
-        "usage": out["usage"],
+        "response": out.text,
+        "finish_reason": out.finish_reason,
+        "usage": out.usage.model_dump(),
         "model": cfg.model,
-        "timings": {"total_seconds": round(time.perf_counter() - t0, 4),
-                    "generate_seconds": out["generate_seconds"]},
+        "timings": {"total_seconds": round(time.perf_counter() - t0, 4), "generate_seconds": out.generate_seconds},
     })
 
 
-async def chat_item(gw, cfg, req: ChatRequest, *, adapter: str | None = None) -> dict:
+async def generate_one(gw, key: str, item: VisionItem) -> VisionResult:
+    """One item through the `key` service's batched generate."""
+    service = getattr(gw, key)
+    (out,) = (await remote.call(key, lambda: service.to_async.generate(requests=[item]), into=VisionResults)).results
+    return out
+
+
+async def chat_item(gw, cfg, req: ChatRequest) -> VisionItem:
     """OpenAI messages (text and image_url parts) -> a model-service item; images decoded here."""
-    messages, images = [], []
+    messages: list[Turn] = []
+    images: list[str] = []
     for i, msg in enumerate(req.messages):
         if msg.role == "tool":
             raise InvalidRequest("tool messages are not supported", param=f"messages[{i}].role", code="invalid_value")
         role = "system" if msg.role == "developer" else msg.role
         if msg.content is None or isinstance(msg.content, str):
-            messages.append({"role": role, "content": [{"type": "text", "text": msg.content or ""}]})
+            messages.append(Turn(role=role, content=[Part.of_text(msg.content or "")]))
             continue
         parts = []
         for j, part in enumerate(msg.content):
             where = f"messages[{i}].content[{j}]"
             if part.type == "text":
-                parts.append({"type": "text", "text": part.text or ""})
+                parts.append(Part.of_text(part.text or ""))
             elif part.type == "image_url":
                 url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
                 if not url:
                     raise InvalidRequest("image_url.url is required", param=where, code="invalid_value")
                 img = await load_image(gw, cfg, data=None, url=url, param=where, url_param=f"{where}.image_url")
                 images.append(wire_image(img))
-                parts.append({"type": "image"})
+                parts.append(Part.image())
             else:
                 raise InvalidRequest(f"part type {part.type!r} is not supported here (text and image_url)",
                                      param=where, code="unsupported_content")
-        messages.append({"role": role, "content": parts})
-    if not any(m["role"] == "user" for m in messages):
+        messages.append(Turn(role=role, content=parts))
+    if not any(m.role == "user" for m in messages):
         raise InvalidRequest("at least one user message is required", param="messages", code="invalid_value")
-    return {"messages": messages, "images": images,
-            "max_new_tokens": token_budget(cfg, req.token_limit, "max_tokens"),
-            "temperature": 0.0 if req.temperature is None else req.temperature, "top_p": req.top_p,
-            "top_k": req.top_k, "adapter": adapter}
+    return VisionItem(messages=messages, images=images, max_new_tokens=token_budget(cfg, req.token_limit, "max_tokens"),
+                      temperature=0.0 if req.temperature is None else req.temperature, top_p=req.top_p,
+                      top_k=req.top_k)
 
 
 def chat_for(key: str):
@@ -131,12 +136,10 @@ def chat_for(key: str):
         gw.require(key)
         cfg = gw.settings.service(key)
         item = await chat_item(gw, cfg, req)
-        dep = getattr(gw, key)
         cid = new_id()
         if not req.stream:
-            (out,) = (await remote.call(key, lambda: dep.to_async.generate(requests=[item])))["results"]
-            return JSONResponse(completion_body(cid, req.model, out["text"], out["finish_reason"], out["usage"]))
-        body = await remote.open_stream(key, dep.to_async.stream(request=item))
+            return JSONResponse(completion_body(cid, req.model, await generate_one(gw, key, item)))
+        body = await remote.open_stream(key, getattr(gw, key).to_async.stream(request=item))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(jsonl_chunks(cid, req.model, body, include_usage))
 

@@ -3,53 +3,39 @@ prompts and images of concurrent requests into one generate, bounded queue (429 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import AsyncGenerator
 
 import bentoml
 
-from services.runtime.edge import remote
 from services.runtime.core.errors import InvalidRequest, ServiceUnavailable
-from services.runtime.codecs.images import from_wire
-from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
+from services.runtime.edge.remote import guarded
+from services.runtime.serving.generation import Delta
+from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.serving.streams import ThreadStream
 
-from .engine import AdapterUnavailable, VisionLanguageEngine, VLItem, VLResult
+from .contract import VisionItem, VisionResult, VisionResults
+from .engine import AdapterUnavailable, VisionLanguageEngine, VLItem
 
 _CFG = get_settings().vl
-
-
-def to_items(requests: list[dict]) -> list[VLItem]:
-    """Wire dicts (images as base64 PNG: runtime.codecs.images.to_wire) -> engine items."""
-    return [VLItem(messages=r["messages"], images=[from_wire(a) for a in r["images"]],
-                   max_new_tokens=int(r["max_new_tokens"]), temperature=float(r.get("temperature") or 0.0),
-                   top_p=r.get("top_p"), top_k=r.get("top_k"), adapter=r.get("adapter")) for r in requests]
-
-
-def result_dict(r: VLResult) -> dict:
-    return {"text": r.text, "finish_reason": r.finish_reason, "adapter": r.adapter,
-            "generate_seconds": round(r.generate_seconds, 4),
-            "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                      "total_tokens": r.prompt_tokens + r.completion_tokens}}
 
 
 class VisionService(ModelService[VisionLanguageEngine]):
     """Shared by `vl` and `diagram`: generate (batched), stream, status."""
 
-    model_class: str = ""
-
     def engine_concurrency(self, device: str) -> int:
         return self.cfg.max_concurrency  # one model replica per concurrent generation
 
-    def _run_batch(self, items: list[VLItem]) -> list[VLResult]:
+    def _run_batch(self, items: list[VLItem]) -> list[VisionResult]:
         return self.handle.get().generate_batch(items)
 
-    def check_adapters(self, requests: list[dict]) -> None:
+    def check_adapters(self, items: list[VisionItem]) -> None:
         engine = self.handle.get()
-        for r in requests:
+        for item in items:
             try:
-                engine.resolve_adapter(r.get("adapter"))
+                engine.resolve_adapter(item.adapter)
             except AdapterUnavailable as exc:
                 # Configured but its weights do not fit the base model (health: degraded, with the reason):
                 # not the client's mistake, and nothing else is served in its place.
@@ -57,30 +43,23 @@ class VisionService(ModelService[VisionLanguageEngine]):
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="adapter", code="unknown_adapter") from None
 
-    async def _generate(self, requests: list[dict]) -> list[dict]:
-        self.check_adapters(requests)
-        results = await self.scheduler.run(to_items(requests))
-        return [result_dict(r) for r in results]
+    async def _generate(self, items: list[VisionItem]) -> list[VisionResult]:
+        self.check_adapters(items)
+        return await self.scheduler.run([VLItem.decode(item) for item in items])
 
-    async def _stream(self, request: dict) -> AsyncGenerator[bytes, None]:
-        import json
-
-        async def lines(engine, item: VLItem):
+    async def _stream(self, item: VisionItem) -> AsyncGenerator[bytes, None]:
+        async def lines(engine: VisionLanguageEngine, decoded: VLItem):
             cancel = threading.Event()
-            holder: dict = {}
-
-            def pieces():
-                holder["result"] = yield from engine.stream(item, cancel)
-
-            async for piece in remote.relay_thread_iterator(pieces, cancel):
-                yield json.dumps({"text": piece}, ensure_ascii=False).encode() + b"\n"
-            r = holder.get("result")
-            if r is not None:
-                yield json.dumps({"finish_reason": r.finish_reason, "usage": result_dict(r)["usage"]}).encode() + b"\n"
+            pieces = ThreadStream(lambda emit: engine.stream(decoded, emit, cancel), cancel)
+            async with contextlib.aclosing(aiter(pieces)) as it:  # closed (generation stopped) when this one is
+                async for piece in it:
+                    yield Delta(text=piece).line()
+            assert pieces.result is not None
+            yield Delta(finish_reason=pieces.result.finish_reason, usage=pieces.result.usage).line()
 
         def prepare(_engine) -> VLItem:
-            self.check_adapters([request])
-            return to_items([request])[0]
+            self.check_adapters([item])
+            return VLItem.decode(item)
 
         async for data in self.guarded_stream(prepare, lines):
             yield data
@@ -107,10 +86,10 @@ class VL(VisionService):
 
     @bentoml.api
     @guarded("vl")
-    async def generate(self, requests: list[dict]) -> dict:
-        return {"results": await self._generate(requests)}
+    async def generate(self, requests: list[VisionItem]) -> dict:
+        return VisionResults(results=await self._generate(requests)).model_dump()
 
     @bentoml.api
-    async def stream(self, request: dict) -> AsyncGenerator[bytes, None]:
+    async def stream(self, request: VisionItem) -> AsyncGenerator[bytes, None]:
         async for chunk in self._stream(request):
             yield chunk

@@ -54,17 +54,18 @@ def split(tmp_path_factory):
            "BENTOML_DO_NOT_TRACK": "true", "QWEN_MODELS": "tiny", "QWEN_TINY_DIR": str(work / "tiny"),
            "QWEN_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "QWEN_VL_MAX_NEW_TOKENS": "4"}
     env.pop("QWEN_API_KEY", None)
-    ports = {k: free_port() for k in ("aligner", "vl", "gateway")}
+    ports = {k: free_port() for k in ("aligner", "vl", "gateway", "tts")}
     logs = [work / f"{k}.log" for k in ports]
     procs = [start("services.aligner.service:Aligner", ports["aligner"], env, logs[0]),
              start("services.vl.service:VL", ports["vl"], env, logs[1])]
-    gw_env = {**env, "QWEN_SERVICES": "aligner,vl", "QWEN_ALIGNER_URL": f"http://127.0.0.1:{ports['aligner']}",
-              "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}",
+    gw_env = {**env, "QWEN_SERVICES": "aligner,vl,tts", "QWEN_ALIGNER_URL": f"http://127.0.0.1:{ports['aligner']}",
+              "QWEN_VL_URL": f"http://127.0.0.1:{ports['vl']}", "QWEN_TTS_URL": f"http://127.0.0.1:{ports['tts']}",
               # The gateway's view of VL's deadline: its client waits 3 s + margin (2 s) for a hung VL.
               "QWEN_VL_TIMEOUT": "3",
               # A gateway without the playground: no page, no redirect.
               "QWEN_PLAYGROUND": "false"}
     procs.append(start("services.gateway:Gateway", ports["gateway"], gw_env, logs[2]))
+    procs.append(start("services.tts.service:TTS", ports["tts"], {**env, "QWEN_TTS_MAX_FRAMES": "12"}, logs[3]))
     url = f"http://127.0.0.1:{ports['gateway']}"
     try:
         wait_ok(url, "/health", time.monotonic() + 420, procs, logs)
@@ -77,11 +78,11 @@ def split(tmp_path_factory):
 def test_gateway_reaches_model_services_by_url_and_starts_none(split):
     url, procs = split.url, split.procs
     health = httpx.get(url + "/health").json()
-    assert health["status"] == "healthy" and set(health["services"]) == {"aligner", "vl"}
+    assert health["status"] == "healthy" and set(health["services"]) == {"aligner", "vl", "tts"}
     # The gateway's process tree holds no model worker: only its own service process(es).
     tree = psutil.Process(procs[2].pid).children(recursive=True)
     cmdlines = [" ".join(p.cmdline()) for p in tree]
-    assert not any("--service-name" in c and ("aligner" in c or " vl" in c) for c in cmdlines), cmdlines
+    assert not any("--service-name" in c and ("aligner" in c or " vl" in c or "tts" in c) for c in cmdlines), cmdlines
 
 
 def test_playground_off_means_no_page_and_no_redirect(split):
@@ -110,6 +111,27 @@ def test_calls_cross_as_json(split):
     # Errors keep their envelope across the hop.
     r = httpx.post(url + "/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": '["x"]', "language": "xx"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_language"
+
+
+def test_speech_crosses_as_json_whole_and_streamed(split):
+    """The TTS contract over a socket: the whole answer (base64 float32 samples + how it finished) and the
+    stream (header line with the rate, then PCM records and the finish record)."""
+    import json
+    import wave
+
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "ryan"}
+    r = httpx.post(split.url + "/v1/audio/speech", json={**body, "response_format": "wav"}, timeout=120)
+    assert r.status_code == 200 and r.headers["x-finish-reason"] == "length"  # the tiny talker never stops
+    with wave.open(io.BytesIO(r.content)) as w:
+        assert w.getframerate() == 24000 and w.getnframes() == 12 * 1920
+    r = httpx.post(split.url + "/v1/audio/speech", json={**body, "response_format": "pcm", "stream_format": "sse"},
+                   timeout=120)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1]["type"] == "speech.audio.done"
+    assert events[-1]["finish_reason"] == "length" and events[-1]["usage"]["output_tokens"] == 12
+    assert sum(len(base64.b64decode(e["audio"])) for e in events[:-1]) == 12 * 1920 * 2
+    r = httpx.post(split.url + "/v1/audio/speech", json={**body, "voice": "nobody"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_voice"
 
 
 def test_a_dead_model_service_is_503_and_recovers_when_back(split):

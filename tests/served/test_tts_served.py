@@ -10,6 +10,7 @@ import json
 import time
 
 import av
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -108,7 +109,11 @@ def test_sse_stream_events(served):
                                                          "response_format": "pcm", "stream_format": "sse"}) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == {"type": "speech.audio.done"}
+    done = events[-1]  # every tiny synthesis runs to its frame cap: "length", 40 frames, said not hidden
+    assert done["type"] == "speech.audio.done" and done["finish_reason"] == "length"
+    usage = done["usage"]
+    assert usage["output_tokens"] == 40 and usage["input_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     import base64
 
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
@@ -150,3 +155,64 @@ def test_voices_and_models(served, oai):
     models = oai.models.list().data
     tts = next(m for m in models if m.id == "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice")
     assert {"tts-1", "tts-1-hd", "qwen3-tts", "tts-1-en", "tts-1-hd-zh"} <= set(tts.model_extra["aliases"])
+
+
+def test_a_cut_synthesis_says_so(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def truncated() -> float:
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(served.url + "/metrics").text)}
+        return sum(s.value for s in fams["qwen_generation_truncated"].samples
+                   if s.labels.get("service") == "tts" and s.name.endswith("_total"))
+
+    before = truncated()
+    with served.client() as c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "ryan", "response_format": "wav"})
+    assert r.status_code == 200 and r.headers["x-finish-reason"] == "length"  # the tiny talker never stops
+    assert truncated() == before + 1
+
+
+def test_concurrent_listeners_share_the_decode_loop(served):
+    """Six streams at once: each one's first audio arrives before any of them has ended (streams that
+    took turns would start only as the previous one ends), and the loop's steps carried several rows
+    (qwen_batch_size of tts: rows per decode step)."""
+    import concurrent.futures
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def rows_per_step() -> tuple[float, float]:
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(served.url + "/metrics").text)}
+        vals = {s.name: s.value for s in fams["qwen_batch_size"].samples if s.labels.get("service") == "tts"}
+        return vals.get("qwen_batch_size_sum", 0.0), vals.get("qwen_batch_size_count", 0.0)
+
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def listen(i: int) -> int:
+        start.wait()
+        got = 0
+        with served.client(timeout=120) as c:
+            with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "aiden", "response_format": "pcm",
+                                                             "input": f"Listener {i} hears this.", "stream": True}) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_bytes():
+                    if chunk and got == 0:
+                        with lock:
+                            events.append(("first", i))
+                    got += len(chunk)
+        with lock:
+            events.append(("end", i))
+        return got
+
+    before = rows_per_step()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        sizes = list(pool.map(listen, range(6)))
+    after = rows_per_step()
+    assert sizes == [int(SECONDS * 24000) * 2] * 6  # everyone got all 40 frames of 16-bit PCM
+    kinds = [k for k, _ in events]
+    assert sorted(i for k, i in events if k == "first") == list(range(6))
+    assert kinds.index("end") > max(n for n, k in enumerate(kinds) if k == "first"), events
+    rows, steps = after[0] - before[0], after[1] - before[1]
+    assert steps > 0 and rows / steps > 2, (rows, steps)

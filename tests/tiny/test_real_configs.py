@@ -262,7 +262,7 @@ def test_tts_side_files_match(tiny_folder):
 def test_tts_engine_tables_are_the_real_ones():
     """The voices and languages the gateway lists and validates without loading the model."""
     from services.runtime.core.languages import TTS_LANGUAGES as LANGUAGES
-    from services.tts.engine import VOICES
+    from services.tts.voices import VOICES
 
     talker = real.read_json(real.TTS / "config.json")["talker_config"]
     assert sorted(v.id for v in VOICES) == sorted(talker["spk_id"])

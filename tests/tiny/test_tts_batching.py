@@ -43,18 +43,26 @@ def engine(folder):
     return eng
 
 
+def package_codes(engine, text, voice, language, instructions, cap):
+    """What qwen_tts's own generate_custom_voice makes of the request alone, before decoding: its prompt
+    helpers, then the model's generate (max_new_tokens counts talker steps: frames + 1)."""
+    tts = engine.tts
+    instruct = [tts._tokenize_texts([tts._build_instruct_text(instructions)])[0] if instructions else None]
+    codes, _ = tts.model.generate(input_ids=tts._tokenize_texts([tts._build_assistant_text(text)]),
+                                  instruct_ids=instruct, languages=[language], speakers=[voice],
+                                  non_streaming_mode=True, max_new_tokens=cap + 1, **engine.sampling)
+    return codes[0]
+
+
 @pytest.fixture(scope="module")
 def reference(engine):
     """The package's codes for each request alone (batch 1)."""
     import torch
 
-    from services.tts.engine import SpeechItem
-
     out = []
     for text, voice, lang, ins in TEXTS:
-        item = engine.check(SpeechItem(text, voice, lang, ins, CAP))
         with torch.inference_mode():
-            out.append(engine._generate_codes([item], CAP)[0])
+            out.append(package_codes(engine, text, voice, lang, ins, CAP))
     lengths = [len(c) for c in out]
     assert min(lengths) < CAP and max(lengths) == CAP, lengths  # both ends happen: EOS and the cap
     return out

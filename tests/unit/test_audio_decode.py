@@ -67,3 +67,16 @@ def test_base64_and_data_urls():
         decode_base64("not base64!!", max_bytes=100, param="p")
     with pytest.raises(PayloadTooLarge):
         decode_base64(base64.b64encode(b"x" * 200).decode(), max_bytes=100, param="p")
+
+
+@pytest.mark.parametrize("seconds", [4.0, 4.9])
+def test_what_decoding_accepts_the_model_services_cap_accepts_too(seconds):
+    """One rule (`check_duration`) for the gateway's decoding and the services' own check: audio up to the cap
+    plus its slack decodes, and the decoded samples pass the same check the ASR and aligner services make."""
+    from services.runtime.codecs.audio import check_duration
+
+    d = decode_audio(encode(song(seconds, sr=16000), 16000, "flac"), max_seconds=4.0, param="audio_url")
+    check_duration(d.duration, 4.0, param="audio")
+    with pytest.raises(PayloadTooLarge) as e:
+        decode_audio(encode(song(5.5, sr=16000), 16000, "flac"), max_seconds=4.0, param="audio_url")
+    assert (e.value.param, e.value.code) == ("audio_url", "audio_too_long")

@@ -116,8 +116,8 @@ def _task_app(release: threading.Event, fail: bool = False):
 
     router = APIRouter()
 
-    async def parse(request, gw):
-        return {"fail": request.query_params.get("fail") == "1"}
+    async def parse(fail: str | None = None):  # a FastAPI dependency, as the routes' own parse
+        return {"fail": fail == "1"}
 
     async def run(gw, ctx):
         await asyncio.to_thread(release.wait, 10)

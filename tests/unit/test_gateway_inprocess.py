@@ -4,19 +4,30 @@ BentoML server; the served suite keeps the real thing."""
 
 from __future__ import annotations
 
+import base64
+import json
 import io
 import wave
 from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from services.aligner.contract import AlignLines, Alignment, AlignSpans, Segment, TextSpan, Word
+from services.asr.contract import Span, TranscribeOptions, Transcription
+from services.captioner.contract import GenParams
+from services.diagram.contract import SeedStats
 from services.gateway.app import build_gateway
 from services.gateway.registry import REGISTRY
 from services.runtime.core.errors import PayloadTooLarge
+from services.runtime.edge import remote
 from services.runtime.edge.http import EdgeMiddleware
 from services.runtime.core.settings import Settings
+from services.runtime.serving.generation import Completion, Delta, Usage
+from services.tts.contract import Finish, Speech, StreamHeader, Utterance, pack_audio, pack_finish
+from services.vl.contract import VisionItem, VisionResult, VisionResults
 
 
 @pytest.fixture(autouse=True)
@@ -40,26 +51,64 @@ class Fake:
             return {"status": status}
 
         def recorded(name, fn):
-            async def api(**kwargs):
+            def api(**kwargs):
                 self.calls.append((name, kwargs))
-                return await fn(**kwargs)
+                return fn(**kwargs)  # a coroutine, or an async generator for a streamed API
             return api
 
         self.to_async = SimpleNamespace(status=status_api, **{n: recorded(n, f) for n, f in apis.items()})
 
 
+async def transcribe(audio, options: TranscribeOptions):
+    """The ASR's answer: one window per second of audio, each heard as "hello there."."""
+    seconds = len(audio) / 16000
+    spans = [Span(start=float(i), end=min(float(i + 1), seconds), text="hello there.")
+             for i in range(int(seconds) or 1)]
+    return Transcription(text=" ".join(s.text for s in spans), language="English", duration=seconds,
+                         spans=spans).model_dump()
+
+
+def _timed(lines: list[str], start: float, end: float) -> list[Segment]:
+    step = (end - start) / max(1, len(lines))
+    return [Segment(text=line, start=start + i * step, end=start + (i + 1) * step,
+                    words=[Word(text=w, start=start + i * step, end=start + (i + 1) * step) for w in line.split()])
+            for i, line in enumerate(lines)]
+
+
+async def align(audio, text: AlignLines):
+    return Alignment(segments=_timed(text.lines, 0.0, len(audio) / 16000), language="en",
+                     duration=len(audio) / 16000, chunks=1).model_dump()
+
+
+async def align_spans(audio, text: AlignSpans):
+    segments = [seg for span in text.spans for seg in _timed(span.lines, span.start, span.end)]
+    return Alignment(segments=segments, language=text.language or "en", duration=len(audio) / 16000,
+                     chunks=len(text.spans)).model_dump()
+
+
+def fake_tts(sample_rate: int = 24000, status: str | Exception = "ready", reason: str = "stop") -> Fake:
+    """The TTS: 0.1 s of silence at `sample_rate`, whole or as a stream of three chunks, ending `reason`."""
+    samples = sample_rate // 10
+    finish = Finish(finish_reason=reason, input_tokens=12, output_tokens=samples // 1920)
+
+    async def synthesize(utterance: Utterance):
+        return Speech(audio=np.zeros(samples, np.float32), sample_rate=sample_rate,
+                      finish=finish).model_dump(mode="json")
+
+    async def stream(utterance: Utterance):
+        yield remote.stream_ok(StreamHeader(sample_rate=sample_rate))
+        body = b"".join(pack_audio(part) for part in np.array_split(np.zeros(samples, "<f4"), 3))
+        body += pack_finish(finish)
+        for i in range(0, len(body), 1000):  # records do not survive the socket's chunking: cut anywhere
+            yield body[i : i + 1000]
+
+    return Fake(status, synthesize=synthesize, stream=stream)
+
+
 def fake(key: str, status: str | Exception = "ready") -> Fake:
-    async def synthesize(text, voice, language=None, instructions=None):
-        return {"audio": np.zeros(2400, dtype=np.float32), "sample_rate": 24000}
-
-    async def align(audio, lines, language=None):
-        return {"segments": [{"text": line, "start": 0.0, "end": 0.1} for line in lines], "language": "English",
-                "duration": len(audio) / 16000}
-
-    async def transcribe(audio, prompt="", language=None):
-        return {"text": "hello", "language": "English", "duration": len(audio) / 16000}
-
-    apis = {"tts": {"synthesize": synthesize}, "aligner": {"align": align}, "asr": {"transcribe": transcribe}}
+    if key == "tts":
+        return fake_tts(status=status)
+    apis = {"aligner": {"align": align, "align_spans": align_spans}, "asr": {"transcribe": transcribe}}
     return Fake(status, **apis.get(key, {}))
 
 
@@ -116,15 +165,62 @@ def test_health_follows_the_services_states(states, status, code):
 
 
 def test_speech_calls_the_tts_service_and_encodes_its_audio():
-    tts = fake("tts")
-    with client({"tts": tts}) as c:
-        r = c.post("/v1/audio/speech", json={"model": "tts-1-en", "input": "hi", "voice": "ryan",
+    service = fake_tts()
+    with client({"tts": service}) as c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1-en", "input": " hi ", "voice": "Ryan",
                                              "response_format": "wav"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("audio/wav")
     with wave.open(io.BytesIO(r.content)) as w:
         assert w.getframerate() == 24000 and w.getnframes() == 2400
-    assert tts.calls == [("synthesize", {"text": "hi", "voice": "ryan", "language": "english",
-                                         "instructions": None})]
+    assert service.calls == [("synthesize", {"utterance": Utterance(text="hi", voice="ryan", language="english")})]
+
+
+@pytest.mark.parametrize("extra", [{}, {"stream": True}], ids=["whole", "stream"])
+def test_speech_is_encoded_at_the_rate_the_service_answers_with(extra):
+    """No rate is assumed by the gateway: the result (whole) or the stream's header line (stream) says it."""
+    service = fake_tts(sample_rate=16000)
+    with client({"tts": service}) as c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "ryan",
+                                             "response_format": "flac", **extra})
+    assert r.status_code == 200, r.text
+    with av.open(io.BytesIO(r.content)) as f:
+        assert f.streams.audio[0].rate == 16000
+        assert sum(frame.samples for frame in f.decode(audio=0)) == 1600
+    assert [name for name, _ in service.calls] == ["stream" if extra else "synthesize"]
+
+
+@pytest.mark.parametrize("reason", ["stop", "length"])
+def test_how_the_speech_ended_reaches_the_client(reason):
+    """Cut at its frame cap ("length") or ended by the model ("stop"): the X-Finish-Reason header of a whole
+    answer, and the speech.audio.done event of an SSE stream (with its usage, as OpenAI's schema requires)."""
+    service = fake_tts(reason=reason)
+    with client({"tts": service}) as c:
+        whole = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "ryan"})
+        sse = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "ryan",
+                                               "stream_format": "sse", "response_format": "pcm"})
+    assert whole.status_code == 200 and whole.headers["x-finish-reason"] == reason
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[-2:]] == ["speech.audio.delta", "speech.audio.done"]
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(pcm) == 2400 * 2  # 0.1 s of 16-bit PCM at 24 kHz, every record through
+    assert events[-1] == {"type": "speech.audio.done", "finish_reason": reason,
+                          "usage": {"input_tokens": 12, "output_tokens": 1, "total_tokens": 13}}
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"model": "tts-2"}, 404, "model_not_found"),
+    ({"language": "klingon"}, 400, "invalid_value"),
+    ({"input": "  "}, 400, "empty_input"),
+    ({"input": "x" * 4097}, 413, "input_too_long"),
+    ({"voice": "bob"}, 400, "invalid_voice"),
+    ({"voice": "bob", "stream": True}, 400, "invalid_voice"),
+])
+def test_speech_is_refused_before_the_service_is_called(body, status, code):
+    service = fake_tts()
+    with client({"tts": service}) as c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "ryan", **body})
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert service.calls == []
 
 
 def test_align_json_sends_the_decoded_audio_and_lines():
@@ -133,9 +229,13 @@ def test_align_json_sends_the_decoded_audio_and_lines():
         r = c.post("/api/v1/align", files={"audio": ("a.wav", wav(0.5), "audio/wav")},
                    data={"lyrics": '["one", "two"]', "format": "json"})
     assert r.status_code == 200, r.text
-    assert [s["text"] for s in r.json()["segments"]] == ["one", "two"]
+    assert r.json() == {"segments": [{"text": "one", "start": 0.0, "end": 0.25, "words": [
+                            {"text": "one", "start": 0.0, "end": 0.25}]},
+                                     {"text": "two", "start": 0.25, "end": 0.5, "words": [
+                            {"text": "two", "start": 0.25, "end": 0.5}]}],
+                        "language": "en", "duration": 0.5}
     ((name, kwargs),) = aligner.calls
-    assert name == "align" and kwargs["lines"] == ["one", "two"] and len(kwargs["audio"]) == 8000
+    assert name == "align" and kwargs["text"] == AlignLines(lines=["one", "two"]) and len(kwargs["audio"]) == 8000
 
 
 def test_transcription_json():
@@ -143,20 +243,21 @@ def test_transcription_json():
     with client({"asr": asr}) as c:
         r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(0.25), "audio/wav")},
                    data={"model": "whisper-1", "response_format": "json"})
-    assert r.status_code == 200 and r.json() == {"text": "hello"}
+    assert r.status_code == 200 and r.json() == {"text": "hello there."}
     assert [name for name, _ in asr.calls] == ["transcribe"] and len(asr.calls[0][1]["audio"]) == 4000
 
 
 def test_a_service_error_crosses_the_seam_as_its_envelope():
-    async def transcribe(audio, prompt="", language=None):
-        raise PayloadTooLarge("audio is 2000s; the limit is 1200s", param="file", code="audio_too_long")
+    async def transcribe(audio, options):
+        raise PayloadTooLarge("audio: audio is longer than the 1200-second limit", param="audio",
+                              code="audio_too_long")
 
     with client({"asr": Fake(transcribe=transcribe)}) as c:
         r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(0.25), "audio/wav")},
                    data={"model": "whisper-1"})
     assert r.status_code == 413
-    assert r.json()["error"] == {"message": "audio is 2000s; the limit is 1200s", "type": "invalid_request_error",
-                                 "param": "file", "code": "audio_too_long"}
+    assert r.json()["error"] == {"message": "audio: audio is longer than the 1200-second limit",
+                                 "type": "invalid_request_error", "param": "audio", "code": "audio_too_long"}
 
 
 def test_a_key_is_required_on_api_routes_when_set():
@@ -178,3 +279,346 @@ def test_a_gateway_with_one_service_has_only_its_routes():
         assert [m["service"] for m in c.get("/v1/models").json()["data"]] == ["tts"]
         assert c.app.app.state.edge["routes"] == ("/v1/models", "/v1/models/*", "/v1/audio/speech",
                                                   "/v1/audio/voices", "/", "/playground", "/playground/*")
+
+
+# -- speech in: transcriptions (ASR, then the aligner) and alignment ---------------------------------------
+def speech_in(*keys: str, **settings) -> tuple[TestClient, dict[str, Fake]]:
+    services = {key: fake(key) for key in keys}
+    return client(services, Settings(services=list(services), **settings)), services
+
+
+def transcribe_form(**fields) -> dict:
+    return {"files": {"file": ("a.wav", wav(2.0), "audio/wav")}, "data": {"model": "whisper-1", **fields}}
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/transcriptions/tasks"])
+def test_word_timestamps_without_the_aligner_are_refused_before_any_model_runs(path):
+    c, services = speech_in("asr")
+    with c:
+        r = c.post(path, **transcribe_form(response_format="verbose_json", **{"timestamp_granularities[]": "word"}))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "timestamp_granularities"
+    assert r.json()["error"]["code"] == "timestamps_unavailable"
+    assert services["asr"].calls == []
+
+
+def test_verbose_json_words_come_from_the_aligner_window_by_window():
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post("/v1/audio/transcriptions", **transcribe_form(
+            response_format="verbose_json", language="en", **{"timestamp_granularities[]": ["word", "segment"]}))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["language"], body["duration"], body["text"]) == ("english", 2.0, "hello there. hello there.")
+    assert [(s["start"], s["end"], s["text"]) for s in body["segments"]] == [(0.0, 1.0, "hello there."),
+                                                                               (1.0, 2.0, "hello there.")]
+    assert [(w["word"], w["start"], w["end"]) for w in body["words"]] == [
+        ("hello", 0.0, 1.0), ("there.", 0.0, 1.0), ("hello", 1.0, 2.0), ("there.", 1.0, 2.0)]
+    ((_, asr_call),) = services["asr"].calls
+    ((name, aligner_call),) = services["aligner"].calls
+    assert asr_call["options"] == TranscribeOptions(prompt="", language="en")
+    assert name == "align_spans" and aligner_call["text"] == AlignSpans(
+        spans=[TextSpan(start=0.0, end=1.0, lines=["hello there."]),
+               TextSpan(start=1.0, end=2.0, lines=["hello there."])], language="en")
+    assert len(aligner_call["audio"]) == len(asr_call["audio"]) == 32000
+
+
+def test_json_and_text_do_not_ask_the_aligner_and_srt_has_its_sentences():
+    c, services = speech_in("asr", "aligner")
+    with c:
+        assert c.post("/v1/audio/transcriptions", **transcribe_form(response_format="text")).text == \
+            "hello there. hello there.\n"
+        assert services["aligner"].calls == []
+        srt = c.post("/v1/audio/transcriptions", **transcribe_form(response_format="srt")).text
+    assert srt == "1\n00:00:00,000 --> 00:00:01,000\nhello there.\n\n2\n00:00:01,000 --> 00:00:02,000\nhello there.\n"
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/transcriptions/tasks"])
+@pytest.mark.parametrize("request_kw, status, param, code", [
+    (transcribe_form(colour="red"), 400, "colour", "invalid_value"),
+    (transcribe_form(response_format="verbose_json", **{"timestamp_granularities[]": "bogus"}), 400,
+     "timestamp_granularities.0", "invalid_value"),
+    (transcribe_form(response_format="xml"), 400, "response_format", "invalid_value"),
+    (transcribe_form(temperature="3"), 400, "temperature", "invalid_value"),
+    (transcribe_form(**{"timestamp_granularities[]": "word"}), 400, "timestamp_granularities", "invalid_value"),
+    (transcribe_form(stream="true"), 400, "stream", "invalid_value"),
+    (transcribe_form(model="gpt-9"), 404, "model", "model_not_found"),
+    ({"data": {"model": "whisper-1"}, "files": {"other": ("x.txt", b"x")}}, 400, "other", "invalid_value"),
+    ({"data": {"model": "whisper-1"}}, 415, None, "unsupported_content_type"),
+    ({"files": {"model": (None, "whisper-1")}}, 400, "file", "missing_file"),
+    ({"json": {"model": "whisper-1"}}, 415, None, "unsupported_content_type"),
+    ({"files": [("file", ("a.wav", b"1")), ("file", ("b.wav", b"2"))], "data": {"model": "whisper-1"}}, 400, None,
+     "invalid_multipart"),
+])
+def test_transcription_form_errors_are_the_envelope(path, request_kw, status, param, code):
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post(path, **request_kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == (param, code, "invalid_request_error") and err["message"]
+    assert services["asr"].calls == []
+
+
+def test_the_plain_field_name_of_timestamp_granularities_is_accepted_too():
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post("/v1/audio/transcriptions", **transcribe_form(
+            response_format="verbose_json", timestamp_granularities=["word"]))
+    assert r.status_code == 200 and "words" in r.json() and "segments" not in r.json(), r.text
+
+
+def test_transcription_task_gives_the_plain_routes_answer():
+    c, _ = speech_in("asr")
+    with c:
+        r = c.post("/v1/audio/transcriptions/tasks", **transcribe_form(response_format="json"))
+        assert r.status_code == 202, r.text
+        for _ in range(200):
+            if c.get(r.json()["status_url"]).json()["status"] == "succeeded":
+                break
+        result = c.get(r.json()["result_url"])
+    assert result.status_code == 200 and result.json() == {"text": "hello there. hello there."}
+
+
+def test_upload_cap_is_413_naming_the_part():
+    c, services = speech_in("asr", upload_max_bytes=1000)
+    with c:
+        r = c.post("/v1/audio/transcriptions", **transcribe_form())
+    assert r.status_code == 413 and r.json()["error"]["param"] == "file"
+    assert services["asr"].calls == []
+
+
+def test_the_duration_cap_names_the_field_the_audio_came_in():
+    import base64
+
+    c, services = speech_in("asr", "aligner", asr={"max_audio_seconds": 1}, aligner={"max_audio_seconds": 1})
+    audio = wav(3.0)  # over 1 s and its slack
+    with c:
+        by_file = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", audio)}, data={"model": "asr"})
+        by_part = c.post("/api/v1/align", files={"audio": ("a.wav", audio)}, data={"lyrics": "one"})
+        by_url = c.post("/api/v1/align", json={"lyrics": ["one"], "audio_url": "data:audio/wav;base64,"
+                                               + base64.b64encode(audio).decode()})
+    for r, param in ((by_file, "file"), (by_part, "audio"), (by_url, "audio_url")):
+        assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long", r.text
+        assert r.json()["error"]["param"] == param
+    assert services["asr"].calls == [] and services["aligner"].calls == []
+
+
+@pytest.mark.parametrize("lyrics, status, code", [(["", "  "], 422, "empty_lyrics"),
+                                                  (["la"] * 3, 413, "lyrics_too_long"),
+                                                  (["la la la la la la"], 413, "lyrics_too_long")])
+def test_lyric_limits_are_checked_before_the_audio_is_read_or_the_aligner_asked(lyrics, status, code):
+    c, services = speech_in("aligner", aligner={"max_lines": 2, "max_lyrics_chars": 10})
+    with c:
+        r = c.post("/api/v1/align", json={"lyrics": lyrics, "audio_url": "http://127.0.0.1:9/never-fetched.mp3"})
+        task = c.post("/api/v1/align/tasks", json={"lyrics": lyrics, "audio_url": "http://127.0.0.1:9/x.mp3"})
+    for answer in (r, task):
+        assert answer.status_code == status and answer.json()["error"]["code"] == code, answer.text
+        assert answer.json()["error"]["param"] == "lyrics"
+    assert services["aligner"].calls == []
+
+
+def test_openapi_documents_the_speech_in_bodies():
+    c, _ = speech_in("asr", "aligner")
+    spec = c.app.app.openapi()
+    for path in ("/v1/audio/transcriptions", "/v1/audio/transcriptions/tasks"):
+        body = spec["paths"][path]["post"]["requestBody"]
+        ref = body["content"]["multipart/form-data"]["schema"]["$ref"]
+        schema = spec["components"]["schemas"][ref.split("/")[-1]]
+        assert list(schema["properties"]) == ["file", "model", "language", "prompt", "response_format", "temperature",
+                                              "timestamp_granularities[]"]
+        assert (schema["properties"]["file"]["type"], schema["properties"]["file"]["format"]) == ("string", "binary")
+        assert schema["required"] == ["file", "model"] and schema["additionalProperties"] is False
+        assert spec["paths"][path]["post"]["responses"]["400"]["content"]["application/json"]["schema"]["required"] == \
+            ["error"]
+    for path in ("/api/v1/align", "/api/v1/align/tasks"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert set(content) == {"application/json", "multipart/form-data"}
+        form = content["multipart/form-data"]["schema"]["properties"]
+        assert {"audio", "lyrics", "format", "language", "metadata"} <= set(form)
+    assert "HTTPValidationError" not in spec.get("components", {}).get("schemas", {})
+
+
+# --- vision (vl, diagram), the captioner and the chat route ------------------------------------------------------
+
+def vision_result(text: str = "a table", adapter: str | None = None, completion: int = 3) -> VisionResult:
+    return VisionResult(text=text, finish_reason="length", adapter=adapter, generate_seconds=0.25,
+                        usage=Usage(prompt_tokens=20, completion_tokens=completion))
+
+
+def vision(key: str = "vl", adapter: str | None = None) -> Fake:
+    """A vl or diagram service: generate answers one result per item; stream sends two pieces (the second
+    split across chunks, as bytes arrive over a socket) and the finish line."""
+
+    async def generate(requests: list[VisionItem]):
+        return VisionResults(results=[vision_result(adapter=adapter) for _ in requests]).model_dump()
+
+    async def stream(request: VisionItem):
+        second = Delta(text="é b").line()
+        yield remote.STREAM_OK + Delta(text="a ").line() + second[:5]
+        yield second[5:]
+        yield Delta(finish_reason="length", usage=Usage(prompt_tokens=20, completion_tokens=2)).line()
+
+    async def seed_stats():
+        return SeedStats(inference_count=2, total_inference_time=1.5, avg_inference_time=0.75,
+                         model_load_time=3.0).model_dump(exclude_unset=True)
+
+    return Fake(generate=generate, stream=stream, **({"seed_stats": seed_stats} if key == "diagram" else {}))
+
+
+def captioner() -> Fake:
+    async def complete(audio, params: GenParams):
+        return Completion(text="a calm voice", finish_reason="stop",
+                          usage=Usage(prompt_tokens=len(audio) // 1280, completion_tokens=3)).model_dump()
+
+    async def stream(audio, params: GenParams):
+        yield remote.STREAM_OK
+        for piece in ("a ", "calm ", "voice"):
+            yield Delta(text=piece).line()
+        yield Delta(finish_reason="stop", usage=Usage(prompt_tokens=7, completion_tokens=3)).line()
+
+    return Fake(complete=complete, stream=stream)
+
+
+def png(w: int = 40, h: int = 30) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 20, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def sse_events(r) -> list[dict]:
+    import json
+
+    lines = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_generate_sends_one_vision_item_and_answers_with_its_result():
+    vl = vision()
+    with client({"vl": vl}) as c:
+        r = c.post("/generate", data={"text": "what is it?", "max_new_tokens": "7"},
+                   files={"image": ("x.png", png())})
+        plain = c.post("/generate", data={"text": "no image"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["response"] == "a table" and body["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
+    assert body["model"] == "Qwen/Qwen2.5-VL-3B-Instruct" and body["timings"]["generate_seconds"] == 0.25
+    ((name, kwargs), (_, plain_kwargs)) = vl.calls
+    (item,) = kwargs["requests"]
+    assert name == "generate" and isinstance(item, VisionItem)
+    assert item.template_messages() == [{"role": "user", "content": [{"type": "image"},
+                                                                     {"type": "text", "text": "what is it?"}]}]
+    assert len(item.images) == 1 and item.max_new_tokens == 7 and item.temperature == 0.0
+    assert plain.status_code == 200 and plain_kwargs["requests"][0].images == []
+
+
+@pytest.mark.parametrize("request_kw, status, param, code", [
+    ({"data": {"max_new_tokens": "3"}}, 400, "text", "invalid_value"),
+    ({"data": {"text": "hi", "max_new_tokens": "999999"}}, 400, "max_new_tokens", "invalid_value"),
+    ({"data": {"text": "hi", "temperature": "9"}}, 400, "temperature", "invalid_value"),
+    ({"data": {"text": "hi", "seed": "1"}}, 400, "seed", "invalid_value"),
+    ({"data": {"text": "x" * 8001}}, 413, "text", "prompt_too_long"),
+    ({"data": {"text": "hi", "image_url": "https://example.com/a.png"}}, 400, "image_url", "image_url_disabled"),
+    ({"data": {"text": "hi"}, "files": {"image": ("a.png", b"not an image at all")}}, 415, "image",
+     "unsupported_media"),
+    ({"json": {"text": "hi"}}, 415, None, "unsupported_content_type"),
+])
+def test_generate_refusals_are_the_envelope_and_reach_no_model(request_kw, status, param, code):
+    vl = vision()
+    with client({"vl": vl}) as c:
+        r = c.post("/generate", **request_kw)
+    assert r.status_code == status, r.text
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code)
+    assert vl.calls == []
+
+
+def test_infer_names_the_adapter_and_passes_the_seed_counters_through():
+    diagram = vision("diagram", adapter="alt")
+    with client({"diagram": diagram}) as c:
+        r = c.post("/infer", files={"file": ("d.png", png(64, 48))}, data={"adapter": "alt"})
+        default = c.post("/infer", files={"file": ("d.png", png())})
+        stats = c.get("/infer/stats")
+    assert r.status_code == 200, r.text
+    md = r.json()["metadata"]
+    assert r.json()["description"] == "a table" and md["adapter"] == "alt" and md["image_size"] == [64, 48]
+    assert md["usage"]["total_tokens"] == 23 and md["generation_time"] == 0.25 and md["finish_reason"] == "length"
+    item = diagram.calls[0][1]["requests"][0]
+    assert item.adapter == "alt" and item.max_new_tokens == Settings().diagram.max_new_tokens
+    assert item.messages[0].content[1].text == Settings().diagram.prompt
+    assert default.status_code == 200 and diagram.calls[1][1]["requests"][0].adapter is None
+    assert stats.json() == {"inference_count": 2, "total_inference_time": 1.5, "avg_inference_time": 0.75,
+                            "model_load_time": 3.0}  # no GPU figures off CUDA
+
+
+def test_a_result_outside_the_contract_is_a_server_error():
+    async def generate(requests):
+        return {"results": [{"text": "no usage"}]}
+
+    with client({"vl": Fake(generate=generate)}) as c:
+        r = c.post("/generate", data={"text": "hi"})
+    assert r.status_code == 500 and r.json()["error"]["message"] == "vl answered outside its contract"
+
+
+def test_image_chat_to_vl_whole_and_streamed():
+    vl = vision()
+    data_url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    messages = [{"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                             {"type": "image_url", "image_url": {"url": data_url}}]}]
+    with client({"vl": vl}) as c:
+        r = c.post("/v1/chat/completions", json={"model": "vl", "messages": messages, "max_tokens": 5,
+                                                 "temperature": 0.7, "top_k": 5})
+        s = c.post("/v1/chat/completions", json={"model": "someone/Qwen2.5-VL-3B-Instruct", "messages": messages,
+                                                 "stream": True, "stream_options": {"include_usage": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "a table"}
+    assert r.json()["usage"]["total_tokens"] == 23
+    item = vl.calls[0][1]["requests"][0]
+    assert item.template_messages() == [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]}]
+    assert (item.max_new_tokens, item.temperature, item.top_p, item.top_k) == (5, 0.7, None, 5)
+    assert s.status_code == 200 and vl.calls[1][0] == "stream"
+    events = sse_events(s)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["a ", "é b"]
+    assert events[3]["choices"][0]["finish_reason"] == "length"
+    assert events[4]["choices"] == [] and events[4]["usage"]["total_tokens"] == 22 and len(events) == 5
+
+
+def test_caption_chat_sends_the_clip_and_its_decoding_whole_and_streamed():
+    cap = captioner()
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(1.0)).decode(), "format": "wav"}}
+    with client({"captioner": cap}) as c:
+        r = c.post("/v1/chat/completions", json={"model": "captioner", "max_tokens": 9, "seed": 4,
+                                                 "messages": [{"role": "user", "content": [part]}]})
+        s = c.post("/v1/chat/completions", json={"model": "captioner", "stream": True,
+                                                 "messages": [{"role": "user", "content": [part]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "a calm voice"
+    assert r.json()["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    (name, kwargs), (stream_name, stream_kwargs) = cap.calls
+    cfg = Settings().captioner
+    assert name == "complete" and len(kwargs["audio"]) == 16000
+    assert kwargs["params"] == GenParams(max_tokens=9, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                         seed=4)
+    assert stream_name == "stream" and stream_kwargs["params"].max_tokens == cfg.max_tokens
+    events = sse_events(s)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "a calm voice"
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"  # no usage chunk unless asked
+
+
+def test_chat_dispatches_by_the_registry_names_and_refuses_others():
+    vl, cap = vision(), captioner()
+    msg = [{"role": "user", "content": "hi"}]
+    with client({"vl": vl, "captioner": cap}) as c:
+        for name in ("vl", "qwen2.5-vl", "Qwen/Qwen2.5-VL-3B-Instruct", "any-org/Qwen2.5-VL-3B-Instruct"):
+            r = c.post("/v1/chat/completions", json={"model": name, "messages": msg})
+            assert r.status_code == 200, (name, r.text)
+        r = c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": msg})
+    assert len(vl.calls) == 4 and cap.calls == []
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert "vl" in r.json()["error"]["message"] and "captioner" in r.json()["error"]["message"]

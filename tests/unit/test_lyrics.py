@@ -83,3 +83,32 @@ def test_assign_lines_follows_weights_and_never_splits_a_line():
     ranges = lyrics.assign_lines(counts, [3.0, 1.0])
     assert ranges[0][1] in (7, 8) and ranges[-1][1] == 10
     assert lyrics.assign_lines(counts, [1.0]) == [(0, 10)]
+
+
+# -- the aligner's input limits (services/aligner/contract.py), the same for the gateway and the service ---
+def test_lyric_limits():
+    from services.aligner.contract import check_lyrics
+    from services.runtime.core.errors import PayloadTooLarge, Unprocessable
+    from services.runtime.core.settings import AlignerSettings
+
+    cfg = AlignerSettings(max_lines=3, max_lyrics_chars=12)
+    check_lyrics(["one", "", "two three"], cfg)
+    for lines, error, code in ((["", " "], Unprocessable, "empty_lyrics"),
+                               (["a"] * 4, PayloadTooLarge, "lyrics_too_long"),
+                               (["one two", "three four"], PayloadTooLarge, "lyrics_too_long")):
+        with pytest.raises(error) as e:
+            check_lyrics(lines, cfg)
+        assert (e.value.param, e.value.code) == ("lyrics", code)
+
+
+def test_audio_limit_allows_the_decoders_slack_and_no_more():
+    from services.aligner.contract import check_audio
+    from services.runtime.codecs.audio import DURATION_SLACK_SECONDS
+    from services.runtime.core.errors import PayloadTooLarge
+    from services.runtime.core.settings import AlignerSettings
+
+    cfg = AlignerSettings(max_audio_seconds=10)
+    check_audio(np.zeros(int((10 + DURATION_SLACK_SECONDS) * 16000), np.float32), cfg)
+    with pytest.raises(PayloadTooLarge) as e:
+        check_audio(np.zeros(int((10 + DURATION_SLACK_SECONDS) * 16000) + 1, np.float32), cfg)
+    assert (e.value.status, e.value.param, e.value.code) == (413, "audio", "audio_too_long")

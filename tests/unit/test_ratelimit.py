@@ -1,15 +1,20 @@
 """Rate limiting: GCRA behaviour on a fake clock, Retry-After, client address resolution behind trusted
-proxies (right-most untrusted X-Forwarded-For), bounded memory, and the ASGI middleware on a tiny app."""
+proxies (right-most untrusted X-Forwarded-For), bounded memory, and the gateway's limit on POST /generate
+(the path requests take: GatewayState.rate_limit in an app from build_gateway)."""
 
 import threading
+from types import SimpleNamespace
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from services.gateway.app import build_gateway
 from services.runtime.core.errors import TooManyRequests
+from services.runtime.core.settings import Settings
 from services.runtime.edge.http import EdgeMiddleware
-from services.runtime.edge.ratelimit import RateLimiter, RateLimitMiddleware, RateLimitRule, bucket_key, client_ip
+from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip
+from services.runtime.serving.generation import Usage
+from services.vl.contract import VisionResult, VisionResults
 
 
 class Clock:
@@ -197,102 +202,80 @@ def test_ipv6_clients_share_a_bucket_per_64():
     assert bucket_key("203.0.113.7") == "203.0.113.7"
 
 
-# --- the middleware --------------------------------------------------------------------------------------
+# --- the gateway's limit on POST /generate ------------------------------------------------------------------
 
-def make_client(clock: Clock, trusted=(), edge=False) -> TestClient:
-    app = FastAPI()
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
 
-    @app.post("/v1/chat/completions")
-    def chat():
-        return {"ok": True}
-
-    @app.get("/v1/models")
-    def models():
-        return {"data": []}
-
-    @app.get("/v1/chatty")
-    def chatty():
-        return {"ok": True}
-
-    rules = [RateLimitRule("/v1/chat", RateLimiter(2, 60, clock=clock))]
-    asgi = RateLimitMiddleware(app, rules, trusted_proxies=list(trusted))
-    if edge:
-        asgi = EdgeMiddleware(asgi)
-    return TestClient(asgi)
+    for name in list(os.environ):
+        if name.startswith("QWEN_"):
+            monkeypatch.delenv(name)
 
 
-def test_middleware_answers_429_in_the_envelope_with_retry_after():
-    clock = Clock()
-    c = make_client(clock)
-    assert [c.post("/v1/chat/completions").status_code for _ in range(2)] == [200, 200]
-    r = c.post("/v1/chat/completions")
-    assert r.status_code == 429
-    assert r.headers["retry-after"] == "30"
+def fake_vl() -> SimpleNamespace:
+    async def generate(requests):
+        return VisionResults(results=[VisionResult(text="ok", finish_reason="stop", adapter=None, generate_seconds=0.0,
+                                                   usage=Usage(prompt_tokens=1, completion_tokens=1))
+                                      for _ in requests]).model_dump()
+
+    async def status():
+        return {"status": "ready"}
+
+    return SimpleNamespace(to_async=SimpleNamespace(generate=generate, status=status))
+
+
+def gateway(peer: str = "testclient", limit: int = 2, **settings) -> TestClient:
+    """A gateway with a fake VL service, `limit` /generate requests per hour per client (no refill during a
+    test: the first refused request waits 1800 s at 2 per hour)."""
+    s = Settings(services=["vl"], vl={"rate_limit": limit, "rate_window_seconds": 3600}, **settings)
+    app = build_gateway(s, {"vl": fake_vl()})
+    return TestClient(EdgeMiddleware(app, **app.state.edge), client=(peer, 50000))
+
+
+def generate(c: TestClient, **headers):
+    return c.post("/generate", data={"text": "hi"}, headers=headers)
+
+
+def test_generate_answers_429_in_the_envelope_with_retry_after_and_the_request_id():
+    with gateway() as c:
+        assert [generate(c).status_code for _ in range(2)] == [200, 200]
+        r = generate(c, **{"X-Request-ID": "abc-123"})
+    assert r.status_code == 429 and r.headers["x-request-id"] == "abc-123"
     assert r.headers["content-type"] == "application/json"
+    assert 1795 <= int(r.headers["retry-after"]) <= 1800
     assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "rate_limit_error",
                                   "param": None, "code": "rate_limited"}}
-    clock.t += 30
-    assert c.post("/v1/chat/completions").status_code == 200
 
 
-def test_middleware_leaves_other_paths_alone():
-    c = make_client(Clock())
-    for _ in range(3):
-        c.post("/v1/chat/completions")
-    assert c.post("/v1/chat/completions").status_code == 429
-    assert all(c.get("/v1/models").status_code == 200 for _ in range(10))
-    assert all(c.get("/v1/chatty").status_code == 200 for _ in range(10))  # prefix on a segment boundary
+def test_the_limit_applies_to_generate_only():
+    with gateway() as c:
+        for _ in range(2):
+            generate(c)
+        assert generate(c).status_code == 429
+        assert all(c.get("/v1/models").status_code == 200 for _ in range(5))
+        assert all(c.get("/health").status_code == 200 for _ in range(5))
 
 
-def test_middleware_keys_by_forwarded_client_only_behind_trusted_proxies():
-    # TestClient's peer is "testclient": not an address, so never trusted; XFF cannot split its bucket.
-    c = make_client(Clock())
-    for i in range(2):
-        assert c.post("/v1/chat/completions", headers={"X-Forwarded-For": f"1.1.1.{i}"}).status_code == 200
-    assert c.post("/v1/chat/completions", headers={"X-Forwarded-For": "1.1.1.9"}).status_code == 429
+def test_a_limit_of_zero_is_off():
+    with gateway(limit=0) as c:
+        assert all(generate(c).status_code == 200 for _ in range(5))
 
 
-def test_middleware_inside_edge_gets_a_request_id():
-    c = make_client(Clock(), edge=True)
-    for _ in range(2):
-        c.post("/v1/chat/completions")
-    r = c.post("/v1/chat/completions", headers={"X-Request-ID": "abc-123"})
-    assert r.status_code == 429 and r.headers["x-request-id"] == "abc-123"
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies():
+    # TestClient's default peer "testclient" is no address, so never trusted: X-Forwarded-For cannot split its
+    # bucket.
+    with gateway() as c:
+        for i in range(2):
+            assert generate(c, **{"X-Forwarded-For": f"1.1.1.{i}"}).status_code == 200
+        assert generate(c, **{"X-Forwarded-For": "1.1.1.9"}).status_code == 429
+    with gateway(peer="127.0.0.1", trusted_proxies=["127.0.0.1"]) as c:
+        assert [generate(c, **{"X-Forwarded-For": "198.51.100.1"}).status_code for _ in range(2)] == [200, 200]
+        assert generate(c, **{"X-Forwarded-For": "198.51.100.2"}).status_code == 200  # another real client
+        # a spoofed prefix: still 198.51.100.1, whose allowance is used up
+        assert generate(c, **{"X-Forwarded-For": "6.6.6.6, 198.51.100.1"}).status_code == 429
 
 
-def test_middleware_with_a_trusted_proxy_peer():
-    clock = Clock()
-    rules = [RateLimitRule("/", RateLimiter(1, 60, clock=clock))]
-    seen = []
-
-    async def app(scope, receive, send):
-        seen.append(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    mw = RateLimitMiddleware(app, rules, trusted_proxies=["127.0.0.1"])
-
-    def call(xff: str) -> int:
-        import asyncio
-
-        sent = []
-
-        async def send(m):
-            sent.append(m)
-
-        async def receive():
-            return {"type": "http.request", "body": b""}
-
-        s = {**scope("127.0.0.1", xff), "path": "/x", "method": "GET"}
-        asyncio.run(mw(s, receive, send))
-        return sent[0]["status"]
-
-    assert call("198.51.100.1") == 200
-    assert call("198.51.100.2") == 200  # a different real client behind the same proxy
-    assert call("6.6.6.6, 198.51.100.1") == 429  # spoofed prefix: still 198.51.100.1
-    assert len(seen) == 2
-
-
-def test_bad_trusted_proxy_fails_at_startup():
+def test_a_bad_trusted_proxy_fails_when_the_gateway_is_built():
     with pytest.raises(ValueError):
-        RateLimitMiddleware(FastAPI(), [], trusted_proxies=["not-a-cidr"])
+        gateway(trusted_proxies=["not-a-cidr"])

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from services.tiny import ensure
-from services.tts.engine import QwenTTSEngine, SpeechItem, receptive_frames
+from services.tts.codec import decode_windows, receptive_frames
+from services.tts.engine import QwenTTSEngine, SpeechItem
 
 SR = 24000
 FRAME = 1920
@@ -38,8 +39,21 @@ def engine(tmp_path_factory):
 
 
 def _assert_idle(engine):
-    assert not engine._lock.locked()
-    assert not engine.tts.model.talker._forward_hooks  # the streaming hook is gone
+    """Every request has left the decode loop (a cancelled one at the loop's next step)."""
+    for _ in range(1000):
+        if engine.loop.active == 0 and engine.loop.waiting == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"loop not idle: {engine.loop.active} active, {engine.loop.waiting} waiting")
+
+
+def _decode_spans(engine, frames, spans, context):
+    """The streamed decode of `spans` of `frames`, every window in ONE batched decoder call (right-padded
+    to the longest), concatenated."""
+    windows = [w for a, b in spans for w in decode_windows(a, b, context, engine.codec.chunk_size,
+                                                             engine.codec.left_context)]
+    with engine._torch.inference_mode():
+        return np.concatenate(engine.codec._decode_windows([(frames, w) for w in windows]))
 
 
 def _assert_wav(wav, frames):
@@ -78,11 +92,6 @@ def test_all_voices_case_insensitive(engine):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(voice="nobody"), "vivian"),  # the message lists the valid voices
-        (dict(voice=""), "valid voices"),
-        (dict(text=""), "empty"),
-        (dict(text="  \n\t "), "empty"),
-        (dict(language="klingon"), "valid languages"),
         (dict(max_frames=0), ">= 1"),
         (dict(max_frames=10**6), "limit"),
     ],
@@ -127,22 +136,22 @@ def test_stream_decode_matches_package_across_its_300_frame_chunks(engine):
     import torch
 
     # 1 layer x 71 frames of attention + 2 (pre_conv) + 10 (upsampling stack): see test_tts_real.py
-    assert engine.context_frames == engine.receptive_frames == receptive_frames(engine._decoder) == 83
+    assert engine.context_frames == engine.receptive_frames == receptive_frames(engine.codec.decoder) == 83
     n = 310
     codes = torch.randint(0, 2048, (n, 16), generator=torch.Generator().manual_seed(0))
     ref, _ = engine.tts.model.speech_tokenizer.decode([{"audio_codes": codes}])
     frames = list(codes)
     spans = [(0, 2), (2, 150), (150, 296), (296, 305), (305, 310)]  # one span straddles frame 300
-    out = np.concatenate([engine._decode_span(frames, a, b, engine.context_frames) for a, b in spans])
+    out = _decode_spans(engine, frames, spans, engine.context_frames)  # one call, windows of 2 to 150 frames
     assert out.shape == ref[0].shape
     np.testing.assert_allclose(out, ref[0], atol=1e-3, rtol=0)
 
 
-def test_stream_closed_early_releases_the_lock(engine):
+def test_stream_closed_early_leaves_the_loop(engine):
     gen = engine.stream(TEXT, "ryan", None, None, 40)
     first = next(gen)
     assert first.shape[0] > 0
-    gen.close()  # consumer gone: the hook raises, the worker ends, the lock is released
+    gen.close()  # consumer gone: the request leaves the batch at the loop's next step
     _assert_idle(engine)
     _assert_wav(engine.synthesize("After.", "ryan", None, None, 3), 3)
 
@@ -162,7 +171,7 @@ def test_stream_reraises_worker_errors(engine, monkeypatch):
     def boom(*_a, **_k):
         raise RuntimeError("talker exploded")
 
-    monkeypatch.setattr(engine, "_generate_codes", boom)
+    monkeypatch.setattr(engine.loop, "_step", boom)
     with pytest.raises(RuntimeError, match="talker exploded"):
         list(engine.stream(TEXT, "sohee", None, None, 5))
     monkeypatch.undo()
@@ -170,20 +179,11 @@ def test_stream_reraises_worker_errors(engine, monkeypatch):
     _assert_wav(engine.synthesize("After.", "sohee", None, None, 2), 2)
 
 
-def test_concurrent_calls_are_serialised(engine, monkeypatch):
-    """Two threads released together: their generates run one after the other (the talker's per-call
-    state), each still gets its own audio."""
-    spans: list[tuple[float, float]] = []
-    generate = engine._generate_codes
-
-    def timed_generate(items, max_frames):
-        t0 = time.perf_counter()
-        try:
-            return generate(items, max_frames)
-        finally:
-            spans.append((t0, time.perf_counter()))
-
-    monkeypatch.setattr(engine, "_generate_codes", timed_generate)
+def test_concurrent_calls_share_the_decode_steps(engine):
+    """Two threads released together: their requests run in the same talker steps (continuous batching),
+    and each still gets the audio it gets alone (greedy, float32)."""
+    alone = {f: engine.synthesize(TEXT, "aiden", "english", None, f) for f in (8, 11)}
+    steps, rows = engine.loop.steps, engine.loop.step_rows
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -201,11 +201,12 @@ def test_concurrent_calls_are_serialised(engine, monkeypatch):
     for t in threads:
         t.join()
     assert not errors
-    _assert_wav(results[8], 8)
-    _assert_wav(results[11], 11)
-    assert len(spans) == 2
-    (_, first_end), (second_start, _) = sorted(spans)
-    assert first_end <= second_start, spans  # no overlap: one generate at a time
+    for f in (8, 11):
+        _assert_wav(results[f], f)
+        np.testing.assert_allclose(results[f], alone[f], atol=1e-4, rtol=0)
+    d_steps, d_rows = engine.loop.steps - steps, engine.loop.step_rows - rows
+    assert d_rows == 8 + 11 - 2  # every frame but each one's last came out of a step...
+    assert d_steps < d_rows  # ...and some steps served both requests
 
 
 def test_synthesize_batch(engine):
@@ -265,12 +266,12 @@ def test_streamed_decode_needs_the_receptive_field(engine, monkeypatch, layers, 
 
     import torch
 
-    cfg = copy.deepcopy(engine._decoder.config)
+    cfg = copy.deepcopy(engine.codec.decoder.config)
     cfg.num_hidden_layers, cfg.sliding_window = layers, window
-    decoder = _visible(type(engine._decoder)._from_config(cfg))
+    decoder = _visible(type(engine.codec.decoder)._from_config(cfg))
     reach = receptive_frames(decoder)
     assert reach == expected == 10 + layers * (window - 1) + 2
-    monkeypatch.setattr(engine, "_decoder", decoder)
+    monkeypatch.setattr(engine.codec, "decoder", decoder)
 
     n = reach + 40  # < 300: the package decodes it in one call
     codes = torch.randint(0, 2048, (n, 16), generator=torch.Generator().manual_seed(1))
@@ -279,7 +280,7 @@ def test_streamed_decode_needs_the_receptive_field(engine, monkeypatch, layers, 
     frames, a = list(codes), n - 8
 
     def error(context):
-        return float(np.abs(engine._decode_span(frames, a, n, context) - ref[a * FRAME :]).max())
+        return float(np.abs(_decode_spans(engine, frames, [(a, n)], context) - ref[a * FRAME :]).max())
 
     assert error(reach) < 1e-4  # float noise (rotary positions restart at the window start)
     assert error(reach - short) > 1e-3
@@ -324,28 +325,27 @@ def test_sampled_stream_equals_synthesize_with_the_same_seed(sampled):
     _assert_idle(sampled)
 
 
-def test_sampled_batch_is_split_by_the_frame_budget(engine, monkeypatch):
-    budgeted = QwenTTSEngine(engine.tts, sampling={"do_sample": True}, max_batch_frames=10)
-    assert budgeted.max_frames_limit == 10  # one request never exceeds the budget
+def test_the_token_budget_bounds_every_step(engine):
+    """QWEN_TTS_MAX_BATCH_FRAMES bounds rows x the longest row's tokens (prompt + frame cap) at every step,
+    and one request's frame cap."""
+    import torch
+
+    with torch.inference_mode():
+        prompt = max(engine.loop.prompt(f"Sentence {i}.", "aiden", "auto", None)[0].shape[1] for i in range(4))
+    budget = 2 * (prompt + 6)  # two of the requests below fit at once, not three
+    budgeted = QwenTTSEngine(engine.tts, max_batch_frames=budget)
+    assert budgeted.max_frames_limit == budget  # one request never exceeds the budget
     with pytest.raises(ValueError, match="limit"):
-        budgeted.check(SpeechItem("Hi.", "ryan", None, None, 11))
-
-    calls = []
-    generate = budgeted._generate_codes
-
-    def counting(items, max_frames):
-        calls.append([i.max_frames for i in items])
-        return generate(items, max_frames)
-
-    monkeypatch.setattr(budgeted, "_generate_codes", counting)
+        budgeted.check(SpeechItem("Hi.", "ryan", None, None, budget + 1))
+    seen: list[int] = []
+    budgeted.loop.on_step = lambda rows: seen.append(rows * max(r.cost for r in budgeted.loop._rows))
     frames = [6, 4, 3, 5]
     wavs = budgeted.synthesize_batch([SpeechItem(f"Sentence {i}.", "aiden", None, None, f)
                                       for i, f in enumerate(frames)])
-    assert [w.shape[0] // FRAME for w in wavs] == frames  # in order, each cut to its own max_frames
-    for wav, f in zip(wavs, frames):
+    for wav, f in zip(wavs, frames):  # in order, each cut to its own max_frames
         _assert_wav(wav, f)
-    assert calls == [[6], [4, 5], [3]]  # items x longest <= 10 per generate, longest first
-    assert all(len(c) * max(c) <= 10 for c in calls)
+    assert seen and max(seen) <= budget
+    assert budgeted.loop.step_rows > budgeted.loop.steps  # two at a time did happen
 
 
 def test_service_caps_request_frames_at_the_budget(engine):
@@ -354,11 +354,12 @@ def test_service_caps_request_frames_at_the_budget(engine):
     from types import SimpleNamespace
 
     from services.runtime.core.settings import TTSSettings
+    from services.tts.contract import Utterance
     from services.tts.service import TTS
 
     budgeted = QwenTTSEngine(engine.tts, max_batch_frames=100)
-    svc = SimpleNamespace(handle=SimpleNamespace(get=lambda: budgeted), cfg=TTSSettings(max_batch_frames=100))
-    assert TTS.inner._item(svc, "x" * 1000, "ryan", None, None).max_frames == 100  # 50 + 4 x 1000 capped
-    assert TTS.inner._item(svc, "Hi.", "ryan", None, None).max_frames == 62  # 50 + 4 x 3
-    svc.handle = SimpleNamespace(get=lambda: engine)  # the default budget: QWEN_TTS_MAX_FRAMES caps
-    assert TTS.inner._item(svc, "x" * 4096, "ryan", None, None).max_frames == 8191
+    svc = SimpleNamespace(cfg=TTSSettings(max_batch_frames=100))
+    assert TTS.inner._item(svc, budgeted, Utterance(text="x" * 1000, voice="ryan")).max_frames == 100  # 50 + 4 x 1000 capped
+    assert TTS.inner._item(svc, budgeted, Utterance(text="Hi.", voice="ryan")).max_frames == 62  # 50 + 4 x 3
+    # the default budget: QWEN_TTS_MAX_FRAMES caps
+    assert TTS.inner._item(svc, engine, Utterance(text="x" * 4096, voice="ryan")).max_frames == 8191

@@ -11,15 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.tts.engine import (
-    MAX_FRAMES_LIMIT,
-    SAMPLING_KEYS,
-    decode_windows,
-    generation_bytes_per_frame,
-    receptive_frames,
-    sampling_kwargs,
-    split_batch,
-)
+from services.tts.codec import decode_windows, receptive_frames
+from services.tts.engine import MAX_FRAMES_LIMIT
+from services.tts.talker import SAMPLING_KEYS, kv_bytes_per_token, sampling_kwargs
 from tests.real_configs import TTS, codec_config, read_json, tts_config
 
 GiB = 2**30
@@ -94,33 +88,17 @@ def test_streaming_redecode_on_the_real_codec_is_bounded(real_decoder):
     assert non_streamed / MAX_FRAMES_LIMIT < 1.1
 
 
-def test_generation_memory_per_frame_on_the_real_talker():
+def test_kv_memory_per_token_on_the_real_talker():
     talker = tts_config(TTS).talker_config
     assert (talker.hidden_size, talker.num_hidden_layers, talker.num_key_value_heads, talker.head_dim) == (
         2048, 28, 8, 128)
-    fp16 = generation_bytes_per_frame(talker, 2)
-    # Kept hidden states (28 layers + final norm) x 2048, KV cache 28 x 2 x 8 x 128, 2 bytes each.
-    assert fp16 == (29 * 2048 + 2 * 28 * 8 * 128) * 2 == 233_472  # 228 KiB
-    assert generation_bytes_per_frame(talker, 4) == 2 * fp16
-    # Batch 4 at the real model's 8191-frame ceiling: 7.1 GiB, more than the 0.45 share of a 15 GiB T4
-    # that the README's ASR + TTS layout gives the TTS (weights come on top); the default budget of
-    # 8191 frames x items keeps it at 1.8 GiB.
-    assert 4 * MAX_FRAMES_LIMIT * fp16 > 0.45 * 15 * GiB
-    assert 1.7 * GiB < MAX_FRAMES_LIMIT * fp16 < 1.9 * GiB
-
-
-def test_split_batch_bounds_frames_times_items():
-    budget = MAX_FRAMES_LIMIT
-    assert split_batch([MAX_FRAMES_LIMIT] * 4, budget) == [[0], [1], [2], [3]]
-    assert split_batch([2047, 2000, 1500, 100], budget) == [[0, 1, 2, 3]]  # 4 x 2047 fits
-    assert split_batch([2048, 2000, 1500, 100], budget) == [[0, 1, 2], [3]]  # 4 x 2048 does not
-    assert split_batch([100, 5000, 3000, 3000], budget) == [[1], [2, 3], [0]]  # longest first
-    assert split_batch([9000], budget) == [[0]]  # over the budget alone: runs alone
-    assert split_batch([], budget) == []
-    for frames in ([5, 7, 3, 9, 9, 1], [4000, 10, 4000, 2000, 2100]):
-        groups = split_batch(frames, 20 if max(frames) < 100 else budget)
-        assert sorted(i for g in groups for i in g) == list(range(len(frames)))
-        assert all(len(g) * max(frames[i] for i in g) <= (20 if max(frames) < 100 else budget) for g in groups)
+    fp16 = kv_bytes_per_token(talker, 2)
+    assert fp16 == 28 * 2 * 8 * 128 * 2 == 114_688  # 112 KiB
+    assert kv_bytes_per_token(talker, 4) == 2 * fp16
+    # The default budget (8191 tokens over the batch) is 0.9 GiB of KV cache in float16: inside the 0.45
+    # share of a 15 GiB T4 that the README's ASR + TTS layout gives the TTS, beside its ~3.9 GB weights.
+    assert 0.85 * GiB < MAX_FRAMES_LIMIT * fp16 < 0.9 * GiB
+    assert MAX_FRAMES_LIMIT * fp16 + 3.9e9 < 0.45 * 15 * GiB
 
 
 def test_the_real_model_samples_and_the_engine_passes_it_explicitly():

@@ -87,9 +87,9 @@ def test_batched_equals_sequential_and_budgets_are_per_item(vl_engine):
     batched = vl_engine.generate_batch(items)
     single = [vl_engine.generate_batch([it])[0] for it in items]
     assert [r.text for r in batched] == [r.text for r in single]
-    assert [r.completion_tokens for r in batched] == [3, 6, 5, 6]  # the tiny model never stops early
+    assert [r.usage.completion_tokens for r in batched] == [3, 6, 5, 6]  # the tiny model never stops early
     assert all(r.finish_reason == "length" for r in batched)
-    assert batched[2].prompt_tokens < batched[1].prompt_tokens  # no image, no image tokens
+    assert batched[2].usage.prompt_tokens < batched[1].usage.prompt_tokens  # no image, no image tokens
 
 
 def test_replicas_serve_concurrent_calls(vl_engine, monkeypatch):
@@ -125,15 +125,12 @@ def test_replicas_serve_concurrent_calls(vl_engine, monkeypatch):
 
 
 def test_stream_matches_generate(vl_engine):
-    gen = vl_engine.stream(item(1, 6), threading.Event())
-    pieces = []
-    try:
-        while True:
-            pieces.append(next(gen))
-    except StopIteration as stop:
-        result = stop.value
-    assert "".join(pieces) == vl_engine.generate_batch([item(1, 6)])[0].text
-    assert result.completion_tokens == 6
+    pieces: list[str] = []
+    result = vl_engine.stream(item(1, 6), pieces.append, threading.Event())
+    whole = vl_engine.generate_batch([item(1, 6)])[0]
+    assert "".join(pieces) == whole.text
+    assert result.usage == whole.usage and result.usage.completion_tokens == 6
+    assert vl_engine._free.qsize() == vl_engine.replicas  # the replica is handed back
 
 
 def test_adapters_change_outputs_and_are_chosen_per_item(diagram_engine):
@@ -272,11 +269,11 @@ from services.diagram.service import Diagram
 svc = Diagram()
 inner = svc() if not hasattr(svc, "handle") else svc
 assert inner.handle.wait(300), inner.handle.error
-item = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "images": [],
-        "max_new_tokens": 2, "temperature": 0.0}
+from services.vl.contract import VisionItem
+item = VisionItem.prompt("hi", [], max_new_tokens=2)
 print(json.dumps(asyncio.run(inner.status())))
 print(json.dumps(asyncio.run(inner.generate([item]))))
-print(json.dumps(asyncio.run(inner.generate([{**item, "adapter": "base"}]))))
+print(json.dumps(asyncio.run(inner.generate([item.model_copy(update={"adapter": "base"})]))))
 """
     env = {**os.environ, "QWEN_MODELS": "tiny", "QWEN_TINY_DIR": str(tiny_root), "QWEN_TORCH_THREADS": "1",
            "QWEN_DIAGRAM_ADAPTERS": bad_adapters["subset"], "QWEN_LOG_JSON": "false"}

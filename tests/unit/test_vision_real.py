@@ -245,7 +245,7 @@ def test_mixed_sampling_in_one_batch_never_share_a_generate_call():
     items = [vl_item("g1"), vl_item("s1", 0.7, 0.9), vl_item("g2", image=False), vl_item("s2", 0.7, 0.9, 5),
              vl_item("s3", 1.0), vl_item("s4", 0.7, 0.9)]
     results = engine.generate_batch(items)
-    assert len(results) == len(items) and all(r.completion_tokens == 3 for r in results)
+    assert len(results) == len(items) and all(r.usage.completion_tokens == 3 for r in results)
     model = engine._free.get()
     calls = list(zip(engine.processor.calls, model.calls))
     assert len(calls) == 4  # greedy {g1, g2}, {s1, s4}, {s2}, {s3}

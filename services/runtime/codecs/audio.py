@@ -1,8 +1,8 @@
 """Decoding any common audio format (by content, not by name) to mono float32 at a target rate.
 
-PyAV's bundled ffmpeg reads wav/flac/mp3/ogg/opus/aac/m4a/webm...; the duration cap is checked on the
-container header before decoding (a 10-hour header is refused at once) and again while decoding (headers
-can lie), so memory stays bounded by the cap.
+PyAV's bundled ffmpeg reads wav/flac/mp3/ogg/opus/aac/m4a/webm...; the duration cap (`check_duration`, the
+one rule for every audio limit) is checked on the container header before decoding (a 10-hour header is
+refused at once), while decoding (headers can lie, so memory stays bounded by the cap) and on the result.
 """
 
 from __future__ import annotations
@@ -13,6 +13,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.runtime.core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+
+# Codecs pad: a file of exactly the limit can decode a little longer (encoder delay, a last partial frame).
+DURATION_SLACK_SECONDS = 1.0
+# A container header's duration is an estimate (VBR mp3 without a table): refused before decoding only when
+# over the cap by this factor as well.
+HEADER_TOLERANCE = 1.02
+
+
+def check_duration(seconds: float, max_seconds: float, *, param: str) -> None:
+    """The audio length cap: a 413 `audio_too_long` naming `param` (the field the audio came in) past
+    `max_seconds` (plus DURATION_SLACK_SECONDS). The gateway's decoding and the model services apply this one
+    rule, so audio the gateway accepted is never refused by the service behind it."""
+    if seconds > max_seconds + DURATION_SLACK_SECONDS:
+        raise PayloadTooLarge(f"{param}: audio is longer than the {max_seconds:.0f}-second limit", param=param,
+                              code="audio_too_long")
 
 
 @dataclass
@@ -53,11 +68,10 @@ def decode_audio(
                 declared = float(stream.duration * stream.time_base)
             elif container.duration is not None:
                 declared = container.duration / 1_000_000
-            if declared is not None and declared > max_seconds * 1.02 + 1 and not truncate:
-                raise PayloadTooLarge(f"{param}: audio is {declared:.0f}s long; the limit is {max_seconds:.0f}s",
-                                      param=param, code="audio_too_long")
+            if declared is not None and not truncate:
+                check_duration(declared / HEADER_TOLERANCE, max_seconds, param=param)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        limit = None if max_seconds is None else int(max_seconds * sample_rate) + (0 if truncate else sample_rate)
+        limit = None if max_seconds is None else int(max_seconds * sample_rate)
         chunks: list[np.ndarray] = []
         total = 0
         try:
@@ -69,8 +83,7 @@ def decode_audio(
                 if limit is not None and total > limit:
                     if truncate:
                         break
-                    raise PayloadTooLarge(f"{param}: audio is longer than the {max_seconds:.0f}s limit",
-                                          param=param, code="audio_too_long")
+                    check_duration(total / sample_rate, max_seconds, param=param)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as exc:
@@ -81,6 +94,8 @@ def decode_audio(
     samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     if truncate and max_seconds is not None:
         samples = samples[: int(max_seconds * sample_rate)]
+    elif max_seconds is not None:
+        check_duration(samples.size / sample_rate, max_seconds, param=param)
     if samples.size == 0:
         raise InvalidRequest(f"{param}: no audio samples could be decoded", param=param, code="corrupt_audio")
     if not np.isfinite(samples).all():

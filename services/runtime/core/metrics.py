@@ -29,7 +29,11 @@ def metrics() -> SimpleNamespace:
         ),
         active=Gauge("qwen_inference_active", "inferences running", ["service"], multiprocess_mode="livesum"),
         rejected=Counter("qwen_rejected", "requests refused by admission control", ["service", "reason"]),
-        batch_size=Histogram("qwen_batch_size", "items per engine call", ["service"], buckets=BATCH_BUCKETS),
+        batch_size=Histogram("qwen_batch_size", "items per engine call (TTS: rows per decode step)", ["service"],
+                             buckets=BATCH_BUCKETS),
+        truncated=Counter("qwen_generation_truncated", "generations cut at their length cap", ["service"]),
+        first_audio=Histogram("qwen_first_audio_seconds", "time from admission to a stream's first audio",
+                              ["service"], buckets=LATENCY_BUCKETS),
         inference=Histogram(
             "qwen_inference_seconds", "engine time per call", ["service", "model"], buckets=LATENCY_BUCKETS
         ),

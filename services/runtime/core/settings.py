@@ -111,9 +111,8 @@ class TTSSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_TTS_", extra="ignore", populate_by_name=True, frozen=True)
 
     model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"
-    # The talker keeps per-call state on the module: one generation at a time per instance; batches
-    # of concurrent non-streamed requests go through one generate call instead.
-    max_concurrency: int = Field(1, ge=1)
+    # Requests generate together in one decode loop (continuous batching): max_batch_size rows at once
+    # (None: 16 on CUDA, 8 elsewhere), max_queue more wait for a row. max_concurrency does not apply.
     max_queue: int = Field(16, ge=0)
     max_input_chars: int = Field(4096, ge=1)  # OpenAI's limit for `input`
     # Frames are 80 ms; the real model's ceiling is 8191 (~10.9 min). Each request is also capped by its
@@ -127,10 +126,9 @@ class TTSSettings(ServiceSettings):
     # so streamed audio matches the non-streamed decode; ~30 frames are decoded per streamed frame with
     # 6-frame chunks. Smaller: cheaper, no longer exact.
     stream_context_frames: int | None = Field(None, ge=0)
-    # Generation memory budget in frames x batch items: qwen_tts keeps every step's hidden states (all
-    # layers) next to the KV cache, ~228 KiB per frame and item in float16 for the real 1.7B, and one
-    # generate runs all its items to the longest. Batches over it run as consecutive smaller generates;
-    # one request is capped at it (with max_frames). 8191 ~ 1.8 GiB at float16.
+    # Generation memory budget in tokens x rows: the decode loop's KV cache holds rows x the longest row's
+    # prompt + frame cap, 112 KiB per token in float16 for the real 1.7B talker. A request waits until it
+    # fits; one request is capped at it (with max_frames). 8191 ~ 0.9 GiB at float16.
     max_batch_frames: int = Field(8191, ge=2)
     aliases: CommaList = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "qwen3-tts", "tts"])
 

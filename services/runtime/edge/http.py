@@ -9,6 +9,7 @@ whole gateway app, BentoML's own routes included:
   QWEN_DOCS_PUBLIC=false) /docs stay open. The key is never logged.
 - Per-route request count, latency and in-flight gauges.
 `install_error_handlers(app)` renders every failure of the FastAPI routes as the one envelope.
+`FormRoute` reads a route's form body (a FastAPI `Form()` model) with the edge's limits and errors first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import json
 import re
 import time
 import uuid
+
+from fastapi import params
+from fastapi.routing import APIRoute
 
 from services.runtime.core.errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound, QwenError, Unauthorized,
                      UnsupportedMedia)
@@ -168,16 +172,40 @@ async def read_json_object(request) -> dict:
     return body
 
 
-async def read_form(request, *, file_field: str, file_required: bool, what: str, max_fields: int = 16,
-                    content_types: tuple[str, ...] = ("multipart/form-data",)):
-    """(upload or None, the form) of a multipart request, with the envelope's errors: 415 for another
-    content type, 400 for a malformed body or a missing required file part (`what` names it)."""
+async def parse_form(request, *, what: str, max_fields: int = 16,
+                     content_types: tuple[str, ...] = ("multipart/form-data",)):
+    """The form of a multipart request (one file part at most), with the envelope's errors: 415 for another
+    content type (`what` says what to send), 400 for a malformed body. Starlette keeps it on the request."""
     if not request.headers.get("content-type", "").startswith(content_types):
         raise UnsupportedMedia(f"send multipart/form-data with {what}", code="unsupported_content_type")
     try:
-        form = await request.form(max_files=1, max_fields=max_fields)
+        return await request.form(max_files=1, max_fields=max_fields)
     except Exception:
         raise InvalidRequest("malformed multipart body", code="invalid_multipart") from None
+
+
+class FormRoute(APIRoute):
+    """A route whose body is a FastAPI form (`Annotated[Model, Form()]`) reads it through `parse_form` first
+    (content type, part limits, the envelope's errors); FastAPI then validates the model from that form, and
+    its validation errors are the envelope's 400s (`install_error_handlers`). Other routes are unchanged."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if not (self.body_field and isinstance(self.body_field.field_info, params.Form)):
+            return handler
+
+        async def form_first(request):
+            await parse_form(request, what=f"the fields of {self.path} (see /docs)")
+            return await handler(request)
+
+        return form_first
+
+
+async def read_form(request, *, file_field: str, file_required: bool, what: str, max_fields: int = 16,
+                    content_types: tuple[str, ...] = ("multipart/form-data",)):
+    """(upload or None, the form) of a multipart request, with `parse_form`'s errors and a 400 for a missing
+    required file part (`what` names it)."""
+    form = await parse_form(request, what=what, max_fields=max_fields, content_types=content_types)
     upload = form.get(file_field)
     if isinstance(upload, str):
         upload = None

@@ -1,4 +1,5 @@
-"""Per-client request rate limits for the gateway: GCRA limiter, client address, ASGI middleware.
+"""Per-client request rate limits for the gateway: GCRA limiter and the client's address (the gateway
+checks them on the routes it limits: services/gateway/state.py `rate_limit`).
 
 Algorithm: GCRA (the generic cell rate algorithm, i.e. a token bucket of `limit` tokens refilled at
 `limit / window` per second, written as one timestamp). Why: it stores ONE float per client (a sliding log
@@ -16,11 +17,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 from services.runtime.core.errors import TooManyRequests
-from services.runtime.edge.http import send_json
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,7 +77,8 @@ class RateLimiter:
 
 
 @lru_cache(maxsize=32)
-def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+def trusted_networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """The networks of QWEN_TRUSTED_PROXIES entries (IPs or CIDRs); ValueError for one that is neither."""
     return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip())
 
 
@@ -113,7 +113,7 @@ def client_ip(scope_or_request, trusted_proxies: Sequence[str]) -> str:
     client = scope.get("client")
     peer_text = str(client[0]) if client else ""
     peer = _parse_ip(peer_text)
-    trusted = _networks(tuple(trusted_proxies))
+    trusted = trusted_networks(tuple(trusted_proxies))
     if peer is None:
         return peer_text or "unknown"  # a unix socket or a test client: nothing to resolve
 
@@ -148,45 +148,3 @@ def bucket_key(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
     return ip
-
-
-@dataclass(frozen=True)
-class RateLimitRule:
-    """Requests whose path is `path_prefix` or below it (on a segment boundary) count against `limiter`."""
-
-    path_prefix: str
-    limiter: RateLimiter
-
-    def matches(self, path: str) -> bool:
-        prefix = self.path_prefix.rstrip("/")
-        return not prefix or path == prefix or path.startswith(prefix + "/")
-
-
-class RateLimitMiddleware:
-    """Pure ASGI: every matching rule is checked (a global "/" rule and a per-route one can coexist); the
-    first refusal answers 429 in the error envelope with Retry-After. Other paths, websockets and lifespan
-    pass untouched. Installed inside EdgeMiddleware, the 429 carries X-Request-ID and is counted in metrics."""
-
-    def __init__(self, app, rules: Sequence[RateLimitRule], trusted_proxies: Sequence[str] = ()):
-        self.app = app
-        self.rules = tuple(rules)
-        self.trusted = tuple(trusted_proxies)
-        _networks(self.trusted)  # a bad CIDR fails at startup, not on the first request
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and self.rules:
-            path = scope.get("path", "")
-            matching = [r for r in self.rules if r.matches(path)]
-            if matching:
-                key = bucket_key(client_ip(scope, self.trusted))
-                try:
-                    for rule in matching:
-                        rule.limiter.check(key)
-                except TooManyRequests as err:
-                    headers = [(k.lower().encode(), v.encode()) for k, v in err.headers().items()]
-                    await send_json(send, err.status, err.envelope(), extra_headers=headers)
-                    return
-        await self.app(scope, receive, send)
-
-
-__all__ = ["RateLimiter", "RateLimitRule", "RateLimitMiddleware", "client_ip", "bucket_key"]

@@ -60,10 +60,12 @@ async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[An
         except _StaleConnection:
             log.info("stale connection to a model service, retrying once", extra={"service": service})
             result = await _call(service, request(), retry_stale=False)
-    if into is None:
-        return result
+    return result if into is None else _into(service, into, result)
+
+
+def _into(service: str, into: type[M], value: Any) -> M:
     try:
-        return into.model_validate(result)
+        return into.model_validate(value)
     except ValidationError as exc:  # the two sides disagree on the contract: a deployment fault, not the client's
         log.error("model service answered outside its contract", extra={"service": service, "errors": exc.error_count()})
         raise QwenError(f"{service} answered outside its contract") from None
@@ -115,15 +117,24 @@ async def _call(service: str, awaitable: Awaitable[Any], *, retry_stale: bool) -
 STREAM_OK = b'{"ok": true}\n'
 
 
+def stream_ok(header: BaseModel | None = None) -> bytes:
+    """The header line of a stream that starts: STREAM_OK, with a contract's header fields beside "ok"."""
+    import json
+
+    if header is None:
+        return STREAM_OK
+    return json.dumps({"ok": True, **header.model_dump(mode="json")}).encode() + b"\n"
+
+
 def stream_error(err: QwenError) -> bytes:
     import json
 
     return json.dumps({ERROR_KEY: err.payload()}).encode() + b"\n"
 
 
-async def open_stream(service: str, agen):
+async def open_stream(service: str, agen, into: type[M] | None = None):
     """Read the header line of a model service's stream; raise its error, or return an async iterator of
-    the remaining bytes."""
+    the remaining bytes. With `into` (a contract's header model): (the header validated into it, iterator)."""
     import json
 
     buf = b""
@@ -145,39 +156,4 @@ async def open_stream(service: str, agen):
         async for chunk in it:
             yield chunk
 
-    return body()
-
-
-async def relay_thread_iterator(make_iter, cancel):
-    """Consume a blocking iterator in a worker thread, yielding its items here as they come.
-
-    `cancel` (a threading.Event) is set when the consumer stops early (client gone), so the producer
-    can end its work; the thread is always joined before this generator finishes."""
-    import asyncio
-    import threading
-
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    def produce():
-        try:
-            for item in make_iter():
-                loop.call_soon_threadsafe(q.put_nowait, item)
-                if cancel.is_set():
-                    break
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            loop.call_soon_threadsafe(q.put_nowait, exc)
-        finally:
-            loop.call_soon_threadsafe(q.put_nowait, done)
-
-    thread = threading.Thread(target=produce, name="stream-producer", daemon=True)
-    thread.start()
-    try:
-        while (item := await q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancel.set()
-        await asyncio.to_thread(thread.join)
+    return body() if into is None else (_into(service, into, header), body())

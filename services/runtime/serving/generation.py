@@ -1,15 +1,20 @@
-"""Token streaming for transformers `generate`, written once (captioner, VL, diagram).
+"""Text generation, written once for the captioner, VL and diagram: the greedy/sampling rule, token
+streaming for transformers `generate`, and the messages a text-generating model service answers with.
 
-`stream_generate(run, tokenizer, cancel)` runs `run(streamer, stopping_criteria)` in a worker thread and
-yields decoded text pieces as tokens come; it returns (as the generator's value) what `run` returned.
-Setting `cancel` (or closing the generator) stops generation at the next step; the worker is always
-joined, and its error re-raised here.
+`stream_generate(run, tokenizer, emit, cancel)` calls `run(streamer, stopping_criteria)` in the calling
+thread (a runtime.serving.streams.ThreadStream worker) and emits the decoded text pieces as tokens come;
+it returns what `run` returned. Setting `cancel` stops generation at the next step.
+
+`Completion` is a whole answer; a streamed one is JSON lines of `Delta`s (`Delta.line()`): text pieces,
+then one with `finish_reason` and `usage`.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Generator
+from typing import Any, Callable
+
+from pydantic import BaseModel, computed_field
 
 # Below this a temperature means greedy: dividing logits by ~1e-300 overflows to inf and sampling fails
 # ("probability tensor contains inf/nan"; found by the fuzzer).
@@ -20,33 +25,49 @@ def is_sampling(temperature: float | None) -> bool:
     return temperature is not None and temperature >= MIN_TEMPERATURE
 
 
-def stream_generate(run: Callable[[Any, Any], Any], tokenizer, cancel: threading.Event) -> Generator[str, None, Any]:
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+class Usage(BaseModel):
+    """Token counts (OpenAI's `usage`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Completion(BaseModel):
+    text: str
+    finish_reason: str  # "stop" | "length" (a vLLM backend may name others: passed on)
+    usage: Usage
+
+
+class Delta(BaseModel):
+    """One line of a streamed answer: a text piece, or the last line with finish_reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+    def line(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=True).encode() + b"\n"
+
+
+def stream_generate(run: Callable[[Any, Any], Any], tokenizer, emit: Callable[[str], None],
+                    cancel: threading.Event) -> Any:
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             return cancel.is_set()
 
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result: dict = {}
+    class _Emitting(TextStreamer):
+        """TextStreamer's decoding (whole words, the prompt skipped), each piece emitted instead of printed."""
 
-    def work():
-        try:
-            result["value"] = run(streamer, StoppingCriteriaList([_Cancelled()]))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            result["error"] = exc
-            streamer.end()
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                emit(text)
 
-    worker = threading.Thread(target=work, name="generate-stream", daemon=True)
-    worker.start()
-    try:
-        for piece in streamer:
-            if piece:
-                yield piece
-    finally:
-        if worker.is_alive():  # the consumer left early: stop at the next step
-            cancel.set()
-        worker.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
+    streamer = _Emitting(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return run(streamer, StoppingCriteriaList([_Cancelled()]))

@@ -102,23 +102,25 @@ class ModelService(Generic[E]):
         self.handle.phase = "loading"
         return self.load_engine(path, device, dtype)
 
-    async def guarded_stream(self, prepare, body):
+    async def guarded_stream(self, prepare, body, header=None):
         """A streamed API with the header protocol of runtime.edge.remote: `prepare(engine)` validates (its
         QwenError becomes the header, so the gateway answers with its status), then one scheduler slot is
-        held while `body(engine, prepared)` yields the bytes."""
+        held while `body(engine, prepared)` yields the bytes. `header(engine)`: a contract model whose
+        fields the OK header line carries."""
         from services.runtime.core.errors import QwenError
-        from services.runtime.edge.remote import STREAM_OK, stream_error
+        from services.runtime.edge.remote import stream_error, stream_ok
 
         try:
             engine = self.handle.get()
             prepared = prepare(engine)
+            ok = stream_ok(header(engine) if header is not None else None)
             slot = self.scheduler.slot()
             await slot.__aenter__()
         except QwenError as exc:
             yield stream_error(exc)
             return
         try:
-            yield STREAM_OK
+            yield ok
             async for chunk in body(engine, prepared):
                 yield chunk
         finally:

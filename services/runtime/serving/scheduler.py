@@ -73,6 +73,12 @@ class _Queue:
         self._items = sum(len(r) for r in self._requests)
 
 
+def retry_after_seconds(waiting: int, batch_size: int, concurrency: int, batch_seconds: float) -> float:
+    """When a refused client may find room: the batches ahead of it (the waiting items, then its own) at the
+    recent batch time, `concurrency` at a time; at least 1 s. The one Retry-After rule of every queue."""
+    return max(1.0, batch_seconds * (waiting / batch_size + 1) / concurrency)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -107,8 +113,8 @@ class Scheduler:
         return len(self._pending)
 
     def retry_after(self) -> float:
-        batches_ahead = len(self._pending) / self.max_batch_size + 1
-        return max(1.0, self._ewma_batch_seconds * batches_ahead / self.max_concurrency)
+        return retry_after_seconds(len(self._pending), self.max_batch_size, self.max_concurrency,
+                                   self._ewma_batch_seconds)
 
     async def run(self, items: Sequence[Any]) -> list[Any]:
         """Run `items` (one request) through the engine; results in the same order."""

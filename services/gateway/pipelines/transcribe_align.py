@@ -1,0 +1,79 @@
+"""Transcribe, then time the transcript with the forced aligner: POST /v1/audio/transcriptions' segments and
+words.
+
+The ASR service transcribes the decoded samples window by window (`Transcription.spans`); the aligner times
+each window's sentences inside that window (`align_spans`). Both services receive the samples: each may run
+in its own process or machine, and neither calls the other. Without the aligner, the segments are the ASR
+windows and word timestamps are refused (400) before any model runs.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.aligner.contract import Alignment, AlignSpans, Segment, TextSpan, Word
+from services.asr.contract import TranscribeOptions, Transcription
+from services.runtime.core.errors import InvalidRequest
+from services.runtime.core.languages import ALIGNER as ALIGNER_LANGUAGES
+from services.runtime.edge import remote
+
+# Sentence ends: Latin punctuation followed by a space, or CJK punctuation.
+_SENTENCE = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    transcription: Transcription
+    # Sentences timed by the aligner (with their words), else the ASR windows that hold text (no words);
+    # [] when timing was not asked for.
+    segments: list[Segment]
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def has_words(text: str) -> bool:
+    """Whether `text` holds a unit the forced aligner can time. Its unit splitter (qwen_asr's
+    Qwen3ForceAlignProcessor, every language) keeps letters, digits (Unicode L* and N*) and apostrophes
+    and drops everything else: a transcript without any (noise or music written as punctuation) has no
+    word to time."""
+    return any(ch == "'" or unicodedata.category(ch)[0] in "LN" for ch in text)
+
+
+def check(gw, *, words: bool) -> None:
+    """Refuse what this gateway cannot do, before any model runs: word timestamps need the aligner."""
+    if words and "aligner" not in gw.enabled:
+        raise InvalidRequest("word timestamps need the aligner service, which is not enabled (QWEN_SERVICES)",
+                             param="timestamp_granularities", code="timestamps_unavailable")
+
+
+async def transcribe(gw, samples: np.ndarray, options: TranscribeOptions, *, timed: bool, words: bool) -> Transcript:
+    """The transcript of `samples`; with `timed`, its segments (and words, when the aligner runs here)."""
+    check(gw, words=words)
+    result = await remote.call("asr", lambda: gw.asr.to_async.transcribe(audio=samples, options=options),
+                               into=Transcription)
+    return Transcript(result, await align(gw, samples, result) if timed else [])
+
+
+async def align(gw, samples: np.ndarray, result: Transcription) -> list[Segment]:
+    """Sentence segments timed by the aligner, window by window; without it, one segment per ASR window.
+
+    Words are [] only when the transcript has no word (`has_words`); then the aligner is not asked. Any
+    error of the aligner is the request's error: a failed timing never becomes an empty word list."""
+    spans = [s for s in result.spans if s.text]
+    if "aligner" not in gw.enabled or not any(has_words(s.text) for s in spans):
+        return [Segment(text=s.text, start=s.start, end=s.end, words=[]) for s in spans]
+    text = AlignSpans(spans=[TextSpan(start=s.start, end=s.end, lines=split_sentences(s.text)) for s in spans],
+                      language=ALIGNER_LANGUAGES.code(result.language))  # None: the aligner detects it
+    aligned = await remote.call("aligner", lambda: gw.aligner.to_async.align_spans(audio=samples, text=text),
+                                into=Alignment)
+    return aligned.segments
