@@ -47,6 +47,23 @@ class Served:
     health_seen: list[dict] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
+    def metric(self, family: str, service: str) -> dict[str, float]:
+        """The samples of one metric family for one service, by sample name (e.g. qwen_batch_size_sum)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(httpx.get(self.url + "/metrics", timeout=30).text):
+            if fam.name == family:
+                for smp in fam.samples:
+                    if smp.labels.get("service") == service:
+                        out[smp.name] = out.get(smp.name, 0.0) + smp.value
+        return out
+
+    def batches(self, service: str) -> tuple[float, float]:
+        """(items, engine calls) so far for `service`: qwen_batch_size's sum and count."""
+        m = self.metric("qwen_batch_size", service)
+        return m.get("qwen_batch_size_sum", 0.0), m.get("qwen_batch_size_count", 0.0)
+
     def client(self, key: str | None = API_KEY, **kw) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=kw.pop("timeout", 300), **kw)
@@ -183,6 +200,8 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         # Exercise adaptive batching across requests (CPU default is 1: bench/ shows why).
         "QWEN_ASR_MAX_BATCH_SIZE": "4",
         "QWEN_ASR_BATCH_WAIT_MS": "50",
+        "QWEN_ALIGNER_MAX_BATCH_SIZE": "4",
+        "QWEN_ALIGNER_BATCH_WAIT_MS": "50",
         # The tiny thinker never picks its EOS: keep the default caption budget small.
         "QWEN_CAPTIONER_MAX_TOKENS": "16",
         "QWEN_VL_MAX_NEW_TOKENS": "8",

@@ -300,3 +300,22 @@ def test_unknown_route_and_method_use_the_envelope(client):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = client.delete("/api/v1/align")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_concurrent_alignments_are_batched(served, wav):
+    """Four requests at once (QWEN_ALIGNER_MAX_BATCH_SIZE=4 in the served session): their windows go
+    through fewer engine calls than there are windows."""
+    import concurrent.futures
+
+    before = served.batches("aligner")
+
+    def one(i):
+        with served.client(timeout=300) as c:
+            return post_upload(c, wav, lyrics=[f"line {i} one", f"line {i} two"])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = [r.status_code for r in pool.map(one, range(4))]
+    after = served.batches("aligner")
+    items, calls = after[0] - before[0], after[1] - before[1]
+    assert codes == [200] * 4
+    assert items >= 4 and calls < items, (items, calls)

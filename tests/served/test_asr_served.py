@@ -132,16 +132,7 @@ def test_task_form(served, wav):
 def test_concurrent_requests_are_batched_into_one_generate(served, wav):
     import concurrent.futures
 
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def batch_stats():
-        text = httpx.get(served.url + "/metrics").text
-        fam = next(f for f in text_string_to_metric_families(text) if f.name == "qwen_batch_size")
-        vals = {s.name: s.value for s in fam.samples if s.labels.get("service") == "asr" and
-                s.name.endswith(("_sum", "_count"))}
-        return vals.get("qwen_batch_size_sum", 0), vals.get("qwen_batch_size_count", 0)
-
+    batch_stats = lambda: served.batches("asr")  # noqa: E731
     before = batch_stats()
     oai = served.openai()
 
@@ -154,3 +145,31 @@ def test_concurrent_requests_are_batched_into_one_generate(served, wav):
     after = batch_stats()
     items, calls = after[0] - before[0], after[1] - before[1]
     assert items == 4 and calls < 4  # four requests' windows went through fewer generate calls
+
+
+def test_a_short_clip_is_not_held_behind_every_window_of_a_long_file(served, wav):
+    """A 20-minute file (10 windows of 120 s) submitted as a task, then a short clip once its windows
+    wait: batches form round robin across requests, so the clip rides in the next batch and the long
+    task is still running when the clip's answer is back (first in, first out would have put the clip
+    into the long file's last batch: both would end together)."""
+    import time
+
+    long_audio = encode(song(1199.0, sr=16000, seed=3), 16000, "flac")
+    with served.client(timeout=300) as c:
+        r = c.post("/v1/audio/transcriptions/tasks", files={"file": ("long.flac", long_audio)},
+                   data={"model": "whisper-1", "response_format": "text"})
+        assert r.status_code == 202, r.text
+        task = r.json()
+        deadline = time.monotonic() + 240
+        while served.metric("qwen_queue_depth", "asr").get("qwen_queue_depth", 0) < 4:  # its windows wait
+            assert time.monotonic() < deadline and c.get(task["status_url"]).json()["status"] in ("pending", "running")
+            time.sleep(0.05)
+        short = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                       data={"model": "whisper-1", "response_format": "text"})
+        status = c.get(task["status_url"]).json()["status"]
+        assert short.status_code == 200
+        assert status == "running", status
+        while c.get(task["status_url"]).json()["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert c.get(task["result_url"]).status_code == 200

@@ -190,29 +190,67 @@ def test_concurrent_listeners_share_the_decode_loop(served):
     lock = threading.Lock()
     start = threading.Barrier(6)
 
-    def listen(i: int) -> int:
+    def body(i: int) -> dict:
+        return {"model": "tts-1", "voice": "aiden", "response_format": "pcm", "input": f"Listener {i} hears this."}
+
+    def listen(i: int) -> bytes:
         start.wait()
-        got = 0
+        got = b""
         with served.client(timeout=120) as c:
-            with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "aiden", "response_format": "pcm",
-                                                             "input": f"Listener {i} hears this.", "stream": True}) as r:
+            with c.stream("POST", "/v1/audio/speech", json={**body(i), "stream": True}) as r:
                 assert r.status_code == 200
                 for chunk in r.iter_bytes():
-                    if chunk and got == 0:
+                    if chunk and not got:
                         with lock:
                             events.append(("first", i))
-                    got += len(chunk)
+                    got += chunk
         with lock:
             events.append(("end", i))
         return got
 
     before = rows_per_step()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        sizes = list(pool.map(listen, range(6)))
+        streamed = list(pool.map(listen, range(6)))
     after = rows_per_step()
-    assert sizes == [int(SECONDS * 24000) * 2] * 6  # everyone got all 40 frames of 16-bit PCM
+    assert [len(b) for b in streamed] == [int(SECONDS * 24000) * 2] * 6  # all 40 frames of 16-bit PCM each
+    with served.client(timeout=120) as c:  # each alone, not streamed: the same frames (greedy tiny model)
+        for i, got in enumerate(streamed):
+            alone = np.frombuffer(c.post("/v1/audio/speech", json=body(i)).content, dtype="<i2").astype(int)
+            # streamed decode windows vs the package's chunked decode: float noise, a few 16-bit steps
+            assert np.abs(np.frombuffer(got, dtype="<i2").astype(int) - alone).max() <= 8, i
     kinds = [k for k, _ in events]
     assert sorted(i for k, i in events if k == "first") == list(range(6))
     assert kinds.index("end") > max(n for n, k in enumerate(kinds) if k == "first"), events
     rows, steps = after[0] - before[0], after[1] - before[1]
     assert steps > 0 and rows / steps > 2, (rows, steps)
+
+
+def test_a_late_joiner_starts_before_the_first_stream_ends(served):
+    """A second listener who arrives once the first one's audio flows joins the running batch at the next
+    step: its first audio comes before the first stream's end."""
+    import threading
+
+    order: list[str] = []
+    joined = threading.Event()
+
+    def late():
+        joined.wait(60)
+        with served.client(timeout=120) as c:
+            with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "sohee", "stream": True,
+                                                             "response_format": "pcm", "input": "I came late."}) as r:
+                for chunk in r.iter_bytes():
+                    if chunk:
+                        order.append("late first audio")
+                        break
+
+    t = threading.Thread(target=late)
+    t.start()
+    with served.client(timeout=120) as c:
+        with c.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "ryan", "stream": True,
+                                                         "response_format": "pcm", "input": "I was here first."}) as r:
+            for chunk in r.iter_bytes():
+                if chunk and not joined.is_set():
+                    joined.set()
+    order.append("first stream ended")
+    t.join(120)
+    assert order == ["late first audio", "first stream ended"], order

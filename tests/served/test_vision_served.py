@@ -124,6 +124,27 @@ def test_chat_with_image_parts(served):
     assert r.usage.completion_tokens <= 4
 
 
+def test_concurrent_chat_requests_are_batched(served):
+    """Four image questions at once to the VL model (QWEN_VL_MAX_CONCURRENCY=1, batches of 4): fewer
+    generate calls than requests."""
+    import concurrent.futures
+
+    data_url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    before = served.batches("vl")
+
+    def one(i):
+        return served.openai().chat.completions.create(model="vl", max_tokens=3, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                         {"type": "text", "text": f"Question {i}?"}]}])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, range(4)))
+    after = served.batches("vl")
+    assert [a.usage.completion_tokens <= 3 for a in answers] == [True] * 4
+    items, calls = after[0] - before[0], after[1] - before[1]
+    assert items == 4 and calls < items, (items, calls)
+
+
 def test_burst_beyond_the_queue_gets_429_with_retry_after(served):
     def one(i):
         with served.client() as c:
