@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from services.runtime.core.errors import NotFound
 
 from .deps import gateway
-from .registry import REGISTRY
+from .registry import REGISTRY, model_key
 
 VERSION = "0.1.0"
 
@@ -49,11 +49,8 @@ async def models(gw=Depends(gateway)) -> JSONResponse:
 
 @router.get("/v1/models/{model:path}", tags=["models"], summary="One model by its id or any of its aliases")
 async def model(model: str, gw=Depends(gateway)) -> JSONResponse:
-    for card in model_cards(gw):
-        if model == card["id"] or model in card["aliases"]:
-            return JSONResponse(card)
-    raise NotFound(f"model {model!r} is not served here; GET /v1/models lists them", param="model",
-                   code="model_not_found")
+    key = model_key(gw.settings, gw.enabled, model)  # the one name rule (404 model_not_found otherwise)
+    return JSONResponse(next(card for card in model_cards(gw) if card["service"] == key))
 
 
 @router.get("/docs", include_in_schema=False)
