@@ -199,9 +199,8 @@ def test_retry_after_grows_with_queue_depth_and_with_batch_time():
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_a_short_request_is_not_held_behind_every_item_of_a_long_one(batch):
-    """Round robin across requests: a 1-item request that arrives while a 20-item request waits runs
-    within two batches of its arrival (the long request may already be first in line for the next one),
-    not after the long request's 20 items."""
+    """Fewest-served first: a 1-item request that arrives while a 20-item request waits runs in the next
+    batch that forms, not after the long request's 20 items."""
     batches: list[list[str]] = []
     gate = threading.Event()
 
@@ -226,14 +225,14 @@ def test_a_short_request_is_not_held_behind_every_item_of_a_long_one(batch):
 
     short_done_at = run(main())
     where = next(i for i, b in enumerate(batches) if "S" in b)
-    assert where <= 2, batches  # FIFO: 20 // batch
+    assert where == 1, batches  # FIFO: 20 // batch; round robin could put one long item first: 2
     assert short_done_at <= 3 < len(batches)
     # the long request's items still run in order
     longs = [x for b in batches for x in b if x != "S"]
     assert longs == [f"L{i}" for i in range(20)]
 
 
-def test_round_robin_interleaves_two_long_requests_and_keeps_each_ones_order():
+def test_two_long_requests_alternate_and_keep_each_ones_order():
     batches: list[list[str]] = []
     gate = threading.Event()
 
@@ -255,6 +254,5 @@ def test_round_robin_interleaves_two_long_requests_and_keeps_each_ones_order():
 
     a, b = run(main())
     assert a == [f"A{i}" for i in range(6)] and b == [f"B{i}" for i in range(6)]
-    assert batches[0] == ["A0", "A1"]
-    assert all(sorted(x[0] for x in bt) == ["A", "B"] for bt in batches[1:5]), batches  # one of each
-    assert len(batches[1:5]) == 4
+    # B catches up with A's two started items, then they alternate
+    assert batches == [["A0", "A1"], ["B0", "B1"], ["A2", "B2"], ["A3", "B3"], ["A4", "B4"], ["A5", "B5"]], batches

@@ -6,9 +6,10 @@ batches of at most `max_batch_size` (a batch leaves when full or `batch_wait_ms`
 arrived — and at once when a slot frees up with items already waiting), runs at most `max_concurrency`
 batches at a time in worker threads, and gives each request its own results, in order.
 
-Batches are formed round robin across requests (one item of each waiting request in turn, a request
-that got an item goes to the back): a 5-second clip that arrives while the 10 windows of a 20-minute
-file wait runs in the next batch, not after all 10. Each request's own items still run in order. A request that
+Batches are formed fairly across requests: the next item comes from the waiting request that has had the
+fewest items started (a newcomer first, two long requests alternating): a 5-second clip that arrives
+while the 10 windows of a 20-minute file wait runs in the next batch, not after all 10. Each request's
+own items still run in order. A request that
 exceeds `timeout` gets a 504 and its not-yet-started items are dropped. With max_batch_size=1 it is a
 plain concurrency limit with a bounded queue.
 
@@ -41,36 +42,45 @@ class _Pending:
 
 
 class _Queue:
-    """Waiting requests in round-robin order; each holds its not-yet-started items in order."""
+    """Waiting requests; each holds its not-yet-started items in order. The next item comes from the
+    request that has had the fewest items started so far (arrival order among equals): a newcomer goes
+    before a request already being served, and two long requests alternate."""
 
     def __init__(self) -> None:
-        self._requests: collections.deque[collections.deque[_Pending]] = collections.deque()
+        self._requests: list[list] = []  # [served, deque of items], in arrival order
         self._items = 0
 
     def __len__(self) -> int:
         return self._items
 
     def add(self, items: list[_Pending]) -> None:
-        self._requests.append(collections.deque(items))
+        self._requests.append([0, collections.deque(items)])
         self._items += len(items)
 
+    def _next(self) -> list:
+        return min(self._requests, key=lambda r: r[0])  # min keeps the first of equals: arrival order
+
     def first(self) -> _Pending:
-        return self._requests[0][0]
+        return self._next()[1][0]
 
     def take(self) -> _Pending:
-        """The next item in round-robin order: the front request's first; that request goes to the back."""
-        request = self._requests.popleft()
-        item = request.popleft()
+        request = self._next()
+        item = request[1].popleft()
+        request[0] += 1
         self._items -= 1
-        if request:
-            self._requests.append(request)
+        if not request[1]:
+            self._requests.remove(request)
         return item
+
+    def oldest(self) -> float:
+        return min(r[1][0].arrived for r in self._requests)
 
     def drop(self, items: list[_Pending]) -> None:
         gone = {id(p) for p in items}
-        kept = (collections.deque(p for p in r if id(p) not in gone) for r in self._requests)
-        self._requests = collections.deque(r for r in kept if r)
-        self._items = sum(len(r) for r in self._requests)
+        for r in self._requests:
+            r[1] = collections.deque(p for p in r[1] if id(p) not in gone)
+        self._requests = [r for r in self._requests if r[1]]
+        self._items = sum(len(r[1]) for r in self._requests)
 
 
 def retry_after_seconds(waiting: int, batch_size: int, concurrency: int, batch_seconds: float) -> float:
@@ -206,7 +216,7 @@ class Scheduler:
                 await self._wake.wait()
                 continue
             # Batch window: wait for more items until the batch is full or the oldest item waited enough.
-            deadline = self._pending.first().arrived + self.batch_wait
+            deadline = self._pending.oldest() + self.batch_wait
             while len(self._pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                 self._wake.clear()
                 try:
