@@ -47,8 +47,8 @@ class ServiceSettings(_Base):
     max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(16, ge=0)
     timeout: float = Field(300.0, gt=0)
-    # None: auto — 4 on CUDA, 1 elsewhere. On CPU the aligner ran faster unbatched (bench/align.py);
-    # tiny TTS gained from batching on CPU (bench/speech.py), a real 1.7B model on CPU is compute-bound.
+    # None: auto — 4 on CUDA, 1 elsewhere (TTS: rows of its decode loop, 16 on CUDA, 8 elsewhere). On CPU
+    # the aligner ran faster unbatched (bench/align.py); a real model on CPU is compute-bound.
     max_batch_size: int | None = Field(None, ge=1)
     batch_wait_ms: float = Field(10.0, ge=0)
     # Share of one GPU's memory this service may allocate (torch's per-process cap), for models that
