@@ -10,15 +10,16 @@ waits for all of it. Here every request — streamed or not — joins the runnin
   joins the batch's: rows are right-aligned (left padding, masked), so one batched forward serves every
   row whatever its length; a row that leaves is dropped and the common left padding trimmed.
 * Step (the body of the talker's forward, written out because `generate()` cannot be driven a step at a
-  time): the code predictor (`talker.code_predictor.generate`, the package's own call) completes every
-  row's frame from its first code and the talker's last hidden state; the frame's embeddings are summed
+  time): the code predictor (its forward in a loop with one cache: what the package's
+  `code_predictor.generate` call gives) completes every row's frame from its first code and the
+  talker's last hidden state; the frame's embeddings are summed
   (+ the tts pad embedding: non-streaming text mode, the text is all in the prompt) and fed to the talker
   with each row's own rotary position; its logits give each row's next first code.
 * Sampling of the first code follows transformers' order for the arguments the package passes:
   repetition penalty over the row's own earlier first codes, EOS suppressed for the first 2 codes
   (`min_new_tokens=2`), the codec's control tokens suppressed, then temperature, top-k, top-p. Greedy when
   `do_sample` is false. One set of sampling values per engine (OpenAI's speech API has no knobs); the
-  code predictor's sampling is the package's (batched: one call for all rows).
+  code predictor samples with the sub-talker values, the same warpers, all rows at once.
 * A row ends on EOS ("stop"), at its frame cap ("length": the known runaway of Qwen3-TTS, reported, never
   silent), or when its request is cancelled (client gone) — checked every step, so the slot is free
   within one step.
@@ -220,12 +221,7 @@ class TalkerLoop:
         code0 = torch.tensor([[r.code0] for r in rows], device=self.device)
         first = talker.get_input_embeddings()(code0)  # (B, 1, H)
         past = torch.cat([r.hidden for r in rows], dim=0)
-        s = self.sampling
-        predicted = talker.code_predictor.generate(
-            inputs_embeds=torch.cat((past, first), dim=1), max_new_tokens=self.groups - 1,
-            do_sample=s["subtalker_dosample"], top_p=s["subtalker_top_p"], top_k=s["subtalker_top_k"],
-            temperature=s["subtalker_temperature"], output_hidden_states=True, return_dict_in_generate=True,
-        ).sequences  # (B, groups - 1)
+        predicted = self._predict(torch.cat((past, first), dim=1))  # (B, groups - 1)
         frames = torch.cat((code0, predicted), dim=-1)
         ended: list[tuple[Row, str]] = []
         for i, r in enumerate(rows):
@@ -271,6 +267,30 @@ class TalkerLoop:
         if stopped:
             self._leave(stopped, STOP)
 
+    def _predict(self, prefix):
+        """The code predictor's codes 1..15 of every row's frame: what `code_predictor.generate(prefix,
+        max_new_tokens=15, ...)` gives (the package's call), as a plain loop over its forward with one
+        cache: prefill on [last hidden, first code], then one code per step; the forward picks each step's
+        embedding table and head itself (`generation_steps`). Saves generate's per-call setup, which cost
+        most of a talker step on a small model."""
+        from transformers import DynamicCache
+
+        torch = self.torch
+        s = self.sampling
+        cp = self.talker.code_predictor
+        cache = DynamicCache()
+        out = cp(inputs_embeds=prefix, past_key_values=cache, use_cache=True)
+        codes = []
+        for _ in range(self.groups - 1):
+            code = _pick(torch, out.logits[:, -1].float(), s["subtalker_dosample"], s["subtalker_temperature"],
+                         s["subtalker_top_k"], s["subtalker_top_p"])
+            codes.append(code)
+            if len(codes) == self.groups - 1:
+                break
+            out = cp(input_ids=code[:, None], past_key_values=cache, use_cache=True,
+                     generation_steps=out.generation_steps)
+        return torch.stack(codes, dim=1)
+
     def _sample(self, logits, rows: list[Row]):
         """Next first code per row: transformers' processors for the package's arguments, in its order."""
         torch = self.torch
@@ -283,19 +303,7 @@ class TalkerLoop:
         young = torch.tensor([r.sampled < 2 for r in rows], device=scores.device)
         scores[young, self.eos] = -float("inf")
         scores = scores.masked_fill(self._suppress, -float("inf"))
-        if s.get("do_sample"):
-            from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-            t, k, p = s.get("temperature"), s.get("top_k"), s.get("top_p")
-            if t is not None and t != 1.0:
-                scores = TemperatureLogitsWarper(t)(None, scores)
-            if k:
-                scores = TopKLogitsWarper(top_k=k)(None, scores)
-            if p is not None and p < 1.0:
-                scores = TopPLogitsWarper(top_p=p)(None, scores)
-            codes = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
-        else:
-            codes = scores.argmax(-1)
+        codes = _pick(torch, scores, s.get("do_sample"), s.get("temperature"), s.get("top_k"), s.get("top_p"))
         for r, c in zip(rows, codes.tolist()):
             r.sampled += 1
             r.seen[c] = True
@@ -333,6 +341,22 @@ class TalkerLoop:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, idx)[:, :, trim:]
             layer.values = layer.values.index_select(0, idx)[:, :, trim:]
+
+
+def _pick(torch, scores, do_sample, temperature, top_k, top_p):
+    """One code per row from processed scores: transformers' warpers in its order (temperature, top-k,
+    top-p) and a multinomial draw, or argmax when not sampling."""
+    if not do_sample:
+        return scores.argmax(-1)
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    if temperature is not None and temperature != 1.0:
+        scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k=top_k)(None, scores)
+    if top_p is not None and top_p < 1.0:
+        scores = TopPLogitsWarper(top_p=top_p)(None, scores)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
 
 
 def _left_pad(torch, t, n: int):

@@ -246,6 +246,8 @@ def one_round(served, c: httpx.Client, wav: bytes, png: bytes) -> None:
     ok(c.post("/api/v1/align", files={"audio": ("a.wav", wav)}, data={"lyrics": '["one two", "three"]'}))
     ok(c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data={"model": "whisper-1"}))
     ok(c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "ryan", "response_format": "wav"}))
+    ok(c.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "voice": "ryan", "response_format": "pcm",
+                                        "stream": True}))  # a stream: time to first audio
     ok(c.post("/v1/chat/completions", json={"model": "captioner", "max_tokens": 4, "messages": [
         {"role": "user", "content": [{"type": "input_audio", "input_audio": {
             "data": base64.b64encode(wav).decode(), "format": "wav"}}]}]}))

@@ -11,6 +11,7 @@ the codes the package's generate gives for it alone.
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -176,3 +177,31 @@ def test_the_token_budget_holds_a_request_until_it_fits(engine, reference):
     too_big = _rows(engine, loop, TEXTS[:1], cap=budget)[0][0]
     with pytest.raises(ValueError, match="budget"):
         loop.submit(too_big)
+
+
+def test_sampled_codes_equal_the_packages_with_the_same_seed(engine):
+    """With the real checkpoint's sampling switched on, one request alone draws the same random numbers in
+    the same order as the package's generate (first code, then the code predictor's 15, per frame), so
+    the same seed gives the same codes: our processors, warpers and predictor loop are the package's."""
+    import torch
+
+    from services.tts.batching import TalkerLoop
+
+    sampling = {**engine.sampling, "do_sample": True, "subtalker_dosample": True}
+    sampled = SimpleNamespace(tts=engine.tts, sampling=sampling)
+    text, voice, lang, ins = TEXTS[0]
+    torch.manual_seed(11)
+    with torch.inference_mode():
+        ref = package_codes(sampled, text, voice, lang, ins, CAP)
+    loop = TalkerLoop(engine.tts, sampling, max_batch_size=8, max_tokens=100_000)
+    rows, frames, ends, done = _rows(engine, loop, TEXTS[:1])
+    torch.manual_seed(11)
+    loop.submit(rows[0])
+    assert done.wait(120)
+    loop.close()
+    got = torch.stack(frames[0])
+    assert got.shape == ref.shape and torch.equal(got, ref)
+    torch.manual_seed(12)
+    with torch.inference_mode():
+        other = package_codes(sampled, text, voice, lang, ins, CAP)
+    assert not torch.equal(other[: min(len(other), len(ref))], ref[: min(len(other), len(ref))])  # it does sample

@@ -130,3 +130,15 @@ def test_tts_settings_budget(monkeypatch):
     monkeypatch.setenv("QWEN_TTS_MAX_BATCH_FRAMES", "1")
     with pytest.raises(ValueError):
         TTSSettings()
+
+
+def test_the_real_code_predictor_has_nothing_generate_would_add_to_our_loop():
+    """services.tts.batching runs the code predictor as a plain loop (sampling warpers only). That equals the
+    package's `code_predictor.generate` only while the predictor's config brings no processor or stop of
+    its own: no EOS/pad/BOS (no early stop), no suppressed, bad or forced tokens, no repetition penalty."""
+    cp = tts_config(TTS).talker_config.code_predictor_config
+    for field in ("eos_token_id", "pad_token_id", "bos_token_id", "suppress_tokens", "begin_suppress_tokens",
+                  "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id"):
+        assert getattr(cp, field, None) is None, field
+    assert getattr(cp, "repetition_penalty", 1.0) in (None, 1.0)
+    assert cp.num_code_groups == 16  # 15 codes predicted per frame
