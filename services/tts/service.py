@@ -44,6 +44,7 @@ log = get_logger("tts")
 )
 class TTS(ModelService[QwenTTSEngine]):
     key = "tts"
+    scheduled = False  # the decode loop batches; admission is `_admit`
     _inflight = 0
     _ewma_seconds = 1.0
 
@@ -65,9 +66,6 @@ class TTS(ModelService[QwenTTSEngine]):
             "kv_cache_gib": round(engine.max_batch_frames * engine.bytes_per_frame / 2**30, 2),
             "codec_receptive_frames": engine.receptive_frames, "stream_context_frames": engine.context_frames})
         return engine
-
-    def _run_batch(self, items: list[SpeechItem]) -> list[np.ndarray]:  # the decode loop batches; unused
-        raise NotImplementedError
 
     def _item(self, engine: QwenTTSEngine, utterance: Utterance) -> SpeechItem:
         u = utterance.checked(self.cfg.max_input_chars)

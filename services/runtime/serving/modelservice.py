@@ -1,7 +1,9 @@
 """What every model service shares: background loading on the right device, the scheduler, readiness.
 
 A model service subclasses `ModelService`, sets `key`, implements `load_engine` and `_run_batch`, and
-adds its own `@bentoml.api` methods (plus `status`, which returns `status_info()`).
+adds its own `@bentoml.api` methods (plus `status`, which returns `status_info()`). A service whose engine
+batches on its own (TTS: its decode loop) sets `scheduled = False`: it gets no scheduler and reports its
+own limits in `status_info()`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def thread_envs() -> list[dict]:
 
 class ModelService(Generic[E]):
     key: ClassVar[str]
+    scheduled: ClassVar[bool] = True  # admission + micro-batching by the shared Scheduler
     placement: Placement | None = None  # set by _load (device, dtype, a vLLM engine's GPUs)
 
     def __init__(self) -> None:
@@ -57,7 +60,7 @@ class ModelService(Generic[E]):
             self.key, self.model_id, self._run_batch,
             max_batch_size=self.cfg.max_batch_size or 1, batch_wait_ms=self.cfg.batch_wait_ms,
             max_concurrency=self.cfg.max_concurrency, max_queue=self.cfg.max_queue, timeout=self.cfg.timeout,
-        )
+        ) if self.scheduled else None
         self.handle.start(self._load, self.warmup)
 
     # -- overridable --------------------------------------------------------------------------------
@@ -93,8 +96,9 @@ class ModelService(Generic[E]):
         self.check_settings()
         self.placement = place(self.settings, self.key, self.handle, self.engine_kind)
         device, dtype = self.placement.device, self.placement.dtype
-        self.scheduler.max_batch_size = self.batch_size(device)
-        self.scheduler.max_concurrency = self.engine_concurrency(device)
+        if self.scheduler is not None:
+            self.scheduler.max_batch_size = self.batch_size(device)
+            self.scheduler.max_concurrency = self.engine_concurrency(device)
         # A hub download logs huggingface_hub's progress bars; /health shows the phase meanwhile.
         self.handle.phase = "fetching weights"
         path = resolve_model_path(self.settings, self.key, self.cfg.model, self.cfg.revision,
@@ -137,6 +141,8 @@ class ModelService(Generic[E]):
     def status_info(self) -> dict:
         self._record_gpu_memory()
         sch = self.scheduler
+        if sch is None:
+            return self.handle.info()
         return {**self.handle.info(), "concurrency_limit": sch.max_concurrency, "max_batch_size": sch.max_batch_size,
                 "queue_limit": sch.max_queue, "queue_depth": sch.queue_depth}
 
