@@ -37,7 +37,7 @@ log = get_logger("tts")
 
 @bentoml.service(
     name="tts",
-    traffic=traffic(_CFG),
+    traffic=traffic(_CFG, running=_CFG.max_batch_size or 16),  # rows of the decode loop (16 on CUDA)
     # 1.7B talker + codec: ~3.9 GB bf16 (the seed shared one T4 with the ASR at 45% each).
     resources=resources("2", "8Gi", gpu=1, gpu_type="nvidia-tesla-t4"),
     envs=thread_envs(),

@@ -20,12 +20,14 @@ from services.runtime.core.settings import ServiceSettings, get_settings
 E = TypeVar("E")
 
 
-def traffic(cfg: ServiceSettings) -> dict:
-    # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it.
+def traffic(cfg: ServiceSettings, running: int | None = None) -> dict:
+    # The scheduler does admission (429 + Retry-After) below this; BentoML's own cap only backstops it:
+    # it must stay above what may run (`running`, default max_concurrency x 8) plus the queue.
     # BentoML's client in the gateway waits this long too: a little past the scheduler's own deadline, so
     # a slow model answers with the service's 504 and a hung process with the gateway's.
+    running = running if running is not None else cfg.max_concurrency * 8
     return {"timeout": cfg.timeout + min(30.0, max(2.0, cfg.timeout / 10)),
-            "max_concurrency": cfg.max_concurrency * 8 + cfg.max_queue + 8}
+            "max_concurrency": running + cfg.max_queue + 8}
 
 
 def resources(cpu: str, memory: str, *, gpu: int = 0, gpu_type: str | None = None) -> dict:
