@@ -60,7 +60,6 @@ class Row:
     sampled: int = 0  # first codes sampled so far (min_new_tokens)
     seen: Any = None  # (V,) bool: first codes already sampled (repetition penalty)
     hidden: Any = None  # (1, 1, H) the talker's last hidden state
-    tokens: int = 0  # admission cost: prompt + frame cap
 
     @property
     def cost(self) -> int:
@@ -365,9 +364,3 @@ def _left_pad(torch, t, n: int):
     shape = list(t.shape)
     shape[2] = n
     return torch.cat((t.new_zeros(shape), t), dim=2)
-
-
-def mean_batch(loop: TalkerLoop) -> float:
-    return loop.step_rows / loop.steps if loop.steps else 0.0
-
-
