@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import numpy as np
 
@@ -65,7 +66,9 @@ async def speech(request: Request, gw=Depends(gateway)) -> Response:
 
     # Errors up to the first audio (admission, loading, validation in the model service) keep their
     # status: the stream's header line is read before our response starts.
-    head, pcm = await remote.open_stream("tts", gw.tts.to_async.stream(utterance=utterance), into=StreamHeader)
+    ticket = uuid.uuid4().hex  # names this stream in the service's `leave` when our client goes early
+    head, pcm = await remote.open_stream("tts", gw.tts.to_async.stream(utterance=utterance, ticket=ticket),
+                                         into=StreamHeader, on_leave=lambda: gw.tts.to_async.leave(ticket=ticket))
     encoder = StreamingEncoder(fmt, head.sample_rate, req.speed)
     if stream_format == "sse":
         return StreamingResponse(_sse(pcm, encoder), media_type="text/event-stream",

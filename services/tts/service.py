@@ -26,7 +26,7 @@ from services.runtime.core.settings import get_settings
 from services.runtime.edge.remote import guarded, stream_error, stream_ok
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.serving.scheduler import retry_after_seconds
-from services.runtime.serving.streams import Channel
+from services.runtime.serving.streams import Channel, Listeners
 
 from .contract import Finish, Speech, StreamHeader, Utterance, pack_audio, pack_finish
 from .engine import Finished, QwenTTSEngine, SpeechItem
@@ -47,6 +47,10 @@ class TTS(ModelService[QwenTTSEngine]):
     scheduled = False  # the decode loop batches; admission is `_admit`
     _inflight = 0
     _ewma_seconds = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners = Listeners()  # open streams by the gateway's ticket: `leave` cancels one
 
     def batch_size(self, device: str) -> int:
         return self.cfg.max_batch_size or (16 if device.startswith("cuda") else 8)
@@ -85,7 +89,7 @@ class TTS(ModelService[QwenTTSEngine]):
                 f"tts is at capacity ({rows} generating, {self._inflight - rows} queued); retry later",
                 retry_after=retry_after_seconds(self._inflight - rows, rows, 1, self._ewma_seconds))
 
-    async def _speak(self, utterance: Utterance, stream: bool) -> tuple[QwenTTSEngine, Channel]:
+    async def _speak(self, utterance: Utterance, stream: bool, ticket: str = "") -> tuple[QwenTTSEngine, Channel]:
         """Checks, admission, then the request in the loop: a Channel of audio arrays, ending with the
         engine's Finished (or its error). Leaving the channel early cancels the request."""
         engine = self.handle.get()
@@ -112,6 +116,7 @@ class TTS(ModelService[QwenTTSEngine]):
                 log.warning("speech cut at its frame cap", extra={"frames": fin.frames})
 
         channel.on_close(finished)
+        self._listeners.add(ticket, channel)
         try:
             await asyncio.to_thread(engine.start, item, channel.emit, done, stream=stream, cancel=channel.cancel)
         except ValueError as exc:
@@ -151,12 +156,18 @@ class TTS(ModelService[QwenTTSEngine]):
                       finish=self._finish(channel.result)).model_dump(mode="json")
 
     @bentoml.api
-    async def stream(self, utterance: Utterance) -> AsyncGenerator[bytes, None]:
+    async def leave(self, ticket: str) -> bool:
+        """The caller's client left the stream opened with this ticket: it leaves the batch within one step.
+        False when no such stream is open (it ended already)."""
+        return self._listeners.leave(ticket)
+
+    @bentoml.api
+    async def stream(self, utterance: Utterance, ticket: str = "") -> AsyncGenerator[bytes, None]:
         """Header line (remote.stream_ok with a StreamHeader, or the error), then records (contract.records):
         float32 little-endian PCM as it is generated, and the Finish last. Errors up to the first audio
         (validation, admission 429, loading 503) are the header, so the gateway keeps their status."""
         try:
-            engine, channel = await self._speak(utterance, stream=True)
+            engine, channel = await self._speak(utterance, stream=True, ticket=ticket)
         except QwenError as exc:
             yield stream_error(exc)
             return

@@ -256,9 +256,6 @@ def test_a_late_joiner_starts_before_the_first_stream_ends(served):
     assert order == ["late first audio", "first stream ended"], order
 
 
-@pytest.mark.xfail(strict=True, reason="known: the disconnect reaches the TTS service seconds late through "
-                   "the HTTP stack (with 400 frames the row left after ~105 steps); the engine frees a "
-                   "cancelled row within one step (tests/tiny/test_tts_batching.py)")
 def test_a_listener_who_leaves_frees_its_row(served):
     """The client closes its stream after the first audio: the request leaves the decode loop at once,
     instead of generating its other frames for nobody (a whole synthesis here is 40 frames, so about 39

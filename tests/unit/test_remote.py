@@ -145,3 +145,69 @@ def test_resolve_model_is_the_one_model_name_check():
     resolve_model(s, "tts", "tts-1-hd-en")
     with pytest.raises(NotFound):
         resolve_model(s, "asr", "tts-1")
+
+
+def _upstream(n: int):
+    async def agen():
+        yield remote.STREAM_OK
+        for i in range(n):
+            yield b"%d;" % i
+    return agen()
+
+
+@pytest.mark.parametrize("read_all", [True, False])
+def test_a_stream_left_early_tells_the_service_and_one_read_to_its_end_does_not(read_all):
+    """The model service learns that our client left from a `leave` call (the socket is no signal across
+    BentoML's client), made once, and only when the body was closed before its end."""
+    calls: list[str] = []
+
+    async def leave():
+        calls.append("leave")
+
+    async def main():
+        body = await remote.open_stream("tts", _upstream(5), on_leave=leave)
+        got = []
+        async for chunk in body:
+            got.append(chunk)
+            if not read_all:
+                break
+        await body.aclose()
+        await asyncio.sleep(0.01)  # the leave call runs in a task of its own
+        return got
+
+    got = asyncio.run(main())
+    assert calls == ([] if read_all else ["leave"])
+    assert len(got) == (5 if read_all else 1)
+
+
+def test_the_leave_call_runs_even_when_the_body_is_cancelled():
+    """Starlette closes a response whose client left by cancelling it: the body's cleanup runs inside a
+    cancelled scope, so the leave call must not be awaited there."""
+    import anyio
+
+    calls: list[str] = []
+    gate = asyncio.Event()
+
+    async def leave():
+        await asyncio.sleep(0)  # a real call awaits I/O: inside the cancelled scope this would raise
+        calls.append("leave")
+
+    async def slow():
+        yield remote.STREAM_OK
+        yield b"first"
+        await gate.wait()  # never set: the client leaves while the service is still generating
+        yield b"never"
+
+    async def main():
+        body = await remote.open_stream("tts", slow(), on_leave=leave)
+        async with anyio.create_task_group() as tg:
+            async def consume():
+                async for _ in body:
+                    pass
+            tg.start_soon(consume)
+            await asyncio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert calls == ["leave"]

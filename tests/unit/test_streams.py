@@ -298,3 +298,24 @@ def test_leaving_a_channel_early_cancels_the_producer_and_its_close_still_runs_t
     got, rest, cancelled, emitted, result = run(main())
     assert got == [0, 1, 2] and cancelled and emitted and result == "cancelled"
     assert rest == list(range(3, 3 + len(rest)))  # the item emitted after leave() (-1) was dropped
+
+
+def test_listeners_cancel_an_open_stream_by_its_ticket_and_forget_it_when_it_closes():
+    from services.runtime.serving.streams import Listeners
+
+    async def main():
+        listeners = Listeners()
+        a, b = Channel(), Channel()
+        listeners.add("a", a)
+        listeners.add("b", b)
+        listeners.add("", Channel())  # no ticket: nobody can leave it
+        assert listeners.leave("a") is True
+        assert a.cancel.is_set() and not b.cancel.is_set()
+        assert listeners.leave("a") is False  # once
+        b.close(result="done")
+        await b.wait_closed()
+        assert listeners.leave("b") is False  # closed streams are forgotten
+        assert not b.cancel.is_set()
+        assert listeners.leave("") is False
+
+    run(main())

@@ -71,6 +71,23 @@ def _into(service: str, into: type[M], value: Any) -> M:
         raise QwenError(f"{service} answered outside its contract") from None
 
 
+_background: set = set()  # strong references to fire-and-forget tasks until they end
+
+
+def _spawn(awaitable: Awaitable[Any]) -> None:
+    import asyncio
+
+    async def run():
+        try:
+            await awaitable
+        except Exception as exc:  # noqa: BLE001 - best effort: the stream ends by itself anyway
+            log.info("leave call failed", extra={"error": type(exc).__name__})
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 class _StaleConnection(Exception):
     pass
 
@@ -132,9 +149,14 @@ def stream_error(err: QwenError) -> bytes:
     return json.dumps({ERROR_KEY: err.payload()}).encode() + b"\n"
 
 
-async def open_stream(service: str, agen, into: type[M] | None = None):
+async def open_stream(service: str, agen, into: type[M] | None = None,
+                      on_leave: Callable[[], Awaitable[Any]] | None = None):
     """Read the header line of a model service's stream; raise its error, or return an async iterator of
-    the remaining bytes. With `into` (a contract's header model): (the header validated into it, iterator)."""
+    the remaining bytes. With `into` (a contract's header model): (the header validated into it, iterator).
+
+    `on_leave` makes the call that tells the model service our client left before the end (the service's
+    `leave` with the stream's ticket, serving.streams.Listeners): it runs in a task of its own, since the
+    body is closed inside a cancelled scope."""
     import json
 
     buf = b""
@@ -151,9 +173,15 @@ async def open_stream(service: str, agen, into: type[M] | None = None):
         raise QwenError.from_payload(header[ERROR_KEY])
 
     async def body():
-        if rest:
-            yield rest
-        async for chunk in it:
-            yield chunk
+        ended = False
+        try:
+            if rest:
+                yield rest
+            async for chunk in it:
+                yield chunk
+            ended = True
+        finally:
+            if not ended and on_leave is not None:
+                _spawn(call(service, on_leave))
 
     return body() if into is None else (_into(service, into, header), body())

@@ -90,6 +90,29 @@ class Channel(Generic[T]):
             raise self.error
 
 
+class Listeners:
+    """The open streams of a model service by the ticket its caller chose, so the caller can say "my client
+    left" with a call of its own (`leave`). A closed socket is not a reliable signal across the hop: BentoML's
+    client leaves the upstream HTTP response to the garbage collector, so the model service would generate
+    for nobody until the stream ends. A ticket is forgotten when its channel closes."""
+
+    def __init__(self):
+        self._open: dict[str, Channel] = {}
+
+    def add(self, ticket: str, channel: Channel) -> None:
+        if ticket:
+            self._open[ticket] = channel
+            channel.on_close(lambda: self._open.pop(ticket, None))
+
+    def leave(self, ticket: str) -> bool:
+        """True when the ticket's stream was open (it is cancelled now)."""
+        channel = self._open.pop(ticket, None)
+        if channel is None:
+            return False
+        channel.leave()
+        return True
+
+
 class ThreadStream(Generic[T, R]):
     def __init__(self, produce: Callable[[Callable[[T], None]], R], cancel: threading.Event | None = None):
         self.produce = produce
