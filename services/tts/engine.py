@@ -73,6 +73,7 @@ class QwenTTSEngine:
         context_frames: int | None = None,
         max_frames_limit: int = MAX_FRAMES_LIMIT,
         max_batch_frames: int = MAX_FRAMES_LIMIT,
+        batch_wait_ms: float = 0.0,
         sampling: dict | None = None,
         max_batch_size: int = 8,
     ):
@@ -103,7 +104,8 @@ class QwenTTSEngine:
             model.config.talker_config, next(model.talker.parameters()).element_size()
         )
         self.sampling = sampling_kwargs(tts, sampling)
-        self.loop = TalkerLoop(tts, self.sampling, max_batch_size=max_batch_size, max_tokens=self.max_batch_frames)
+        self.loop = TalkerLoop(tts, self.sampling, max_batch_size=max_batch_size, max_tokens=self.max_batch_frames,
+                               gather_seconds=batch_wait_ms / 1000.0)
         self._prompt_lock = threading.Lock()  # loop.prompt patches the talker for the call
 
         self._eos = int(model.config.talker_config.codec_eos_token_id)
@@ -164,18 +166,19 @@ class QwenTTSEngine:
         chunk = int(chunk_frames if chunk_frames is not None else self.chunk_frames)
         if first < 1 or chunk < 1:
             raise ValueError("chunk_frames and first_chunk_frames must be >= 1")
-        with self._prompt_lock, self._torch.inference_mode():
-            prompt, pad = self.loop.prompt(item.text, item.voice, item.language, item.instructions)
-        frames = min(item.max_frames, self.loop.max_tokens - prompt.shape[1])
-        if frames < 1:
-            raise ValueError("the input is too long for this engine's generation budget (max_batch_frames)")
-        tokens = int(prompt.shape[1])
-        job = Job(emit, lambda reason, error, n: done(Finished(reason, n, tokens), error), stream, first, chunk,
-                  context=context_frames if context_frames is not None else self.context_frames)
-        if cancel is not None:
-            job.cancel = cancel
-        self.loop.submit(Row(prompt, pad, frames, lambda f: self.codec.frame(job, f),
-                             lambda reason, error: self.codec.end(job, reason, error), cancel=job.cancel))
+        with self.loop.preparing():  # an idle loop waits for this request: requests arriving together start together
+            with self._prompt_lock, self._torch.inference_mode():
+                prompt, pad = self.loop.prompt(item.text, item.voice, item.language, item.instructions)
+            frames = min(item.max_frames, self.loop.max_tokens - prompt.shape[1])
+            if frames < 1:
+                raise ValueError("the input is too long for this engine's generation budget (max_batch_frames)")
+            tokens = int(prompt.shape[1])
+            job = Job(emit, lambda reason, error, n: done(Finished(reason, n, tokens), error), stream, first, chunk,
+                      context=context_frames if context_frames is not None else self.context_frames)
+            if cancel is not None:
+                job.cancel = cancel
+            self.loop.submit(Row(prompt, pad, frames, lambda f: self.codec.frame(job, f),
+                                 lambda reason, error: self.codec.end(job, reason, error), cancel=job.cancel))
         return job.cancel
 
     def synthesize(

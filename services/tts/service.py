@@ -61,7 +61,8 @@ class TTS(ModelService[QwenTTSEngine]):
                                     first_chunk_frames=self.cfg.stream_first_chunk_frames,
                                     context_frames=self.cfg.stream_context_frames,
                                     max_batch_frames=self.cfg.max_batch_frames,
-                                    max_batch_size=self.batch_size(device))
+                                    max_batch_size=self.batch_size(device),
+                                    batch_wait_ms=self.cfg.batch_wait_ms)
         m = metrics()
         engine.loop.on_step = lambda rows: m.batch_size.labels(self.key).observe(rows)
         log.info("tts generation settings", extra={

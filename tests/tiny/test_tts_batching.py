@@ -11,6 +11,7 @@ the codes the package's generate gives for it alone.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -205,3 +206,38 @@ def test_sampled_codes_equal_the_packages_with_the_same_seed(engine):
     with torch.inference_mode():
         other = package_codes(sampled, text, voice, lang, ins, CAP)
     assert not torch.equal(other[: min(len(other), len(ref))], ref[: min(len(other), len(ref))])  # it does sample
+
+
+def test_an_idle_loop_starts_requests_that_arrive_together_in_one_step(engine):
+    """Requests that arrive together (still building their prompts when the first is submitted) join the
+    first step together, instead of the first stepping alone and holding the others' join back. The wait
+    ends when none is preparing, not at its bound (30 s here: the test would time out)."""
+    from services.tts.batching import TalkerLoop
+
+    loop = TalkerLoop(engine.tts, engine.sampling, max_batch_size=8, max_tokens=100_000, gather_seconds=30)
+    rows, frames, ends, done = _rows(engine, loop, TEXTS[:4], cap=6)
+    steps: list[int] = []
+    loop.on_step = steps.append
+    preparing = [loop.preparing() for _ in rows]
+    for p in preparing:
+        p.__enter__()
+    for row, p in zip(rows, preparing):
+        loop.submit(row)
+        time.sleep(0.2)  # building the next prompt takes a while: a loop that did not wait would step now
+        assert loop.steps == 0  # the others are still preparing: nothing ran yet
+        p.__exit__(None, None, None)
+    assert done.wait(20)
+    loop.close()
+    assert steps[0] == 4, steps
+
+
+def test_a_request_alone_does_not_wait_for_the_gathering_bound(engine):
+    from services.tts.batching import TalkerLoop
+
+    loop = TalkerLoop(engine.tts, engine.sampling, max_batch_size=8, max_tokens=100_000, gather_seconds=30)
+    rows, frames, ends, done = _rows(engine, loop, TEXTS[:1], cap=6)
+    with loop.preparing():
+        loop.submit(rows[0])
+    assert done.wait(20)  # not 30 s: nobody else was preparing
+    loop.close()
+    assert loop.steps >= 1

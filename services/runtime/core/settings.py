@@ -114,6 +114,9 @@ class TTSSettings(ServiceSettings):
     # Requests generate together in one decode loop (continuous batching): max_batch_size rows at once
     # (None: 16 on CUDA, 8 elsewhere), max_queue more wait for a row. max_concurrency does not apply.
     max_queue: int = Field(16, ge=0)
+    # An idle loop waits up to this long for requests that are still building their prompts (~6 ms each,
+    # one at a time), so requests arriving together start in one batch; it starts as soon as none is.
+    batch_wait_ms: float = Field(100.0, ge=0)
     max_input_chars: int = Field(4096, ge=1)  # OpenAI's limit for `input`
     # Frames are 80 ms; the real model's ceiling is 8191 (~10.9 min). Each request is also capped by its
     # text length (50 + 4 per character): a model that never stops cannot run away.
