@@ -39,10 +39,6 @@ log = get_logger("asr")
 class ASR(ModelService[QwenASREngine]):
     key = "asr"
 
-    def engine_concurrency(self, device: str) -> int:
-        # transformers keeps per-call state on the module (rope_deltas): one call at a time; vLLM batches.
-        return 1 if self.cfg.backend == "transformers" else self.cfg.max_concurrency
-
     def batch_size(self, device: str) -> int:
         if self.cfg.backend == "vllm":
             return self.cfg.max_batch_size or 32  # vLLM batches on its own: hand it big batches

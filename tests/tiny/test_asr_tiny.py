@@ -84,3 +84,40 @@ def test_tiny_generation_runs_to_max_new_tokens(model):
     new = out.sequences[:, inputs["input_ids"].shape[1] :]
     assert new.shape == (1, MAX_NEW_TOKENS)
     assert int(new.max()) < model.model.thinker.lm_head.out_features
+
+
+def test_two_transcribe_calls_at_once_on_one_engine_give_what_each_gives_alone(folder):
+    """The scheduler runs a short request beside a long one's batch on the same engine. The thinker keeps
+    `rope_deltas` (one per batch row) on the module between decode steps: without per-thread state, a
+    call of 3 rows reads a 1-row call's deltas (or the reverse) — a shape error or shifted positions.
+    Many rounds, so the calls' steps interleave; the results must equal each call made alone."""
+    import threading
+
+    import numpy as np
+
+    from services.asr.engine import ASRItem, QwenASREngine
+
+    engine = QwenASREngine.load(str(folder), backend="transformers", device="cpu", dtype="float32",
+                                max_new_tokens=MAX_NEW_TOKENS)
+    one = [ASRItem(noise(1.0, seed=1))]
+    three = [ASRItem(noise(s, seed=k)) for k, s in enumerate((0.7, 2.0, 3.1))]
+    alone = (engine.transcribe(one), engine.transcribe(three))
+    got: dict[str, list] = {"one": [], "three": []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def call(name, items):
+        try:
+            start.wait()
+            for _ in range(6):
+                got[name].append(engine.transcribe(items))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=("one", one)), threading.Thread(target=call, args=("three", three))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert got["one"] == [alone[0]] * 6 and got["three"] == [alone[1]] * 6

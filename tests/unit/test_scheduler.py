@@ -256,3 +256,61 @@ def test_two_long_requests_alternate_and_keep_each_ones_order():
     assert a == [f"A{i}" for i in range(6)] and b == [f"B{i}" for i in range(6)]
     # B catches up with A's two started items, then they alternate
     assert batches == [["A0", "A1"], ["B0", "B1"], ["A2", "B2"], ["A3", "B3"], ["A4", "B4"], ["A5", "B5"]], batches
+
+
+def test_a_request_keeps_one_running_slot_free_for_others():
+    """With two running slots, a long request runs one batch at a time (the other slot stays free), so a
+    short request that arrives while the long one's batch runs starts at once, beside it, instead of
+    waiting for that batch to end (which a long request holding both slots would make it do)."""
+    running: dict[str, int] = {}
+    peak = {"L": 0}
+    started: list[str] = []
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def run_batch(items):
+        who = items[0][0]
+        with lock:
+            started.append(items[0])
+            running[who] = running.get(who, 0) + 1
+            peak["L"] = max(peak["L"], running.get("L", 0))
+        if who == "L":
+            release.wait(5)  # the long request's batches take long: held until the short one is done
+        with lock:
+            running[who] -= 1
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=2, max_queue=64)
+        long = asyncio.ensure_future(s.run([f"L{i}" for i in range(6)]))
+        while not started:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # a scheduler that let the long request take both slots has done so now
+        assert await asyncio.wait_for(s.run(["S"]), 5) == ["S"]  # beside the long batch, which still runs
+        release.set()
+        assert await long == [f"L{i}" for i in range(6)]
+
+    run(main())
+    assert started[:2] == ["L0", "S"], started
+    assert peak["L"] == 1
+
+
+def test_a_lone_request_still_uses_every_slot_when_the_service_has_three():
+    """The cap is max_concurrency - 1: with three slots a long request runs two batches at once."""
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run_batch(items):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=3, max_queue=64)
+        assert await s.run(list(range(8))) == list(range(8))
+
+    run(main())
+    assert peak[0] == 2

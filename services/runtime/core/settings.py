@@ -90,9 +90,10 @@ class ASRSettings(ServiceSettings):
     model: str = "Qwen/Qwen3-ASR-1.7B"
     # transformers in-process (any device), or vllm (CUDA: qwen_asr's vLLM backend; batches itself).
     backend: Literal["transformers", "vllm"] = "transformers"
-    # The transformers model keeps per-call state on the module (rope_deltas): one call at a time per
-    # instance; throughput comes from batching windows of concurrent requests into one generate.
-    max_concurrency: int = Field(1, ge=1)
+    # Batches running at once on one model instance (the engine makes the thinker's per-call rope_deltas
+    # per-thread). With 2, one request's batches take one slot and the other stays free for another
+    # request: a short clip runs beside a long file's batch instead of after it.
+    max_concurrency: int = Field(2, ge=1)
     max_queue: int = Field(32, ge=0)
     # Tokens one window may write. None: derived from the window (10 tokens per second of audio + 32,
     # 1232 for 120 s; services/asr/budget.py). A value under 5 tokens/s is warned about at load.

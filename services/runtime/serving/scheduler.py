@@ -8,8 +8,10 @@ batches at a time in worker threads, and gives each request its own results, in 
 
 Batches are formed fairly across requests: the next item comes from the waiting request that has had the
 fewest items started (a newcomer first, two long requests alternating): a 5-second clip that arrives
-while the 10 windows of a 20-minute file wait runs in the next batch, not after all 10. Each request's
-own items still run in order. A request that
+while the 10 windows of a 20-minute file wait runs in the next batch, not after all 10. And a request
+never holds every running slot (at most max_concurrency - 1 of its batches run at once, at least 1): with
+two slots the clip starts at once, beside the file's running batch. Each request's own items still run in
+order. A request that
 exceeds `timeout` gets a 504 and its not-yet-started items are dropped. With max_batch_size=1 it is a
 plain concurrency limit with a bounded queue.
 
@@ -39,48 +41,72 @@ class _Pending:
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
     exclusive: bool = False  # a slot() holder: never batched, holds a running slot until released
+    request: "_Request | None" = None
+
+
+@dataclass(eq=False)
+class _Request:
+    items: collections.deque
+    served: int = 0  # items started
+    running: int = 0  # batches holding its items that are running now
 
 
 class _Queue:
     """Waiting requests; each holds its not-yet-started items in order. The next item comes from the
     request that has had the fewest items started so far (arrival order among equals): a newcomer goes
-    before a request already being served, and two long requests alternate."""
+    before a request already being served, and two long requests alternate.
 
-    def __init__(self) -> None:
-        self._requests: list[list] = []  # [served, deque of items], in arrival order
+    A request may have at most `per_request` batches running at once (max_concurrency - 1, at least 1): the
+    last running slot is kept for another request, so a short request that arrives while a long one runs
+    starts at once instead of waiting for one of the long request's batches to end."""
+
+    def __init__(self, per_request: int = 1) -> None:
+        self._requests: list[_Request] = []  # in arrival order
         self._items = 0
+        self.per_request = per_request
 
     def __len__(self) -> int:
         return self._items
 
     def add(self, items: list[_Pending]) -> None:
-        self._requests.append([0, collections.deque(items)])
+        request = _Request(collections.deque(items))
+        for p in items:
+            p.request = request
+        self._requests.append(request)
         self._items += len(items)
 
-    def _next(self) -> list:
-        return min(self._requests, key=lambda r: r[0])  # min keeps the first of equals: arrival order
+    def _next(self, batch: set | None = None) -> _Request | None:
+        """The fewest-served request that may start an item now (it is below its running batches, or
+        already in the batch being formed); None when every waiting request is at its limit."""
+        ready = [r for r in self._requests if r.running < self.per_request or (batch and r in batch)]
+        return min(ready, key=lambda r: r.served) if ready else None  # min keeps the first of equals
 
-    def first(self) -> _Pending:
-        return self._next()[1][0]
+    def ready(self) -> bool:
+        return self._next() is not None
 
-    def take(self) -> _Pending:
-        request = self._next()
-        item = request[1].popleft()
-        request[0] += 1
+    def first(self, batch: set | None = None) -> _Pending | None:
+        request = self._next(batch)
+        return request.items[0] if request is not None else None
+
+    def take(self, batch: set | None = None) -> _Pending:
+        request = self._next(batch)
+        assert request is not None
+        item = request.items.popleft()
+        request.served += 1
         self._items -= 1
-        if not request[1]:
+        if not request.items:
             self._requests.remove(request)
         return item
 
     def oldest(self) -> float:
-        return min(r[1][0].arrived for r in self._requests)
+        return min(r.items[0].arrived for r in self._requests)
 
     def drop(self, items: list[_Pending]) -> None:
         gone = {id(p) for p in items}
         for r in self._requests:
-            r[1] = collections.deque(p for p in r[1] if id(p) not in gone)
-        self._requests = [r for r in self._requests if r[1]]
-        self._items = sum(len(r[1]) for r in self._requests)
+            r.items = collections.deque(p for p in r.items if id(p) not in gone)
+        self._requests = [r for r in self._requests if r.items]
+        self._items = sum(len(r.items) for r in self._requests)
 
 
 def retry_after_seconds(waiting: int, batch_size: int, concurrency: int, batch_seconds: float) -> float:
@@ -107,10 +133,10 @@ class Scheduler:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000.0
-        self.max_concurrency = max_concurrency
+        self._pending = _Queue()
+        self.max_concurrency = max_concurrency  # sets the queue's per-request limit too
         self.max_queue = max_queue
         self.timeout = timeout
-        self._pending = _Queue()
         self._running = 0
         self._ewma_batch_seconds = 1.0
         self._wake: asyncio.Event | None = None
@@ -118,6 +144,15 @@ class Scheduler:
         self._m = metrics()
 
     # -- public -------------------------------------------------------------------------------------
+    @property
+    def max_concurrency(self) -> int:
+        return self._max_concurrency
+
+    @max_concurrency.setter
+    def max_concurrency(self, value: int) -> None:
+        self._max_concurrency = value
+        self._pending.per_request = max(1, value - 1)  # one slot stays free for another request
+
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
@@ -211,7 +246,7 @@ class Scheduler:
     async def _dispatch(self) -> None:
         assert self._wake is not None
         while True:
-            if not self._pending or self._running >= self.max_concurrency:
+            if not self._pending.ready() or self._running >= self.max_concurrency:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -223,7 +258,10 @@ class Scheduler:
                     await asyncio.wait_for(self._wake.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            if self._pending.first().exclusive:
+            head = self._pending.first()
+            if head is None:  # the waiting requests are all at their running limit (items were dropped)
+                continue
+            if head.exclusive:
                 p = self._pending.take()
                 if not p.future.done():
                     self._running += 1  # released by the holder (slot())
@@ -231,17 +269,22 @@ class Scheduler:
                     p.future.set_result(None)
                 continue
             batch: list[_Pending] = []
-            while self._pending and len(batch) < self.max_batch_size and not self._pending.first().exclusive:
-                p = self._pending.take()
+            members: set = set()
+            while len(batch) < self.max_batch_size and (nxt := self._pending.first(members)) is not None \
+                    and not nxt.exclusive:
+                p = self._pending.take(members)
                 if not p.future.done():
                     batch.append(p)
+                    members.add(p.request)
             if not batch:
                 continue
+            for request in members:
+                request.running += 1
             self._running += 1
             self._gauge()
-            asyncio.get_running_loop().create_task(self._execute(batch))
+            asyncio.get_running_loop().create_task(self._execute(batch, members))
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], members: set) -> None:
         t0 = time.perf_counter()
         try:
             results = await asyncio.to_thread(self._run_batch, [p.item for p in batch])
@@ -259,4 +302,6 @@ class Scheduler:
             self._ewma_batch_seconds = 0.8 * self._ewma_batch_seconds + 0.2 * dt
             self._m.batch_size.labels(self.service).observe(len(batch))
             self._m.inference.labels(self.service, self.model).observe(dt)
+            for request in members:
+                request.running -= 1
             self._release()
