@@ -23,6 +23,11 @@ class AlignJob:
     audio: np.ndarray  # float32 mono 16 kHz
     units: list[str]
 
+    @property
+    def cost(self) -> float:
+        """Seconds of audio: the scheduler batches windows of a similar length (scheduler.SIZE_RATIO)."""
+        return len(self.audio) / SAMPLE_RATE
+
 
 class AlignerEngine(Protocol):
     max_seconds: float  # longest audio one pass can time (classes x segment time)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import threading
 import unicodedata
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -16,7 +15,6 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 2  # the package's minimum input (0.5 s); shorter windows are padded
-_TOKENIZER_LOCK = threading.Lock()  # fast tokenizers change padding state per call: one call at a time
 
 
 @dataclass
@@ -24,6 +22,11 @@ class ASRItem:
     audio: np.ndarray  # float32 mono 16 kHz, one window
     context: str = ""  # becomes the system message (OpenAI `prompt`)
     language: str | None = None  # package language name; None: the model detects it
+
+    @property
+    def cost(self) -> float:
+        """Seconds of audio: the scheduler batches windows of a similar length (scheduler.SIZE_RATIO)."""
+        return len(self.audio) / SAMPLE_RATE
 
 
 @dataclass
@@ -43,16 +46,19 @@ class ASREngine(Protocol):
     def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]: ...
 
 
-def allow_concurrent_calls(model, lock: threading.Lock) -> None:
+def allow_concurrent_calls(model) -> None:
     """Let two `transcribe` calls run at once on one qwen_asr model (the scheduler runs a short request
-    beside a long one's batch): the thinker's `rope_deltas` becomes per-thread, the processor (tokenizer
-    padding state) is called one at a time. Refuses a package whose thinker no longer holds rope_deltas
-    where we expect it, rather than run unguarded."""
+    beside a long one's batch): the thinker's `rope_deltas` becomes per-thread, and the tokenizer (whose
+    padding state a fast tokenizer changes per call) is called one at a time. Feature extraction stays
+    parallel: holding a lock over a long batch's mel spectrograms would make the short request wait for
+    them. Refuses a package whose thinker no longer holds rope_deltas where we expect it, rather than run
+    unguarded."""
     from services.runtime.serving.concurrent_calls import Serialized, thread_local_attributes
 
     if thread_local_attributes(model.model, ["rope_deltas"]) < 1:
         raise RuntimeError("qwen_asr: no module holds rope_deltas; check concurrent calls before upgrading")
-    model.processor = Serialized(model.processor, ("__call__", "batch_decode", "decode"), lock=lock)
+    processor = model.processor
+    processor.tokenizer = Serialized(processor.tokenizer, ("__call__", "batch_decode", "decode", "encode"))
 
 
 class QwenASREngine:
@@ -78,7 +84,7 @@ class QwenASREngine:
             model = Qwen3ASRModel.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device,
                                                   max_new_tokens=max_new_tokens, max_inference_batch_size=32)
             require_windowed_audio_attention(model.model)
-            allow_concurrent_calls(model, _TOKENIZER_LOCK)
+            allow_concurrent_calls(model)
         return cls(model, backend)
 
     def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]:
@@ -93,8 +99,7 @@ class QwenASREngine:
         return [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
 
     def count_tokens(self, text: str) -> int:
-        with _TOKENIZER_LOCK:  # the tokenizer is shared with transcribe calls in worker threads
-            return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
 
     def warmup(self) -> None:
         self.transcribe([ASRItem(np.zeros(SAMPLE_RATE, dtype=np.float32))])

@@ -31,7 +31,6 @@ frame cap).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,6 +65,30 @@ class Row:
     @property
     def cost(self) -> int:
         return self.prompt.shape[1] + self.max_frames
+
+
+class Preparing:
+    """One request counted as preparing by its loop until `release()` (idempotent; also on `with` exit)."""
+
+    def __init__(self, loop: "TalkerLoop"):
+        self._loop = loop
+        self._released = False
+        with loop._cond:
+            loop._preparing += 1
+
+    def release(self) -> None:
+        with self._loop._cond:
+            if self._released:
+                return
+            self._released = True
+            self._loop._preparing -= 1
+            self._loop._cond.notify()
+
+    def __enter__(self) -> "Preparing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class TalkerLoop:
@@ -129,17 +152,10 @@ class TalkerLoop:
             raise RuntimeError("expected the non-streaming text mode (all text in the prompt)")
         return kw["inputs_embeds"], kw["tts_pad_embed"]
 
-    @contextlib.contextmanager
-    def preparing(self):
-        """Around building a request's prompt and submitting it: an idle loop gathers such requests."""
-        with self._cond:
-            self._preparing += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._preparing -= 1
-                self._cond.notify()
+    def preparing(self) -> "Preparing":
+        """Count a request as building its prompt from now until the returned object is released (or its
+        `with` block ends): an idle loop gathers such requests."""
+        return Preparing(self)
 
     def fits(self, row: Row) -> bool:
         return row.cost <= self.max_tokens

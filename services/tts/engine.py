@@ -156,17 +156,20 @@ class QwenTTSEngine:
 
     def start(self, item: SpeechItem, emit: Callable[[np.ndarray], None], done: Callable[[Finished, BaseException | None], None],
               *, stream: bool, cancel: threading.Event | None = None, first_chunk_frames: int | None = None,
-              chunk_frames: int | None = None, context_frames: int | None = None) -> threading.Event:
+              chunk_frames: int | None = None, context_frames: int | None = None,
+              preparing=None) -> threading.Event:
         """Join the running batch. `emit` gets float32 audio (streamed: chunks as they are decoded; else the
         whole audio once), then `done(Finished, error)` exactly once; both on the engine's threads, so they
         must only hand the data on. Returns the cancel event (set it when the client is gone: the request
-        leaves the batch within one step). ValueError before any work for what the model cannot do."""
+        leaves the batch within one step). ValueError before any work for what the model cannot do.
+        `preparing`: the loop's count of this request as preparing, taken by the caller when the request
+        arrived (else taken here); released once the request is submitted."""
         item = self.check(item)
         first = int(first_chunk_frames if first_chunk_frames is not None else self.first_chunk_frames)
         chunk = int(chunk_frames if chunk_frames is not None else self.chunk_frames)
         if first < 1 or chunk < 1:
             raise ValueError("chunk_frames and first_chunk_frames must be >= 1")
-        with self.loop.preparing():  # an idle loop waits for this request: requests arriving together start together
+        with preparing or self.loop.preparing():  # an idle loop waits for it: requests arriving together start together
             with self._prompt_lock, self._torch.inference_mode():
                 prompt, pad = self.loop.prompt(item.text, item.voice, item.language, item.instructions)
             frames = min(item.max_frames, self.loop.max_tokens - prompt.shape[1])

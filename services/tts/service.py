@@ -119,7 +119,11 @@ class TTS(ModelService[QwenTTSEngine]):
         channel.on_close(finished)
         self._listeners.add(ticket, channel)
         try:
-            await asyncio.to_thread(engine.start, item, channel.emit, done, stream=stream, cancel=channel.cancel)
+            # Counted as preparing from here, not from when a worker thread picks the call up: requests that
+            # arrive together (more than the default executor's threads) start in one step.
+            with engine.loop.preparing() as preparing:
+                await asyncio.to_thread(engine.start, item, channel.emit, done, stream=stream, cancel=channel.cancel,
+                                        preparing=preparing)
         except ValueError as exc:
             channel.close()
             raise InvalidRequest(str(exc), code="invalid_value") from None

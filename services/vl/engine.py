@@ -123,6 +123,12 @@ class VLItem:
     top_k: int | None = None  # None, 0 or -1: off
     adapter: str | None = None  # diagram: adapter name, BASE, or None (the engine's default)
 
+    @property
+    def cost(self) -> int:
+        """Tokens it may generate: a batch runs until its longest row ends, so the scheduler batches items
+        of a similar budget (scheduler.SIZE_RATIO)."""
+        return self.max_new_tokens
+
     @classmethod
     def decode(cls, item: VisionItem) -> "VLItem":
         """A contract item as the engine takes it: messages for the chat template, images decoded."""

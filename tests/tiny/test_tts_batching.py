@@ -218,14 +218,12 @@ def test_an_idle_loop_starts_requests_that_arrive_together_in_one_step(engine):
     rows, frames, ends, done = _rows(engine, loop, TEXTS[:4], cap=6)
     steps: list[int] = []
     loop.on_step = steps.append
-    preparing = [loop.preparing() for _ in rows]
-    for p in preparing:
-        p.__enter__()
+    preparing = [loop.preparing() for _ in rows]  # four requests arrive; each is counted at once
     for row, p in zip(rows, preparing):
         loop.submit(row)
         time.sleep(0.2)  # building the next prompt takes a while: a loop that did not wait would step now
         assert loop.steps == 0  # the others are still preparing: nothing ran yet
-        p.__exit__(None, None, None)
+        p.release()
     assert done.wait(20)
     loop.close()
     assert steps[0] == 4, steps

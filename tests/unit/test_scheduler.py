@@ -314,3 +314,30 @@ def test_a_lone_request_still_uses_every_slot_when_the_service_has_three():
 
     run(main())
     assert peak[0] == 2
+
+
+def test_items_are_batched_only_with_items_of_a_similar_cost():
+    """A batch runs as long as its longest item: a short item is not put beside items SIZE_RATIO times
+    its cost (it forms its own batch), while items of a similar cost still batch together."""
+    from dataclasses import dataclass
+
+    from services.runtime.serving.scheduler import SIZE_RATIO
+
+    @dataclass
+    class Item:
+        name: str
+        cost: float
+
+    batches: list[list[str]] = []
+
+    def run_batch(items):
+        batches.append([i.name for i in items])
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=4, batch_wait_ms=50, max_concurrency=1, max_queue=64)
+        await asyncio.gather(s.run([Item("L0", 100), Item("L1", 90)]), s.run([Item("S", 100 / SIZE_RATIO / 2)]),
+                             s.run([Item("M", 100 / SIZE_RATIO * 1.5)]))
+
+    run(main())
+    assert sorted(map(sorted, batches)) == [["L0", "L1", "M"], ["S"]], batches

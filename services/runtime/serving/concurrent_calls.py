@@ -10,7 +10,7 @@ touched.
 
 `Serialized(obj, methods)` forwards attribute access to `obj`; calls of `methods` go one at a time. A fast
 tokenizer changes its padding/truncation state on every padded call and fails with "Already borrowed"
-when two threads call it at once; the processor that wraps it is cheap next to generate.
+when two threads call it at once.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def thread_local_attributes(root, names: Iterable[str]) -> int:
 
 
 class Serialized:
-    def __init__(self, obj: Any, methods: Iterable[str] = ("__call__",), lock: threading.Lock | None = None):
+    def __init__(self, obj: Any, methods: Iterable[str] = ("__call__",)):
         self._obj = obj
         self._methods = frozenset(methods)
-        self._lock = lock if lock is not None else threading.Lock()
+        self._lock = threading.RLock()
 
     def __call__(self, *args, **kwargs):
         if "__call__" not in self._methods:

@@ -75,21 +75,23 @@ class _Queue:
         self._requests.append(request)
         self._items += len(items)
 
-    def _next(self, batch: set | None = None) -> _Request | None:
+    def _next(self, batch: set | None = None, head: Any = None) -> _Request | None:
         """The fewest-served request that may start an item now (it is below its running batches, or
-        already in the batch being formed); None when every waiting request is at its limit."""
-        ready = [r for r in self._requests if r.running < self.per_request or (batch and r in batch)]
+        already in the batch being formed), and whose next item is of the batch's size class (`head`: the
+        batch's first item); None when there is none."""
+        ready = [r for r in self._requests if (r.running < self.per_request or (batch and r in batch))
+                 and (head is None or same_size_class(head.item, r.items[0].item))]
         return min(ready, key=lambda r: r.served) if ready else None  # min keeps the first of equals
 
     def ready(self) -> bool:
         return self._next() is not None
 
-    def first(self, batch: set | None = None) -> _Pending | None:
-        request = self._next(batch)
+    def first(self, batch: set | None = None, head: Any = None) -> _Pending | None:
+        request = self._next(batch, head)
         return request.items[0] if request is not None else None
 
-    def take(self, batch: set | None = None) -> _Pending:
-        request = self._next(batch)
+    def take(self, batch: set | None = None, head: Any = None) -> _Pending:
+        request = self._next(batch, head)
         assert request is not None
         item = request.items.popleft()
         request.served += 1
@@ -107,6 +109,21 @@ class _Queue:
             r.items = collections.deque(p for p in r.items if id(p) not in gone)
         self._requests = [r for r in self._requests if r.items]
         self._items = sum(len(r.items) for r in self._requests)
+
+
+# Items that say what they cost (`cost`: seconds of audio, tokens to generate) are batched only with items
+# within this factor of the batch's first: one batch runs as long as its longest item (padding, and a
+# generate that ends with its longest row), so a 5-s clip beside 100-s windows, or a 16-token answer beside
+# a 1024-token one, would wait for them.
+SIZE_RATIO = 4.0
+
+
+def same_size_class(a: Any, b: Any) -> bool:
+    ca, cb = getattr(a, "cost", None), getattr(b, "cost", None)
+    if ca is None or cb is None:
+        return True
+    small, big = sorted((float(ca), float(cb)))
+    return big <= max(small, 1e-9) * SIZE_RATIO
 
 
 def retry_after_seconds(waiting: int, batch_size: int, concurrency: int, batch_seconds: float) -> float:
@@ -270,9 +287,9 @@ class Scheduler:
                 continue
             batch: list[_Pending] = []
             members: set = set()
-            while len(batch) < self.max_batch_size and (nxt := self._pending.first(members)) is not None \
-                    and not nxt.exclusive:
-                p = self._pending.take(members)
+            while len(batch) < self.max_batch_size and \
+                    (nxt := self._pending.first(members, batch[0] if batch else None)) is not None and not nxt.exclusive:
+                p = self._pending.take(members, batch[0] if batch else None)
                 if not p.future.done():
                     batch.append(p)
                     members.add(p.request)
