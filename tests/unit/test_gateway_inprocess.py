@@ -95,14 +95,23 @@ def fake_tts(sample_rate: int = 24000, status: str | Exception = "ready", reason
         return Speech(audio=np.zeros(samples, np.float32), sample_rate=sample_rate,
                       finish=finish).model_dump(mode="json")
 
-    async def stream(utterance: Utterance):
+    left: list[str] = []
+
+    async def leave(ticket: str):
+        left.append(ticket)
+        return True
+
+    async def stream(utterance: Utterance, ticket: str = ""):
+        assert ticket  # the gateway names every stream, so that it can leave it
         yield remote.stream_ok(StreamHeader(sample_rate=sample_rate))
         body = b"".join(pack_audio(part) for part in np.array_split(np.zeros(samples, "<f4"), 3))
         body += pack_finish(finish)
         for i in range(0, len(body), 1000):  # records do not survive the socket's chunking: cut anywhere
             yield body[i : i + 1000]
 
-    return Fake(status, synthesize=synthesize, stream=stream)
+    fake_ = Fake(status, synthesize=synthesize, stream=stream, leave=leave)
+    fake_.left = left  # tickets the gateway said it left
+    return fake_
 
 
 def fake(key: str, status: str | Exception = "ready") -> Fake:
