@@ -52,8 +52,18 @@ class Word(BaseModel):
     end: float
 
 
+def compression_ratio(text: str) -> float:
+    """Whisper's compression ratio of a segment's text: UTF-8 bytes over their zlib-compressed size. Above
+    ~2.4 the text repeats itself (a decoder loop), which OpenAI's docs tell clients to treat as failed."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
+
+
 class Segment(BaseModel):
-    """OpenAI's segment fields; the decoder statistics Qwen3-ASR does not produce are null."""
+    """OpenAI's segment fields. `compression_ratio` is computed from the text; `avg_logprob` and
+    `no_speech_prob` are not produced yet (null: OpenAI's schema requires numbers, see the conformance tests)."""
 
     id: int
     seek: int

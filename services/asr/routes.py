@@ -17,7 +17,7 @@ from services.runtime.edge.http import FormRoute
 from services.runtime.edge.media import load_audio, read_upload
 
 from .contract import TranscribeOptions
-from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word
+from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio
 
 router = APIRouter(tags=["audio"], route_class=FormRoute)
 
@@ -63,7 +63,8 @@ def _render(ctx: Ctx, out: transcribe_align.Transcript) -> Response:
         duration=result.duration,
         text=result.text,
         segments=[Segment(id=i, seek=int(s.start * 100), start=s.start, end=s.end, text=s.text,
-                          temperature=req.temperature) for i, s in enumerate(out.segments)]
+                          temperature=req.temperature, compression_ratio=round(compression_ratio(s.text), 4))
+                  for i, s in enumerate(out.segments)]
         if (not grans or "segment" in grans) else None,
         words=[Word(word=w.text, start=w.start, end=w.end) for w in out.words] if "word" in grans else None,
     )

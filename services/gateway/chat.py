@@ -86,7 +86,7 @@ def new_id() -> str:
 def completion_body(cid: str, model: str, out: Completion) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text, "refusal": None},
                      "finish_reason": out.finish_reason, "logprobs": None}],
         "usage": out.usage.model_dump(),
     }
