@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 class TranscribeOptions(BaseModel):
     prompt: str = Field("", description="context for the model (names, terms): OpenAI's `prompt`")
     language: str | None = Field(None, description="ISO code or name; forces the language; None: detected")
+    speech: bool = Field(False, description="also answer voice activity per 32-ms frame (Transcription.speech)")
 
 
 class Span(BaseModel):
@@ -28,3 +29,6 @@ class Transcription(BaseModel):
     language: str  # qwen_asr's name ("English"), "" when the model gave none
     duration: float  # seconds of audio
     spans: list[Span]  # the windows, in order, covering the whole audio
+    # With options.speech: the speech probability of every 32-ms frame of the audio
+    # (runtime.serving.vad.pack: one byte each, base64); "" otherwise.
+    speech: str = ""

@@ -62,8 +62,9 @@ def compression_ratio(text: str) -> float:
 
 
 class Segment(BaseModel):
-    """OpenAI's segment fields. `compression_ratio` is computed from the text; `avg_logprob` and
-    `no_speech_prob` are not produced yet (null: OpenAI's schema requires numbers, see the conformance tests)."""
+    """OpenAI's segment fields. `compression_ratio` is computed from the text, `no_speech_prob` from the
+    voice activity of the segment's audio (runtime.serving.vad); `avg_logprob` is not produced yet (null:
+    OpenAI's schema requires a number, see the conformance tests)."""
 
     id: int
     seek: int

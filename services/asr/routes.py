@@ -15,6 +15,7 @@ from services.runtime.codecs.subtitles import to_srt, to_vtt
 from services.runtime.core.errors import InvalidRequest
 from services.runtime.edge.http import FormRoute
 from services.runtime.edge.media import load_audio, read_upload
+from services.runtime.serving import vad
 
 from .contract import TranscribeOptions
 from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio
@@ -41,7 +42,8 @@ async def _run(gw, ctx: Ctx) -> transcribe_align.Transcript:
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
     return await transcribe_align.transcribe(
-        gw, audio.samples, TranscribeOptions(prompt=req.prompt or "", language=req.language),
+        gw, audio.samples, TranscribeOptions(prompt=req.prompt or "", language=req.language,
+                                             speech=req.response_format == "verbose_json"),
         timed=req.response_format not in ("json", "text"), words="word" in req.timestamp_granularities)
 
 
@@ -58,12 +60,14 @@ def _render(ctx: Ctx, out: transcribe_align.Transcript) -> Response:
     if fmt == "vtt":
         return Response(to_vtt(segments), media_type="text/vtt; charset=utf-8")
     grans = req.timestamp_granularities
+    speech = vad.unpack(result.speech)
     body = TranscriptionVerbose(
         language=(result.language or "unknown").lower(),
         duration=result.duration,
         text=result.text,
         segments=[Segment(id=i, seek=int(s.start * 100), start=s.start, end=s.end, text=s.text,
-                          temperature=req.temperature, compression_ratio=round(compression_ratio(s.text), 4))
+                          temperature=req.temperature, compression_ratio=round(compression_ratio(s.text), 4),
+                          no_speech_prob=vad.no_speech_prob(speech, s.start, s.end))
                   for i, s in enumerate(out.segments)]
         if (not grans or "segment" in grans) else None,
         words=[Word(word=w.text, start=w.start, end=w.end) for w in out.words] if "word" in grans else None,

@@ -7,6 +7,8 @@ which it can pass to the aligner for timestamps (services/gateway/pipelines/tran
 
 from __future__ import annotations
 
+import asyncio
+
 import bentoml
 import numpy as np
 
@@ -17,6 +19,7 @@ from services.runtime.core.errors import InvalidRequest
 from services.runtime.core.languages import ASR as LANGUAGES
 from services.runtime.core.languages import word_separator
 from services.runtime.core.logging import get_logger
+from services.runtime.serving import vad
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
@@ -61,6 +64,13 @@ class ASR(ModelService[QwenASREngine]):
             vllm_kwargs=vllm_kwargs(cfg, dtype),
         )
 
+    _vad: "vad.VoiceActivity | None" = None
+
+    def _voice(self) -> "vad.VoiceActivity":
+        if self._vad is None:
+            self._vad = vad.VoiceActivity()  # loads in ~0.1 s from the package's own weights
+        return self._vad
+
     def _run_batch(self, items: list[ASRItem]) -> list[ASRResult]:
         return self.handle.get().transcribe(items)
 
@@ -87,12 +97,21 @@ class ASR(ModelService[QwenASREngine]):
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
         items = [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks]
-        results = await self.scheduler.run(items)
+        # Voice activity runs beside the model (its own small CPU model, ~1 s per minute of audio on one thread).
+        speech = asyncio.ensure_future(asyncio.to_thread(self._voice().speech_probs, audio)) if options.speech else None
+        try:
+            results = await self.scheduler.run(items)
+        except BaseException:
+            if speech is not None:
+                speech.cancel()
+            raise
+        probs = vad.pack(await speech) if speech is not None else ""
         detected = lang or _majority([r.language for r in results]) or ""
         spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text)
                  for c, r in zip(chunks, results)]
         text = word_separator(detected).join(s.text for s in spans if s.text)
-        return Transcription(text=text, language=detected, duration=round(duration, 3), spans=spans).model_dump()
+        return Transcription(text=text, language=detected, duration=round(duration, 3), spans=spans,
+                             speech=probs).model_dump()
 
 
 def vllm_kwargs(cfg, dtype: str) -> dict:

@@ -52,6 +52,9 @@ def test_verbose_json_segments_and_words(oai, wav):
     assert len(r.segments) >= 1 and len(r.words) >= 1, r.model_dump()
     for seg in r.segments:
         assert 0 <= seg.start <= seg.end <= r.duration + 1e-6 and isinstance(seg.text, str)
+        # Computed, not placeholders: Whisper's compression ratio of the text, and voice activity's
+        # no-speech probability of the segment's audio (runtime.serving.vad).
+        assert seg.compression_ratio >= 0 and 0.0 <= seg.no_speech_prob <= 1.0, seg
     starts = [w.start for w in r.words]
     assert starts == sorted(starts)
     assert all(0 <= w.start <= w.end <= r.duration + 1e-6 and w.word for w in r.words)
