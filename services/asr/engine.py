@@ -1,20 +1,36 @@
 """Qwen3-ASR behind a small Protocol: transformers (CPU/MPS/CUDA) or vLLM (CUDA), same API.
 
-`qwen_asr.Qwen3ASRModel.transcribe` takes lists (one generate over the batch), strips the model's
-`language X<asr_text>` prefix and forces a language when given. The service chunks long audio itself
+The model writes `language X<asr_text>` and then the transcript (when a language is forced, the prompt
+ends with that prefix and the model writes the transcript only). The service chunks long audio itself
 (quiet-point windows) so every item here is one window; the engine only batches.
+
+vLLM: `qwen_asr.Qwen3ASRModel.transcribe` (one generate over the batch; it strips the prefix and forces
+a language when given). Transformers: the engine runs that method's steps itself — the package's
+audio normalization, prompt (`_build_text_prompt`), processor, `generate`, decode and output parsing
+(`parse_asr_output`), so the texts and languages are the package's — because it also wants what
+`transcribe` drops: the transcript's token ids, each token's log-probability, and the text while it is
+being generated (`transcribe(items, on_text=...)`).
 """
 
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 2  # the package's minimum input (0.5 s); shorter windows are padded
+ASR_TEXT_TAG = "<asr_text>"  # ends the model's language prefix (qwen_asr.inference.utils._ASR_TEXT_TAG)
+# qwen_asr.inference.utils.detect_and_fix_repetitions (run by parse_asr_output on every output): a
+# character repeated more than REPEAT_THRESHOLD times in a row, or a pattern of at most
+# REPEAT_MAX_PATTERN characters repeated REPEAT_THRESHOLD times, is written once. Its defaults.
+REPEAT_THRESHOLD = 20
+REPEAT_MAX_PATTERN = 20
+
+# on_text(index of the item in the `transcribe` call, piece of its text)
+OnText = Callable[[int, str], None]
 
 
 @dataclass
@@ -31,19 +47,151 @@ class ASRItem:
 
 @dataclass
 class ASRResult:
+    """One window's transcript.
+
+    `tokens` and `logprobs` (same length; transformers backend only, empty lists on vLLM): the generated
+    token ids the transcript was decoded from, and the log-probability of each under the decoding used.
+    Which tokens: the generated ones after the model's `<asr_text>` token (all generated tokens when the
+    language was forced, as the prompt then ends with that prefix; all of them too when the model wrote
+    no `<asr_text>`, as the package then takes the whole output for the transcript), leaving out special
+    tokens (end of sequence, padding: what decoding with skip_special_tokens drops). So
+    `tokenizer.decode(tokens)` is the transcript as generated; `text` is that after the package's
+    clean-up (leading/trailing whitespace stripped, a looping repetition written once) and `_printable`.
+    Log-probability: greedy decoding, log_softmax of the scores `generate` chose the token from (the
+    logits after its logits processors; Qwen3-ASR's generation config has none, so these are the
+    model's own next-token log-probabilities) at the chosen token: what transformers'
+    `compute_transition_scores(sequences, scores, normalize_logits=True)` gives; always <= 0.
+    """
+
     language: str  # package name, "" when the model gave none
     text: str
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+def _is_shown(ch: str) -> bool:
+    return ch in "\n\t" or unicodedata.category(ch) != "Cc"
 
 
 def _printable(text: str) -> str:
     """Drop control characters a decoder can emit (never meaningful in a transcript), trim."""
-    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc").strip()
+    return "".join(ch for ch in text if _is_shown(ch)).strip()
+
+
+class TranscriptStream:
+    """One row's `ASRResult.text` while its output is being generated: `feed(raw)` takes the next
+    decoded output text and returns the text now certain to come next in the final `text`; `finish(text)`
+    returns the rest. The pieces concatenate to `text` exactly (`_printable` included).
+
+    The final text is `_printable` of `qwen_asr.inference.utils.parse_asr_output(raw)`: the raw output
+    stripped, its repetitions collapsed (detect_and_fix_repetitions, over the whole output, language
+    prefix included), then the part after the first `<asr_text>` (the whole output when the language was
+    forced, or when no `<asr_text>` ever comes), stripped. So what is held back until it is certain:
+    - the language prefix: nothing before `<asr_text>` is text (an unforced row without one gets all its
+      text at `finish`);
+    - trailing whitespace (stripped if nothing follows) and leading whitespace (always stripped);
+    - the current run of one character beyond its first (more than REPEAT_THRESHOLD of them are written
+      once), and whatever could still turn out to be the 2nd..Nth repeat of a pattern of at most
+      REPEAT_MAX_PATTERN characters starting earlier: from position i+k on, for every k and i such that
+      the text from i is, as far as it is known (up to REPEAT_THRESHOLD*k characters), periodic with
+      period k. Ordinary text releases within a few characters (a run like the `ll` of `hello` waits
+      for the next character); once a loop is certain the rest of the row waits for `finish`.
+    """
+
+    def __init__(self, forced: bool):
+        self.forced = forced  # the language was forced: the whole output is text
+        self._started = False  # the output's leading whitespace is behind
+        self._run_char, self._run_len = "", 0  # the character run being written (only its 1st is in _view)
+        self._view = ""  # the output as the repetition fix will see it (runs collapsed), as far as known
+        self._released = 0  # _view[:_released] is certain to begin the fixed output
+        self._text_start = 0 if forced else -1  # where the text begins in _view (-1: no <asr_text> yet)
+        self._read = 0  # _view[:_read] is turned into output (or skipped as the prefix)
+        self._text_started = False  # leading whitespace of the text is behind
+        self._held = ""  # whitespace that is text only if more text follows
+        self.emitted: list[str] = []
+
+    def feed(self, raw: str) -> str:
+        for ch in raw:
+            if not self._started:
+                if ch.isspace():
+                    continue
+                self._started = True
+            if ch == self._run_char:
+                self._run_len += 1
+                continue
+            if 1 < self._run_len <= REPEAT_THRESHOLD:
+                self._view += self._run_char * (self._run_len - 1)
+            self._view += ch
+            self._run_char, self._run_len = ch, 1
+        self._release()
+        return self._emit(self._text())
+
+    def finish(self, text: str) -> str:
+        """The rest of the final `text` (`ASRResult.text`) after what was emitted."""
+        done = "".join(self.emitted)
+        if not text.startswith(done):  # the holdback above is incomplete: a bug, never a retraction
+            from services.runtime.core.logging import get_logger
+
+            get_logger("asr").warning("streamed transcript is not a prefix of the final text")
+            return ""
+        rest = text[len(done):]
+        if rest:
+            self.emitted.append(rest)
+        return rest
+
+    def _release(self) -> None:
+        """Advance _released to the first position that could still be cut by the repetition fix."""
+        view, n = self._view, len(self._view)
+        m = self._released
+        while m < n:
+            for k in range(1, REPEAT_MAX_PATTERN + 1):
+                i = m - k
+                if i < 0:
+                    break
+                end = min(n, i + REPEAT_THRESHOLD * k)
+                if view[i + k:end] == view[i:end - k]:
+                    self._released = m
+                    return
+            m += 1
+        self._released = n
+
+    def _text(self) -> str:
+        """The released part of the text not yet read."""
+        if self._text_start < 0:
+            at = self._view.find(ASR_TEXT_TAG, max(0, self._read - len(ASR_TEXT_TAG) + 1), self._released)
+            if at < 0:
+                self._read = self._released
+                return ""
+            self._text_start = self._read = at + len(ASR_TEXT_TAG)
+        if self._released <= self._read:
+            return ""
+        new, self._read = self._view[self._read:self._released], self._released
+        return new
+
+    def _emit(self, new: str) -> str:
+        out = []
+        for ch in new:
+            if not _is_shown(ch):
+                continue
+            if not self._text_started:
+                if ch.isspace():
+                    continue
+                self._text_started = True
+            if ch.isspace():
+                self._held += ch
+                continue
+            out.append(self._held + ch)
+            self._held = ""
+        piece = "".join(out)
+        if piece:
+            self.emitted.append(piece)
+        return piece
 
 
 class ASREngine(Protocol):
     backend: str
 
-    def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]: ...
+    def transcribe(self, items: Sequence[ASRItem], on_text: OnText | None = None) -> list[ASRResult]: ...
 
 
 def allow_concurrent_calls(model) -> None:
@@ -65,6 +213,12 @@ class QwenASREngine:
     def __init__(self, model, backend: str):
         self.model = model  # qwen_asr.Qwen3ASRModel
         self.backend = backend
+        if backend != "vllm":
+            # Read once, here: tokenizer calls outside allow_concurrent_calls' lock could meet another
+            # call's padding change ("Already borrowed").
+            tokenizer = model.processor.tokenizer
+            self._special = frozenset(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+            self._tag_id = tokenizer.convert_tokens_to_ids(ASR_TEXT_TAG)
 
     @classmethod
     def load(cls, path: str, *, backend: str, device: str, dtype: str, max_new_tokens: int,
@@ -87,19 +241,166 @@ class QwenASREngine:
             allow_concurrent_calls(model)
         return cls(model, backend)
 
-    def transcribe(self, items: Sequence[ASRItem]) -> list[ASRResult]:
+    def transcribe(self, items: Sequence[ASRItem], on_text: OnText | None = None) -> list[ASRResult]:
+        """One result per item, in order.
+
+        on_text(index, piece): the text of item `index` as it is generated, called from the thread
+        running this call; the pieces of an item concatenate to its `ASRResult.text` exactly. Pieces
+        come while `generate` runs, each holding only text certain to stay (TranscriptStream says what
+        waits: the language prefix, surrounding whitespace, possible repetition loops); after `generate`
+        each item gets the rest in one last piece (no call when nothing is left). vLLM: one piece per
+        item (its whole text) once the batch is done. An exception raised by on_text ends the call.
+        """
         if not items:
             return []
         audios = [(np.pad(it.audio, (0, max(0, MIN_SAMPLES - len(it.audio)))), SAMPLE_RATE) for it in items]
-        outs = self.model.transcribe(
-            audio=audios,
-            context=[it.context for it in items],
-            language=[it.language for it in items],
-        )
-        return [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
+        if self.backend == "vllm":
+            outs = self.model.transcribe(
+                audio=audios,
+                context=[it.context for it in items],
+                language=[it.language for it in items],
+            )
+            results = [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
+            if on_text is not None:
+                for i, r in enumerate(results):
+                    if r.text:
+                        on_text(i, r.text)
+            return results
+        return self._transcribe_transformers(audios, items, on_text)
+
+    def _transcribe_transformers(self, audios, items: Sequence[ASRItem], on_text: OnText | None) -> list[ASRResult]:
+        """`Qwen3ASRModel.transcribe` (qwen_asr 0.0.6) for windows within its limit, step by step: its
+        audio normalization, language validation, prompts, sub-batches of max_inference_batch_size,
+        processor, generate, decode and parsing — with a streamer that records each step's tokens and
+        log-probabilities and streams the text."""
+        import torch
+        from qwen_asr.inference.utils import (MAX_ASR_INPUT_SECONDS, merge_languages, normalize_audios,
+                                              normalize_language_name, parse_asr_output, validate_language)
+        from transformers import LogitsProcessorList
+
+        asr = self.model
+        wavs = normalize_audios(audios)
+        if any(len(w) > MAX_ASR_INPUT_SECONDS * SAMPLE_RATE for w in wavs):
+            # The package would cut it in pieces and join their texts; the service's windows never are this long.
+            raise ValueError(f"an ASR window is longer than {MAX_ASR_INPUT_SECONDS} s")
+        langs: list[str | None] = []
+        for it in items:
+            if it.language is None or str(it.language).strip() == "":
+                langs.append(None)
+            else:
+                lang = normalize_language_name(str(it.language))
+                validate_language(lang)
+                langs.append(lang)
+        prompts = [asr._build_text_prompt(context=it.context, force_language=lang) for it, lang in zip(items, langs)]
+        tokenizer = asr.processor.tokenizer
+        special, tag_id = self._special, self._tag_id  # special: what skip_special_tokens drops
+
+        results: list[ASRResult] = []
+        size = asr.max_inference_batch_size if asr.max_inference_batch_size and asr.max_inference_batch_size > 0 \
+            else len(prompts)
+        for lo in range(0, len(prompts), size):
+            hi = min(lo + size, len(prompts))
+            streams = None
+            if on_text is not None:
+                streams = [TranscriptStream(forced=langs[i] is not None) for i in range(lo, hi)]
+            steps = _Steps(tokenizer, streams, lambda row, piece, lo=lo: on_text(lo + row, piece))
+            with torch.no_grad():
+                inputs = asr.processor(text=prompts[lo:hi], audio=wavs[lo:hi], return_tensors="pt", padding=True)
+                inputs = inputs.to(asr.model.device).to(asr.model.dtype)
+                out = asr.model.generate(**inputs, max_new_tokens=asr.max_new_tokens, streamer=steps,
+                                         logits_processor=LogitsProcessorList([steps]))
+            generated = out.sequences[:, inputs["input_ids"].shape[1]:]
+            decoded = asr.processor.batch_decode(generated, skip_special_tokens=True,
+                                                 clean_up_tokenization_spaces=False)
+            for row, raw in enumerate(decoded):
+                lang, text = parse_asr_output(raw, user_language=langs[lo + row])
+                ids = generated[row].tolist()
+                if len(steps.logprobs[row]) != len(ids):
+                    raise RuntimeError("qwen_asr: generate's steps and its sequences disagree")
+                start = 0 if langs[lo + row] is not None else _text_start(ids, raw, tag_id, tokenizer)
+                kept = [(t, lp) for t, lp in zip(ids[start:], steps.logprobs[row][start:]) if t not in special]
+                result = ASRResult(language=merge_languages([lang]), text=_printable(text),
+                                   tokens=[t for t, _ in kept], logprobs=[lp for _, lp in kept])
+                results.append(result)
+                if streams is not None:
+                    rest = streams[row].finish(result.text)
+                    if rest:
+                        on_text(lo + row, rest)
+        return results
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
 
     def warmup(self) -> None:
         self.transcribe([ASRItem(np.zeros(SAMPLE_RATE, dtype=np.float32))])
+
+
+def _text_start(ids: list[int], raw: str, tag_id: int, tokenizer) -> int:
+    """Index in `ids` (one row's generated tokens, language not forced) of the first transcript token:
+    after the first `<asr_text>` token; 0 when the output has no `<asr_text>` (all of it is text). If the
+    model spelled `<asr_text>` out of other tokens, after the token that completes it."""
+    if tag_id in ids:
+        return ids.index(tag_id) + 1
+    if ASR_TEXT_TAG not in raw:
+        return 0
+    for j in range(1, len(ids) + 1):
+        if ASR_TEXT_TAG in tokenizer.decode(ids[:j], skip_special_tokens=True, clean_up_tokenization_spaces=False):
+            return j
+    return 0
+
+
+class _Steps:
+    """Fed by `generate` as its streamer (`put`, `end`) and as its last logits processor (`__call__`,
+    run after generate's own): records each step's chosen token of every row with its log-probability
+    under the scores it was chosen from (the step's processed scores; greedy picks their argmax). When
+    `streams` is given, also decodes each row as it grows and passes its certain text to `on_text`.
+    Only one step's scores are kept: `output_scores=True` would keep all of them, batch x vocabulary
+    (151,936) x steps floats (~10 GB for 32 windows of 512 tokens)."""
+
+    def __init__(self, tokenizer, streams: list[TranscriptStream] | None, on_text: Callable[[int, str], None]):
+        self.tokenizer = tokenizer
+        self.streams = streams
+        self.on_text = on_text
+        self._scores = None
+        self.logprobs: list[list[float]] = []
+        self._ids: list[list[int]] = []
+        self._undecoded: list[int] = []  # per row: index in _ids of the first token not yet decoded
+
+    def __call__(self, input_ids, scores):
+        self._scores = scores
+        return scores
+
+    def end(self) -> None:
+        pass
+
+    def put(self, value) -> None:
+        import torch
+
+        if value.dim() == 2:  # generate first passes the prompt
+            rows = value.shape[0]
+            self.logprobs = [[] for _ in range(rows)]
+            self._ids = [[] for _ in range(rows)]
+            self._undecoded = [0] * rows
+            return
+        scores = self._scores
+        chosen = torch.log_softmax(scores, dim=-1).gather(1, value.to(scores.device)[:, None])[:, 0]
+        for row, (token, lp) in enumerate(zip(value.tolist(), chosen.tolist())):
+            self._ids[row].append(token)
+            self.logprobs[row].append(lp)
+        if self.streams is not None:
+            self._decode()
+
+    def _decode(self) -> None:
+        """Feed each row's text since its last decoded token to its stream; a row whose new text ends in
+        an incomplete character (U+FFFD) waits for the next token."""
+        rows = range(len(self._ids))
+        pieces = self.tokenizer.batch_decode([self._ids[r][self._undecoded[r]:] for r in rows],
+                                             skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for r, piece in zip(rows, pieces):
+            if piece.endswith("\ufffd"):
+                continue
+            self._undecoded[r] = len(self._ids[r])
+            if piece:
+                out = self.streams[r].feed(piece)
+                if out:
+                    self.on_text(r, out)
