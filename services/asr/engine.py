@@ -328,6 +328,25 @@ class QwenASREngine:
                         on_text(lo + row, rest)
         return results
 
+    def token_ends(self, tokens: list[int], text: str) -> list[int]:
+        """Where each of a window's `tokens` (ASRResult.tokens) ends in its `text`: the length of the
+        decoded prefix up to and including it, less the leading whitespace `text` lost, kept monotonic
+        and inside `text` (a multi-byte character split over tokens ends with its last token). Past a
+        repetition the package collapsed, the offsets are approximate. One decode per token."""
+        tokenizer = self.model.processor.tokenizer
+        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)  # noqa: E731
+        full = decode(tokens)
+        lead = len(full) - len(full.lstrip())
+        ends, last = [], 0
+        for k in range(len(tokens)):
+            prefix = decode(tokens[: k + 1])
+            end = len(prefix.rstrip("\ufffd")) - lead  # an incomplete character is not there yet
+            last = min(max(last, end), len(text))
+            ends.append(last)
+        if ends:
+            ends[-1] = len(text)  # the last token closes the text (even on a character it left incomplete)
+        return ends
+
     def count_tokens(self, text: str) -> int:
         return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
 

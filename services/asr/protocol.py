@@ -61,10 +61,24 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data))
 
 
+def segment_tokens(tokens: list[int], logprobs: list[float], ends: list[int], a: int, b: int
+                   ) -> tuple[list[int], float | None]:
+    """A segment's tokens and `avg_logprob`: the tokens of its window whose text ends inside the segment's
+    characters (a, b] of the window's text, and their mean log-probability. A segment no token ends in
+    (offsets off after a collapsed repetition) gets the window's mean and no tokens; a window without
+    tokens (the vLLM backend) gives None."""
+    picked = [(t, lp) for t, lp, e in zip(tokens, logprobs, ends) if a < e <= b]
+    if picked:
+        return [t for t, _ in picked], round(sum(lp for _, lp in picked) / len(picked), 5)
+    if logprobs:
+        return [], round(sum(logprobs) / len(logprobs), 5)
+    return [], None
+
+
 class Segment(BaseModel):
     """OpenAI's segment fields. `compression_ratio` is computed from the text, `no_speech_prob` from the
-    voice activity of the segment's audio (runtime.serving.vad); `avg_logprob` is not produced yet (null:
-    OpenAI's schema requires a number, see the conformance tests)."""
+    voice activity of the segment's audio (runtime.serving.vad), `tokens` and `avg_logprob` from the
+    decoder's tokens (segment_tokens; absent on the vLLM backend, which does not return them yet)."""
 
     id: int
     seek: int

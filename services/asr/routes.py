@@ -18,7 +18,7 @@ from services.runtime.edge.media import load_audio, read_upload
 from services.runtime.serving import vad
 
 from .contract import TranscribeOptions
-from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio
+from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio, segment_tokens
 
 router = APIRouter(tags=["audio"], route_class=FormRoute)
 
@@ -43,7 +43,7 @@ async def _run(gw, ctx: Ctx) -> transcribe_align.Transcript:
                              max_seconds=gw.settings.asr.max_audio_seconds)
     return await transcribe_align.transcribe(
         gw, audio.samples, TranscribeOptions(prompt=req.prompt or "", language=req.language,
-                                             speech=req.response_format == "verbose_json"),
+                                             statistics=req.response_format == "verbose_json"),
         timed=req.response_format not in ("json", "text"), words="word" in req.timestamp_granularities)
 
 
@@ -65,14 +65,22 @@ def _render(ctx: Ctx, out: transcribe_align.Transcript) -> Response:
         language=(result.language or "unknown").lower(),
         duration=result.duration,
         text=result.text,
-        segments=[Segment(id=i, seek=int(s.start * 100), start=s.start, end=s.end, text=s.text,
-                          temperature=req.temperature, compression_ratio=round(compression_ratio(s.text), 4),
-                          no_speech_prob=vad.no_speech_prob(speech, s.start, s.end))
-                  for i, s in enumerate(out.segments)]
+        segments=[_segment(i, s, src, result, speech, req.temperature)
+                  for i, (s, src) in enumerate(zip(out.segments, out.sources))]
         if (not grans or "segment" in grans) else None,
         words=[Word(word=w.text, start=w.start, end=w.end) for w in out.words] if "word" in grans else None,
     )
     return JSONResponse(body.model_dump(exclude_none=True))
+
+
+def _segment(i: int, seg, source: tuple[int, int, int], result, speech, temperature: float) -> Segment:
+    """One verbose_json segment with its statistics (protocol.Segment says where each comes from)."""
+    span = result.spans[source[0]]
+    tokens, avg_logprob = segment_tokens(span.tokens, span.logprobs, span.token_ends, source[1], source[2])
+    return Segment(id=i, seek=int(seg.start * 100), start=seg.start, end=seg.end, text=seg.text, tokens=tokens,
+                   temperature=temperature, avg_logprob=avg_logprob,
+                   compression_ratio=round(compression_ratio(seg.text), 4),
+                   no_speech_prob=vad.no_speech_prob(speech, seg.start, seg.end))
 
 
 @router.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")

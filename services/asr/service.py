@@ -98,7 +98,7 @@ class ASR(ModelService[QwenASREngine]):
         chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
         items = [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks]
         # Voice activity runs beside the model (its own small CPU model, ~1 s per minute of audio on one thread).
-        speech = asyncio.ensure_future(asyncio.to_thread(self._voice().speech_probs, audio)) if options.speech else None
+        speech = asyncio.ensure_future(asyncio.to_thread(self._voice().speech_probs, audio)) if options.statistics else None
         try:
             results = await self.scheduler.run(items)
         except BaseException:
@@ -109,6 +109,14 @@ class ASR(ModelService[QwenASREngine]):
         detected = lang or _majority([r.language for r in results]) or ""
         spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text)
                  for c, r in zip(chunks, results)]
+        if options.statistics:
+            def token_details() -> None:
+                for span, r in zip(spans, results):
+                    if r.tokens:
+                        span.tokens, span.logprobs = list(r.tokens), [round(x, 5) for x in r.logprobs]
+                        span.token_ends = engine.token_ends(r.tokens, r.text)
+
+            await asyncio.to_thread(token_details)
         text = word_separator(detected).join(s.text for s in spans if s.text)
         return Transcription(text=text, language=detected, duration=round(duration, 3), spans=spans,
                              speech=probs).model_dump()

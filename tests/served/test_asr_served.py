@@ -55,6 +55,8 @@ def test_verbose_json_segments_and_words(oai, wav):
         # Computed, not placeholders: Whisper's compression ratio of the text, and voice activity's
         # no-speech probability of the segment's audio (runtime.serving.vad).
         assert seg.compression_ratio >= 0 and 0.0 <= seg.no_speech_prob <= 1.0, seg
+        assert seg.avg_logprob <= 0 and all(isinstance(t, int) for t in seg.tokens), seg  # the decoder's own
+    assert sum(len(seg.tokens) for seg in r.segments) >= 1
     starts = [w.start for w in r.words]
     assert starts == sorted(starts)
     assert all(0 <= w.start <= w.end <= r.duration + 1e-6 and w.word for w in r.words)

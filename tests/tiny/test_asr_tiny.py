@@ -322,3 +322,24 @@ def test_stream_never_sends_what_the_repetition_fix_removes():
         changed += detect_and_fix_repetitions(raw.strip()) != raw.strip()
         _stream(raw, forced=rng.random() < 0.3, sizes=[rng.randint(1, 6) for _ in range(5)])
     assert changed > 100  # the cases exercise the fix
+
+
+def test_token_ends_place_every_token_inside_its_windows_text(engine):
+    """verbose_json gives each sentence the tokens that end inside it: the offsets must rise, stay inside
+    the text, and the last must close it (the tiny model's random text is ordinary text: no repetition
+    was collapsed)."""
+    from services.asr.engine import ASRItem
+
+    results = engine.transcribe([ASRItem(noise(2.0, seed=5)), ASRItem(noise(1.0, seed=6), language="English")])
+    checked = 0
+    for r in results:
+        ends = engine.token_ends(r.tokens, r.text)
+        assert len(ends) == len(r.tokens)
+        assert ends == sorted(ends) and all(0 <= e <= len(r.text) for e in ends)
+        if r.tokens and r.text:
+            assert ends[-1] == len(r.text), (ends, r.text)
+            tokenizer = engine.model.processor.tokenizer
+            head = tokenizer.decode(r.tokens[:1], skip_special_tokens=True).strip()
+            assert r.text.startswith(head[: ends[0]]) and ends[0] <= len(head) + 1
+            checked += 1
+    assert checked >= 1

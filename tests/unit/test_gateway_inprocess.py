@@ -324,11 +324,55 @@ def test_verbose_json_words_come_from_the_aligner_window_by_window():
         ("hello", 0.0, 1.0), ("there.", 0.0, 1.0), ("hello", 1.0, 2.0), ("there.", 1.0, 2.0)]
     ((_, asr_call),) = services["asr"].calls
     ((name, aligner_call),) = services["aligner"].calls
-    assert asr_call["options"] == TranscribeOptions(prompt="", language="en")
+    assert asr_call["options"] == TranscribeOptions(prompt="", language="en", statistics=True)
     assert name == "align_spans" and aligner_call["text"] == AlignSpans(
         spans=[TextSpan(start=0.0, end=1.0, lines=["hello there."]),
                TextSpan(start=1.0, end=2.0, lines=["hello there."])], language="en")
     assert len(aligner_call["audio"]) == len(asr_call["audio"]) == 32000
+
+
+@pytest.mark.parametrize("with_aligner", [True, False])
+def test_verbose_json_segment_statistics_come_from_their_own_tokens_and_frames(with_aligner):
+    """Each sentence segment gets the tokens of its window that end inside it and their mean
+    log-probability; no_speech_prob follows the voice activity of its own time span; compression_ratio
+    is its text's. Without the aligner the segment is the whole window."""
+    from services.asr.protocol import compression_ratio
+    from services.runtime.serving import vad
+
+    text = "hello there. Bye."
+    frames = int(2.0 / vad.FRAME_SECONDS)
+
+    async def transcribe_with_tokens(audio, options: TranscribeOptions):
+        assert options.statistics
+        span = Span(start=0.0, end=2.0, text=text, tokens=[11, 12, 13, 14], logprobs=[-0.1, -0.3, -1.0, -2.0],
+                    token_ends=[5, 12, 16, 17])  # "hello", " there.", " Bye", "."
+        speech = np.r_[np.ones(frames // 2), np.zeros(frames - frames // 2)].astype(np.float32)  # speech, then none
+        return Transcription(text=text, language="English", duration=2.0, spans=[span],
+                             speech=vad.pack(speech)).model_dump()
+
+    async def align_two(audio, text: AlignSpans):
+        ((span,),) = [text.spans]
+        assert span.lines == ["hello there.", "Bye."]
+        return Alignment(segments=[Segment(text="hello there.", start=0.0, end=0.9, words=[]),
+                                   Segment(text="Bye.", start=1.1, end=2.0, words=[])],
+                         language="en", duration=2.0, chunks=1).model_dump()
+
+    services = {"asr": Fake("ready", transcribe=transcribe_with_tokens)}
+    if with_aligner:
+        services["aligner"] = Fake("ready", align_spans=align_two)
+    with client(services, Settings(services=list(services))) as c:
+        r = c.post("/v1/audio/transcriptions", **transcribe_form(response_format="verbose_json"))
+    assert r.status_code == 200, r.text
+    segs = r.json()["segments"]
+    if with_aligner:
+        assert [s["tokens"] for s in segs] == [[11, 12], [13, 14]]
+        assert [s["avg_logprob"] for s in segs] == [pytest.approx(-0.2), pytest.approx(-1.5)]
+        assert segs[0]["no_speech_prob"] < 0.01 and segs[1]["no_speech_prob"] > 0.99
+    else:
+        assert [s["tokens"] for s in segs] == [[11, 12, 13, 14]]
+        assert segs[0]["avg_logprob"] == pytest.approx(-0.85) and segs[0]["no_speech_prob"] < 0.01
+    assert [s["compression_ratio"] for s in segs] == [pytest.approx(compression_ratio(s["text"]), abs=1e-4)
+                                                      for s in segs]
 
 
 def test_json_and_text_do_not_ask_the_aligner_and_srt_has_its_sentences():
@@ -583,7 +627,7 @@ def test_image_chat_to_vl_whole_and_streamed():
         s = c.post("/v1/chat/completions", json={"model": "someone/Qwen2.5-VL-3B-Instruct", "messages": messages,
                                                  "stream": True, "stream_options": {"include_usage": True}})
     assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "a table"}
+    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "a table", "refusal": None}
     assert r.json()["usage"]["total_tokens"] == 23
     item = vl.calls[0][1]["requests"][0]
     assert item.template_messages() == [

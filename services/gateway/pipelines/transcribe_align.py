@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,9 @@ class Transcript:
     # Sentences timed by the aligner (with their words), else the ASR windows that hold text (no words);
     # [] when timing was not asked for.
     segments: list[Segment]
+    # Where each segment's text is in the transcription: (index in transcription.spans, start, end) in
+    # characters of that span's text (its sentence, or all of it). Same length as segments.
+    sources: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def words(self) -> list[Word]:
@@ -61,19 +64,33 @@ async def transcribe(gw, samples: np.ndarray, options: TranscribeOptions, *, tim
     check(gw, words=words)
     result = await remote.call("asr", lambda: gw.asr.to_async.transcribe(audio=samples, options=options),
                                into=Transcription)
-    return Transcript(result, await align(gw, samples, result) if timed else [])
+    if not timed:
+        return Transcript(result, [])
+    segments, sources = await align(gw, samples, result)
+    return Transcript(result, segments, sources)
 
 
-async def align(gw, samples: np.ndarray, result: Transcription) -> list[Segment]:
+async def align(gw, samples: np.ndarray, result: Transcription) -> tuple[list[Segment], list[tuple[int, int, int]]]:
     """Sentence segments timed by the aligner, window by window; without it, one segment per ASR window.
+    With them, where each segment's text sits in its window (Transcript.sources).
 
     Words are [] only when the transcript has no word (`has_words`); then the aligner is not asked. Any
     error of the aligner is the request's error: a failed timing never becomes an empty word list."""
-    spans = [s for s in result.spans if s.text]
-    if "aligner" not in gw.enabled or not any(has_words(s.text) for s in spans):
-        return [Segment(text=s.text, start=s.start, end=s.end, words=[]) for s in spans]
-    text = AlignSpans(spans=[TextSpan(start=s.start, end=s.end, lines=split_sentences(s.text)) for s in spans],
+    spans = [(i, s) for i, s in enumerate(result.spans) if s.text]
+    if "aligner" not in gw.enabled or not any(has_words(s.text) for _, s in spans):
+        return ([Segment(text=s.text, start=s.start, end=s.end, words=[]) for _, s in spans],
+                [(i, 0, len(s.text)) for i, s in spans])
+    lines = [(i, split_sentences(s.text)) for i, s in spans]
+    text = AlignSpans(spans=[TextSpan(start=s.start, end=s.end, lines=ls) for (_, s), (_, ls) in zip(spans, lines)],
                       language=ALIGNER_LANGUAGES.code(result.language))  # None: the aligner detects it
     aligned = await remote.call("aligner", lambda: gw.aligner.to_async.align_spans(audio=samples, text=text),
                                 into=Alignment)
-    return aligned.segments
+    sources = []
+    for i, sentences in lines:  # the aligner answers one segment per line, in order
+        cursor, span_text = 0, result.spans[i].text
+        for sentence in sentences:
+            a = span_text.find(sentence, cursor)
+            a = cursor if a < 0 else a
+            cursor = a + len(sentence)
+            sources.append((i, a, cursor))
+    return aligned.segments, sources
