@@ -3,9 +3,14 @@
 `ASR.transcribe(audio, options: TranscribeOptions)` takes the decoded samples (float32 mono 16 kHz, their own
 parameter) and answers `Transcription(...).model_dump()`; the gateway reads it with
 `remote.call(..., into=Transcription)`.
+
+`ASR.stream(audio, options)` answers the header line (runtime.edge.remote.stream_ok / stream_error), then
+one JSON line per event: `TextDelta`s, then `StreamDone`; the gateway reads them with `events(body)`.
 """
 
 from __future__ import annotations
+
+from typing import AsyncIterator
 
 from pydantic import BaseModel, Field
 
@@ -38,3 +43,38 @@ class Transcription(BaseModel):
     # With options.statistics: the speech probability of every 32-ms frame of the audio
     # (runtime.serving.vad.pack: one byte each, base64); "" otherwise.
     speech: str = ""
+
+
+class TextDelta(BaseModel):
+    """Text decoded since the last delta (the windows in order; the separator between windows is a delta)."""
+
+    delta: str
+
+    def line(self) -> bytes:
+        return self.model_dump_json().encode() + b"\n"
+
+
+class StreamDone(BaseModel):
+    """The whole result, last. Tokens: the model's prompt (text and audio) and what it generated, summed
+    over the windows (0 where the backend does not count them: vLLM)."""
+
+    transcription: Transcription
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def line(self) -> bytes:
+        return self.model_dump_json().encode() + b"\n"
+
+
+async def events(body) -> "AsyncIterator[TextDelta | StreamDone]":
+    """The stream's events from its bytes (after the header line), whatever the chunking."""
+    import json
+
+    buf = b""
+    async for data in body:
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line:
+                obj = json.loads(line)
+                yield StreamDone.model_validate(obj) if "transcription" in obj else TextDelta.model_validate(obj)

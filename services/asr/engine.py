@@ -38,6 +38,10 @@ class ASRItem:
     audio: np.ndarray  # float32 mono 16 kHz, one window
     context: str = ""  # becomes the system message (OpenAI `prompt`)
     language: str | None = None  # package language name; None: the model detects it
+    # A streamed request's window (set by the service): its text as decoded, and its end. The engine
+    # itself takes `on_text` as transcribe's argument; the service routes it to these.
+    on_text: Callable[[str], None] | None = None
+    on_end: Callable[[], None] | None = None
 
     @property
     def cost(self) -> float:
@@ -67,6 +71,8 @@ class ASRResult:
     text: str
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    input_tokens: int = 0  # the row's prompt, text and audio (transformers; 0 on vLLM)
+    output_tokens: int = 0  # tokens it generated, language prefix included, end of sequence not
 
 
 def _is_shown(ch: str) -> bool:
@@ -320,7 +326,9 @@ class QwenASREngine:
                 start = 0 if langs[lo + row] is not None else _text_start(ids, raw, tag_id, tokenizer)
                 kept = [(t, lp) for t, lp in zip(ids[start:], steps.logprobs[row][start:]) if t not in special]
                 result = ASRResult(language=merge_languages([lang]), text=_printable(text),
-                                   tokens=[t for t, _ in kept], logprobs=[lp for _, lp in kept])
+                                   tokens=[t for t, _ in kept], logprobs=[lp for _, lp in kept],
+                                   input_tokens=int(inputs["attention_mask"][row].sum()),
+                                   output_tokens=sum(1 for t in ids if t not in special))
                 results.append(result)
                 if streams is not None:
                     rest = streams[row].finish(result.text)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import UploadFile
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic.json_schema import WithJsonSchema
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -35,14 +35,15 @@ class TranscriptionRequest(BaseModel):
         default_factory=list, validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
         description="word and/or segment; only with response_format=verbose_json",
     )
-    stream: SkipJsonSchema[bool] = False  # refused with its own message (`openai_rule_violation`)
+    stream: bool = Field(False, description="stream the text as it is decoded (SSE: transcript.text.delta, "
+                         "then transcript.text.done); response_format json or text")
 
     def openai_rule_violation(self) -> tuple[str, str] | None:
         """(param, message) when the fields break a rule OpenAI enforces across fields."""
         if self.timestamp_granularities and self.response_format != "verbose_json":
             return "timestamp_granularities", "timestamp_granularities requires response_format=verbose_json"
-        if self.stream:
-            return "stream", "stream=true is not supported for transcriptions; omit it"
+        if self.stream and self.response_format not in ("json", "text"):
+            return "stream", "stream=true works with response_format json or text"
         return None
 
 

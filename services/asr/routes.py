@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from services.gateway.deps import gateway
 from services.gateway.pipelines import transcribe_align
@@ -15,12 +17,16 @@ from services.runtime.codecs.subtitles import to_srt, to_vtt
 from services.runtime.core.errors import InvalidRequest
 from services.runtime.edge.http import FormRoute
 from services.runtime.edge.media import load_audio, read_upload
+from services.runtime.core.logging import get_logger
+from services.runtime.edge import remote
 from services.runtime.serving import vad
 
-from .contract import TranscribeOptions
+from .contract import TextDelta, TranscribeOptions
+from .contract import events as asr_events
 from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio, segment_tokens
 
 router = APIRouter(tags=["audio"], route_class=FormRoute)
+log = get_logger("asr")
 
 Ctx = tuple[TranscriptionRequest, bytes]
 
@@ -85,7 +91,36 @@ def _segment(i: int, seg, source: tuple[int, int, int], result, speech, temperat
 
 @router.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI-compatible)")
 async def transcriptions(ctx: Ctx = Depends(_parse), gw=Depends(gateway)) -> Response:
+    if ctx[0].stream:
+        return await _stream(gw, ctx)
     return _render(ctx, await _run(gw, ctx))
+
+
+async def _stream(gw, ctx: Ctx) -> Response:
+    """stream=true (json, text): OpenAI's transcription SSE — `transcript.text.delta` as the text is decoded
+    (token by token within a window, windows in order), then `transcript.text.done` with the whole text and
+    usage in tokens. Errors before the first event (validation, admission, loading) keep their status."""
+    req, data = ctx
+    audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
+                             max_seconds=gw.settings.asr.max_audio_seconds)
+    options = TranscribeOptions(prompt=req.prompt or "", language=req.language)
+    body = await remote.open_stream("asr", gw.asr.to_async.stream(audio=audio.samples, options=options))
+
+    async def sse():
+        try:
+            async for event in asr_events(body):
+                if isinstance(event, TextDelta):
+                    out = {"type": "transcript.text.delta", "delta": event.delta}
+                else:
+                    usage = {"type": "tokens", "input_tokens": event.input_tokens,
+                             "output_tokens": event.output_tokens,
+                             "total_tokens": event.input_tokens + event.output_tokens}
+                    out = {"type": "transcript.text.done", "text": event.transcription.text, "usage": usage}
+                yield f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
+        except Exception:  # noqa: BLE001 - the status is sent: end the stream, keep the worker
+            log.error("transcription stream failed after it started", exc_info=True)
+
+    return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 ROUTES = ("/v1/audio/transcriptions",) + add_task_routes(

@@ -8,6 +8,8 @@ which it can pass to the aligner for timestamps (services/gateway/pipelines/tran
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import AsyncGenerator
 
 import bentoml
 import numpy as np
@@ -15,17 +17,18 @@ import numpy as np
 from services.runtime.codecs.chunking import plan_chunks
 from services.runtime.serving.device import TORCH, VLLM, require_vllm, uses_vllm
 from services.runtime.codecs.audio import check_duration
-from services.runtime.core.errors import InvalidRequest
+from services.runtime.core.errors import InvalidRequest, QwenError
 from services.runtime.core.languages import ASR as LANGUAGES
 from services.runtime.core.languages import word_separator
 from services.runtime.core.logging import get_logger
 from services.runtime.serving import vad
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
-from services.runtime.edge.remote import guarded
+from services.runtime.edge.remote import guarded, stream_error, stream_ok
+from services.runtime.serving.streams import Channel, InOrder
 from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
-from .contract import Span, TranscribeOptions, Transcription
+from .contract import Span, StreamDone, TextDelta, TranscribeOptions, Transcription
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
 
 _CFG = get_settings().asr
@@ -72,15 +75,22 @@ class ASR(ModelService[QwenASREngine]):
         return self._vad
 
     def _run_batch(self, items: list[ASRItem]) -> list[ASRResult]:
-        return self.handle.get().transcribe(items)
+        """One engine call for windows of several requests; a streamed request's windows hand their text
+        to its relay as it is decoded, and say when they are done."""
+        streamed = [it.on_text for it in items]
+        on_text = (lambda i, piece: streamed[i] and streamed[i](piece)) if any(streamed) else None
+        results = self.handle.get().transcribe(items, on_text=on_text)
+        for item in items:
+            if item.on_end is not None:
+                item.on_end()
+        return results
 
     @bentoml.api
     async def status(self) -> dict:
         return {**self.status_info(), "backend": self.cfg.backend}
 
-    @bentoml.api
-    @guarded("asr")
-    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> dict:
+    def _plan(self, audio: np.ndarray, options: TranscribeOptions) -> tuple[np.ndarray, list, list[ASRItem], str | None]:
+        """Checks (prompt length, duration, language), then the audio's windows as engine items."""
         engine = self.handle.get()
         prompt = options.prompt
         # Checked before batching: an over-long prompt would otherwise fail (vLLM) or slow every
@@ -89,14 +99,17 @@ class ASR(ModelService[QwenASREngine]):
             raise InvalidRequest(f"prompt is longer than {self.cfg.max_prompt_tokens} tokens", param="prompt",
                                  code="prompt_too_long")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        duration = len(audio) / SAMPLE_RATE
-        check_duration(duration, self.cfg.max_audio_seconds, param="audio")
+        check_duration(len(audio) / SAMPLE_RATE, self.cfg.max_audio_seconds, param="audio")
         try:
             lang = LANGUAGES.parse(options.language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
-        items = [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks]
+        return audio, chunks, [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks], lang
+
+    async def _transcribe(self, audio, chunks, items: list[ASRItem], lang: str | None,
+                          options: TranscribeOptions) -> tuple[Transcription, list[ASRResult]]:
+        engine = self.handle.get()
         # Voice activity runs beside the model (its own small CPU model, ~1 s per minute of audio on one thread).
         speech = asyncio.ensure_future(asyncio.to_thread(self._voice().speech_probs, audio)) if options.statistics else None
         try:
@@ -118,8 +131,49 @@ class ASR(ModelService[QwenASREngine]):
 
             await asyncio.to_thread(token_details)
         text = word_separator(detected).join(s.text for s in spans if s.text)
-        return Transcription(text=text, language=detected, duration=round(duration, 3), spans=spans,
-                             speech=probs).model_dump()
+        return Transcription(text=text, language=detected, duration=round(len(audio) / SAMPLE_RATE, 3), spans=spans,
+                             speech=probs), results
+
+    @bentoml.api
+    @guarded("asr")
+    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> dict:
+        transcription, _ = await self._transcribe(*self._plan(audio, options), options)
+        return transcription.model_dump()
+
+    @bentoml.api
+    async def stream(self, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[bytes, None]:
+        """Header line (remote.stream_ok, or the error: validation and admission keep their status), then
+        contract lines: `TextDelta`s as the windows' text is decoded, in window order (a window's pieces
+        wait until the windows before it are done), the separator between windows as a delta of its own,
+        and `StreamDone` last."""
+        try:
+            audio, chunks, items, lang = self._plan(audio, options)
+        except QwenError as exc:
+            yield stream_error(exc)
+            return
+        channel: Channel = Channel()
+        relay = InOrder(channel.emit, len(items), separator=word_separator(lang) if lang else " ")
+        for k, item in enumerate(items):
+            item.on_text, item.on_end = functools.partial(relay.piece, k), functools.partial(relay.finish, k)
+        work = asyncio.ensure_future(self._transcribe(audio, chunks, items, lang, options))
+        await asyncio.sleep(0)  # the scheduler admits (or refuses: 429) before its first await
+        if work.done() and work.exception() is not None:
+            exc = work.exception()
+            yield stream_error(exc if isinstance(exc, QwenError) else QwenError(f"asr failed: {type(exc).__name__}"))
+            return
+        work.add_done_callback(lambda t: channel.close(error=None if t.cancelled() else t.exception()))
+        try:
+            yield stream_ok()
+            async for piece in channel:
+                yield TextDelta(delta=piece).line()
+            transcription, results = work.result()
+            yield StreamDone(transcription=transcription, input_tokens=sum(r.input_tokens for r in results),
+                             output_tokens=sum(r.output_tokens for r in results)).line()
+        except Exception:  # noqa: BLE001 - the status is sent: end the stream; the gateway ends its own
+            log.error("transcription stream failed after it started", exc_info=True)
+        finally:
+            if not work.done():
+                work.cancel()  # the caller left: windows not started are dropped
 
 
 def vllm_kwargs(cfg, dtype: str) -> dict:

@@ -178,3 +178,44 @@ def test_a_short_clip_is_not_held_behind_every_window_of_a_long_file(served, wav
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert c.get(task["result_url"]).status_code == 200
+
+
+def test_streamed_transcription_with_the_unmodified_sdk(oai, wav):
+    """stream=True: the SDK's iterator yields transcript.text.delta events, then transcript.text.done whose
+    text is what the deltas added up to and what the same request gives unstreamed."""
+    events = list(oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), stream=True,
+                                                  language="en"))
+    *deltas, done = events
+    assert {e.type for e in deltas} <= {"transcript.text.delta"} and done.type == "transcript.text.done"
+    assert "".join(e.delta for e in deltas) == done.text
+    whole = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), language="en")
+    assert done.text == whole.text
+    assert done.usage.input_tokens > 0 and done.usage.output_tokens >= 1
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
+
+
+def test_a_streamed_long_file_keeps_its_windows_in_order(served):
+    """Three 120-s windows, batched together: each window's text streams while they decode at once, yet
+    the deltas come window after window and add up to the unstreamed text."""
+    from tests.openai_schemas import check, sse_events
+
+    audio = encode(song(250.0, sr=16000, seed=7), 16000, "flac")
+    form = {"model": "whisper-1", "language": "en", "response_format": "text"}
+    with served.client(timeout=300) as c:
+        streamed = c.post("/v1/audio/transcriptions", files={"file": ("long.flac", audio)},
+                          data={**form, "stream": "true"})
+        whole = c.post("/v1/audio/transcriptions", files={"file": ("long.flac", audio)}, data=form)
+    assert streamed.status_code == 200 and whole.status_code == 200
+    events = sse_events(streamed.text)
+    for event in events:
+        check("CreateTranscriptionResponseStreamEvent", event)
+    assert events[-1]["type"] == "transcript.text.done" and len(events) > 3
+    text = "".join(e["delta"] for e in events[:-1])
+    assert text == events[-1]["text"] == whole.text.rstrip("\n")
+
+
+def test_a_streamed_request_refused_before_it_starts_keeps_its_status(served, wav):
+    with served.client() as c:
+        r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                   data={"model": "whisper-1", "stream": "true", "language": "klingon"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "language"

@@ -68,6 +68,22 @@ async def transcribe(audio, options: TranscribeOptions):
                          spans=spans).model_dump()
 
 
+async def transcribe_stream(audio, options: TranscribeOptions):
+    """The ASR's stream: the same windows as `transcribe`, each window's text in two pieces, cut anywhere."""
+    from services.asr.contract import StreamDone, TextDelta
+
+    whole = Transcription.model_validate(await transcribe(audio, options))
+    body = b""
+    for k, span in enumerate(whole.spans):
+        if k:
+            body += TextDelta(delta=" ").line()
+        body += TextDelta(delta=span.text[:5]).line() + TextDelta(delta=span.text[5:]).line()
+    body += StreamDone(transcription=whole, input_tokens=40, output_tokens=7).line()
+    yield remote.stream_ok()
+    for i in range(0, len(body), 7):
+        yield body[i : i + 7]
+
+
 def _timed(lines: list[str], start: float, end: float) -> list[Segment]:
     step = (end - start) / max(1, len(lines))
     return [Segment(text=line, start=start + i * step, end=start + (i + 1) * step,
@@ -117,7 +133,8 @@ def fake_tts(sample_rate: int = 24000, status: str | Exception = "ready", reason
 def fake(key: str, status: str | Exception = "ready") -> Fake:
     if key == "tts":
         return fake_tts(status=status)
-    apis = {"aligner": {"align": align, "align_spans": align_spans}, "asr": {"transcribe": transcribe}}
+    apis = {"aligner": {"align": align, "align_spans": align_spans},
+            "asr": {"transcribe": transcribe, "stream": transcribe_stream}}
     return Fake(status, **apis.get(key, {}))
 
 
@@ -393,7 +410,7 @@ def test_json_and_text_do_not_ask_the_aligner_and_srt_has_its_sentences():
     (transcribe_form(response_format="xml"), 400, "response_format", "invalid_value"),
     (transcribe_form(temperature="3"), 400, "temperature", "invalid_value"),
     (transcribe_form(**{"timestamp_granularities[]": "word"}), 400, "timestamp_granularities", "invalid_value"),
-    (transcribe_form(stream="true"), 400, "stream", "invalid_value"),
+    (transcribe_form(stream="true", response_format="srt"), 400, "stream", "invalid_value"),
     (transcribe_form(model="gpt-9"), 404, "model", "model_not_found"),
     ({"data": {"model": "whisper-1"}, "files": {"other": ("x.txt", b"x")}}, 400, "other", "invalid_value"),
     ({"data": {"model": "whisper-1"}}, 415, None, "unsupported_content_type"),
@@ -410,6 +427,25 @@ def test_transcription_form_errors_are_the_envelope(path, request_kw, status, pa
     err = r.json()["error"]
     assert (err["param"], err["code"], err["type"]) == (param, code, "invalid_request_error") and err["message"]
     assert services["asr"].calls == []
+
+
+def test_a_streamed_transcription_is_openais_event_stream():
+    """stream=true: transcript.text.delta events whose deltas add up to the done event's text, then
+    transcript.text.done with usage in tokens; every event valid against OpenAI's schema."""
+    from tests.openai_schemas import check, sse_events
+
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post("/v1/audio/transcriptions", **transcribe_form(stream="true", response_format="text"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = sse_events(r.text)
+    for event in events:
+        check("CreateTranscriptionResponseStreamEvent", event)
+    *deltas, done = events
+    assert [e["type"] for e in deltas] == ["transcript.text.delta"] * 5 and done["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in deltas) == done["text"] == "hello there. hello there."
+    assert done["usage"] == {"type": "tokens", "input_tokens": 40, "output_tokens": 7, "total_tokens": 47}
+    assert [name for name, _ in services["asr"].calls] == ["stream"] and services["aligner"].calls == []
 
 
 def test_the_plain_field_name_of_timestamp_granularities_is_accepted_too():
@@ -478,7 +514,7 @@ def test_openapi_documents_the_speech_in_bodies():
         ref = body["content"]["multipart/form-data"]["schema"]["$ref"]
         schema = spec["components"]["schemas"][ref.split("/")[-1]]
         assert list(schema["properties"]) == ["file", "model", "language", "prompt", "response_format", "temperature",
-                                              "timestamp_granularities[]"]
+                                              "timestamp_granularities[]", "stream"]
         assert (schema["properties"]["file"]["type"], schema["properties"]["file"]["format"]) == ("string", "binary")
         assert schema["required"] == ["file", "model"] and schema["additionalProperties"] is False
         assert spec["paths"][path]["post"]["responses"]["400"]["content"]["application/json"]["schema"]["required"] == \

@@ -319,3 +319,35 @@ def test_listeners_cancel_an_open_stream_by_its_ticket_and_forget_it_when_it_clo
         assert listeners.leave("") is False
 
     run(main())
+
+
+def test_in_order_emits_parts_in_order_whatever_order_they_are_produced_in():
+    from services.runtime.serving.streams import InOrder
+
+    out: list[str] = []
+    relay = InOrder(out.append, 3, separator="|")
+    relay.piece(1, "b1")  # part 1 runs beside part 0: it waits
+    relay.piece(0, "a1")
+    relay.piece(2, "c1")
+    assert out == ["a1"]
+    relay.piece(0, "a2")
+    relay.finish(0)  # part 1's waiting pieces go out, after the separator
+    assert out == ["a1", "a2", "|", "b1"]
+    relay.piece(1, "b2")  # part 1 is current now: straight out
+    relay.finish(2)  # part 2 finished early: it waits for part 1
+    assert out[-1] == "b2"
+    relay.finish(1)
+    assert out == ["a1", "a2", "|", "b1", "b2", "|", "c1"]
+
+
+def test_in_order_puts_no_separator_around_a_part_without_pieces():
+    from services.runtime.serving.streams import InOrder
+
+    out: list[str] = []
+    relay = InOrder(out.append, 3, separator=" ")
+    relay.piece(0, "a")
+    relay.finish(0)
+    relay.finish(1)  # an empty window (silence)
+    relay.piece(2, "c")
+    relay.finish(2)
+    assert out == ["a", " ", "c"]

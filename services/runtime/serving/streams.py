@@ -113,6 +113,47 @@ class Listeners:
         return True
 
 
+class InOrder:
+    """Pieces of numbered parts produced at once, from any thread, emitted in part order: part k's pieces
+    go out as they come once the parts before it are finished, and wait until then otherwise. Between
+    two parts that both have pieces, `separator` goes out first (when given)."""
+
+    def __init__(self, emit: Callable[[Any], None], parts: int, separator: Any = None):
+        self._emit = emit
+        self._waiting: list[list] = [[] for _ in range(parts)]
+        self._finished = [False] * parts
+        self._current = 0
+        self._any = False  # some part has emitted a piece
+        self._started = [False] * parts
+        self._separator = separator
+        self._lock = threading.Lock()
+
+    def piece(self, part: int, item: Any) -> None:
+        with self._lock:
+            if part == self._current:
+                self._out(part, item)
+            else:
+                self._waiting[part].append(item)
+
+    def finish(self, part: int) -> None:
+        with self._lock:
+            self._finished[part] = True
+            while self._current < len(self._finished) and self._finished[self._current]:
+                self._current += 1
+                if self._current < len(self._finished):
+                    for item in self._waiting[self._current]:
+                        self._out(self._current, item)
+                    self._waiting[self._current].clear()
+
+    def _out(self, part: int, item: Any) -> None:
+        if not self._started[part]:
+            self._started[part] = True
+            if self._any and self._separator is not None:
+                self._emit(self._separator)
+            self._any = True
+        self._emit(item)
+
+
 class ThreadStream(Generic[T, R]):
     def __init__(self, produce: Callable[[Callable[[T], None]], R], cancel: threading.Event | None = None):
         self.produce = produce
