@@ -18,8 +18,18 @@ from pydantic import BaseModel, Field
 class TranscribeOptions(BaseModel):
     prompt: str = Field("", description="context for the model (names, terms): OpenAI's `prompt`")
     language: str | None = Field(None, description="ISO code or name; forces the language; None: detected")
+    logprobs: bool = Field(False, description="also answer each window's tokens with their log-probabilities "
+                           "(Span.token_logprobs)")
     statistics: bool = Field(False, description="also answer what segment statistics need: voice activity per "
                              "32-ms frame (Transcription.speech) and each window's tokens (Span.tokens...)")
+
+
+class TokenLogprob(BaseModel):
+    """One generated token as OpenAI's `logprobs` entries give it: its text, log-probability and bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
 
 
 class Span(BaseModel):
@@ -33,6 +43,7 @@ class Span(BaseModel):
     tokens: list[int] = Field(default_factory=list)
     logprobs: list[float] = Field(default_factory=list)
     token_ends: list[int] = Field(default_factory=list)
+    token_logprobs: list[TokenLogprob] = Field(default_factory=list)  # with options.logprobs
 
 
 class Transcription(BaseModel):

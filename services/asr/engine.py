@@ -355,6 +355,15 @@ class QwenASREngine:
             ends[-1] = len(text)  # the last token closes the text (even on a character it left incomplete)
         return ends
 
+    def token_bytes(self, tokens: list[int]) -> list[bytes]:
+        """Each token's own bytes (a byte-level BPE token may hold part of a character: its bytes, not a
+        decoded string, say exactly what it contributed)."""
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+        byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+        pieces = self.model.processor.tokenizer.convert_ids_to_tokens(tokens)
+        return [bytes(byte_of[ch] for ch in piece if ch in byte_of) for piece in pieces]
+
     def count_tokens(self, text: str) -> int:
         return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
 

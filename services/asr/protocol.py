@@ -37,11 +37,17 @@ class TranscriptionRequest(BaseModel):
     )
     stream: bool = Field(False, description="stream the text as it is decoded (SSE: transcript.text.delta, "
                          "then transcript.text.done); response_format json or text")
+    # OpenAI's `include[]`: "logprobs" adds each token's log-probability (json, and the stream's done event).
+    include: list[Literal["logprobs"]] = Field(
+        default_factory=list, validation_alias=AliasChoices("include[]", "include"),
+        description="logprobs: each token's log-probability (response_format json)")
 
     def openai_rule_violation(self) -> tuple[str, str] | None:
         """(param, message) when the fields break a rule OpenAI enforces across fields."""
         if self.timestamp_granularities and self.response_format != "verbose_json":
             return "timestamp_granularities", "timestamp_granularities requires response_format=verbose_json"
+        if self.include and self.response_format != "json":
+            return "include", "include[]=logprobs works with response_format json"
         if self.stream and self.response_format not in ("json", "text"):
             return "stream", "stream=true works with response_format json or text"
         return None

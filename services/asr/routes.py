@@ -49,15 +49,24 @@ async def _run(gw, ctx: Ctx) -> transcribe_align.Transcript:
                              max_seconds=gw.settings.asr.max_audio_seconds)
     return await transcribe_align.transcribe(
         gw, audio.samples, TranscribeOptions(prompt=req.prompt or "", language=req.language,
-                                             statistics=req.response_format == "verbose_json"),
+                                             statistics=req.response_format == "verbose_json",
+                                             logprobs="logprobs" in req.include),
         timed=req.response_format not in ("json", "text"), words="word" in req.timestamp_granularities)
+
+
+def _logprobs(result) -> list[dict]:
+    """OpenAI's `logprobs` of a transcription: every window's tokens in order (empty on the vLLM backend)."""
+    return [t.model_dump() for span in result.spans for t in span.token_logprobs]
 
 
 def _render(ctx: Ctx, out: transcribe_align.Transcript) -> Response:
     req = ctx[0]
     fmt, result = req.response_format, out.transcription
     if fmt == "json":
-        return JSONResponse({"text": result.text})
+        body = {"text": result.text}
+        if "logprobs" in req.include:
+            body["logprobs"] = _logprobs(result)
+        return JSONResponse(body)
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")
     segments = [s.model_dump() for s in out.segments]
@@ -103,7 +112,7 @@ async def _stream(gw, ctx: Ctx) -> Response:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
-    options = TranscribeOptions(prompt=req.prompt or "", language=req.language)
+    options = TranscribeOptions(prompt=req.prompt or "", language=req.language, logprobs="logprobs" in req.include)
     body = await remote.open_stream("asr", gw.asr.to_async.stream(audio=audio.samples, options=options))
 
     async def sse():
@@ -116,6 +125,8 @@ async def _stream(gw, ctx: Ctx) -> Response:
                              "output_tokens": event.output_tokens,
                              "total_tokens": event.input_tokens + event.output_tokens}
                     out = {"type": "transcript.text.done", "text": event.transcription.text, "usage": usage}
+                    if options.logprobs:
+                        out["logprobs"] = _logprobs(event.transcription)
                 yield f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
         except Exception:  # noqa: BLE001 - the status is sent: end the stream, keep the worker
             log.error("transcription stream failed after it started", exc_info=True)

@@ -28,7 +28,7 @@ from services.runtime.serving.streams import Channel, InOrder
 from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
-from .contract import Span, StreamDone, TextDelta, TranscribeOptions, Transcription
+from .contract import Span, StreamDone, TextDelta, TokenLogprob, TranscribeOptions, Transcription
 from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
 
 _CFG = get_settings().asr
@@ -122,12 +122,18 @@ class ASR(ModelService[QwenASREngine]):
         detected = lang or _majority([r.language for r in results]) or ""
         spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text)
                  for c, r in zip(chunks, results)]
-        if options.statistics:
+        if options.statistics or options.logprobs:
             def token_details() -> None:
                 for span, r in zip(spans, results):
-                    if r.tokens:
+                    if not r.tokens:
+                        continue
+                    if options.statistics:
                         span.tokens, span.logprobs = list(r.tokens), [round(x, 5) for x in r.logprobs]
                         span.token_ends = engine.token_ends(r.tokens, r.text)
+                    if options.logprobs:
+                        span.token_logprobs = [
+                            TokenLogprob(token=b.decode("utf-8", errors="replace"), logprob=round(lp, 5), bytes=list(b))
+                            for b, lp in zip(engine.token_bytes(r.tokens), r.logprobs)]
 
             await asyncio.to_thread(token_details)
         text = word_separator(detected).join(s.text for s in spans if s.text)

@@ -219,3 +219,19 @@ def test_a_streamed_request_refused_before_it_starts_keeps_its_status(served, wa
         r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                    data={"model": "whisper-1", "stream": "true", "language": "klingon"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "language"
+
+
+def test_include_logprobs_gives_every_token_with_the_sdk(oai, wav):
+    """include=["logprobs"] (json): each generated token's text, log-probability and bytes; the bytes add
+    up to the transcript as decoded (before whitespace is trimmed), streamed or not."""
+    from tests.openai_schemas import check
+
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), include=["logprobs"], language="en")
+    check("CreateTranscriptionResponseJson", r.model_dump(exclude_none=True))
+    assert r.logprobs and all(lp.logprob <= 0 and lp.bytes for lp in r.logprobs)
+    joined = b"".join(bytes(int(b) for b in lp.bytes) for lp in r.logprobs).decode("utf-8", errors="replace")
+    assert joined.strip() == r.text
+    *_, done = list(oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), include=["logprobs"],
+                                                    language="en", stream=True))
+    assert done.type == "transcript.text.done"
+    assert [(lp.token, lp.logprob) for lp in done.logprobs] == [(lp.token, lp.logprob) for lp in r.logprobs]

@@ -343,3 +343,16 @@ def test_token_ends_place_every_token_inside_its_windows_text(engine):
             assert r.text.startswith(head[: ends[0]]) and ends[0] <= len(head) + 1
             checked += 1
     assert checked >= 1
+
+
+def test_token_bytes_add_up_to_the_decoded_tokens(engine):
+    """include[]=logprobs gives each token's bytes: joined, they are exactly what the tokens decode to."""
+    from services.asr.engine import ASRItem
+
+    (r,) = engine.transcribe([ASRItem(noise(2.0, seed=8))])
+    assert r.tokens
+    parts = engine.token_bytes(r.tokens)
+    assert len(parts) == len(r.tokens) and all(isinstance(p, bytes) and p for p in parts)
+    tokenizer = engine.model.processor.tokenizer
+    decoded = tokenizer.decode(r.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert b"".join(parts).decode("utf-8", errors="replace") == decoded

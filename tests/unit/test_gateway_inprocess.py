@@ -514,7 +514,7 @@ def test_openapi_documents_the_speech_in_bodies():
         ref = body["content"]["multipart/form-data"]["schema"]["$ref"]
         schema = spec["components"]["schemas"][ref.split("/")[-1]]
         assert list(schema["properties"]) == ["file", "model", "language", "prompt", "response_format", "temperature",
-                                              "timestamp_granularities[]", "stream"]
+                                              "timestamp_granularities[]", "stream", "include[]"]
         assert (schema["properties"]["file"]["type"], schema["properties"]["file"]["format"]) == ("string", "binary")
         assert schema["required"] == ["file", "model"] and schema["additionalProperties"] is False
         assert spec["paths"][path]["post"]["responses"]["400"]["content"]["application/json"]["schema"]["required"] == \
