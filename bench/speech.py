@@ -13,7 +13,8 @@ in-process, the model handle awaited, and its API methods called directly with a
 3. ASR fairness: a 5 s clip transcribed alone vs while a 20-minute file runs (started first: its first
    batch running, the rest of its 120 s windows queued). QWEN_ASR_MAX_NEW_TOKENS=16 and
    QWEN_ASR_MAX_BATCH_SIZE=4 (as the served test session; the CPU default is 1; the environment's value
-   wins); alone and loaded alternate per round, medians are compared.
+   wins); alone and loaded alternate per round, medians are compared. Then the cost of voice activity
+   (Silero VAD, verbose_json's no_speech_prob) per minute of audio, beside the ASR's.
 
 Targets (issue 13, 2-core machine): first-audio p50(c=8) <= 2x p50(c=1), max(c=8) <= 4x p50(c=1); TTS
 throughput at c=8 >= 4x c=1; the short ASR under the long one <= 3x its time alone. Absolute times are
@@ -161,9 +162,13 @@ def child_asr(rounds: int) -> dict:
             long_s.append(long_took)
             upto = next(i for i, b in enumerate(batches) if SHORT_SECONDS in b)  # the short clip's batch
             short_batches.append({"queued_windows_at_start": queued, "batches": batches[: upto + 1]})
+        # Voice activity (verbose_json's no_speech_prob) over the same 20-minute file, alone, one thread.
+        t0 = time.perf_counter()
+        asr._voice().speech_probs(long)
+        vad_s = time.perf_counter() - t0
         return {"alone_s": alone, "loaded_s": loaded, "long_s": long_s, "windows": len(long_out.spans),
                 "batch_size": sched.max_batch_size, "batch_wait_ms": sched.batch_wait * 1000,
-                "short_batches": short_batches, "device": asr.handle.device}
+                "short_batches": short_batches, "device": asr.handle.device, "vad_s": vad_s}
 
     return asyncio.run(run())
 
@@ -247,6 +252,10 @@ def main() -> None:
     print(f"   batches up to the short clip's, seconds of audio per item (round 1; {sb['queued_windows_at_start']} "
           f"windows queued when it arrived): {sb['batches']}")
     print(_ratio_line("under / alone", "asr_short_ratio", fig["asr_short_ratio"]))
+    minutes = LONG_SECONDS / 60
+    print(f"   voice activity (verbose_json's no_speech_prob): {asr['vad_s'] / minutes:.2f} s per minute of audio "
+          f"on one thread, beside the tiny ASR's {statistics.median(asr['long_s']) / minutes:.2f} s per minute "
+          f"(real-time factors {asr['vad_s'] / LONG_SECONDS:.4f} and {statistics.median(asr['long_s']) / LONG_SECONDS:.4f})")
     print()
     print(f"wall time {time.perf_counter() - t0:.0f} s (tts process {tts['wall_s']:.0f} s, "
           f"asr process {asr['wall_s']:.0f} s, each including model load)")
@@ -257,7 +266,8 @@ def main() -> None:
         "tts_frames": TTS_FRAMES, "tts_max_batch_size": tts["max_batch_size"], "tts_rounds": tts_rounds,
         "asr": {"alone_s": round(alone, 3), "loaded_s": round(loaded, 3),
                 "long_s": round(statistics.median(asr["long_s"]), 2), "windows": asr["windows"],
-                "max_new_tokens": ASR_TOKENS, "max_batch_size": asr["batch_size"], "rounds": asr_rounds},
+                "max_new_tokens": ASR_TOKENS, "max_batch_size": asr["batch_size"], "rounds": asr_rounds,
+                "vad_s_per_minute": round(asr["vad_s"] / (LONG_SECONDS / 60), 3)},
         "quick": args.quick,
     }))
 
