@@ -45,3 +45,24 @@ def sse_events(text: str) -> list[Any]:
             if data and data != "[DONE]":
                 out.append(json.loads(data))
     return out
+
+
+def root_for(path: str, status: int, body: Any) -> str | None:
+    """The OpenAI schema an answer of one of our OpenAI-shaped routes must satisfy (None: not one of them,
+    or a body this table does not know, e.g. text formats)."""
+    if not path.startswith("/v1/") or path.startswith("/v1/audio/voices"):
+        return None  # /v1/audio/voices is our extension, not OpenAI's
+    if status >= 400:
+        return "ErrorResponse"
+    if not isinstance(body, dict):
+        return None
+    if path == "/v1/models":
+        return "ListModelsResponse"
+    if path.startswith("/v1/models/"):
+        return "Model"
+    if path == "/v1/chat/completions":
+        return "CreateChatCompletionResponse"
+    if path == "/v1/audio/transcriptions":
+        return "CreateTranscriptionResponseVerboseJson" if "segments" in body or "duration" in body \
+            else "CreateTranscriptionResponseJson"
+    return None

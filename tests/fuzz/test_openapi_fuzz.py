@@ -1,6 +1,7 @@
 """Schemathesis over the gateway's OpenAPI (the real `bentoml serve` session, auth on): whatever the
 generated input, no 5xx, and every answer conforms to the document — a documented status, content type
-and body shape (errors are the one envelope, documented for every route).
+and body shape (errors are the one envelope, documented for every route) — and every JSON answer of an
+OpenAI-shaped route to OpenAI's own schema (tests/openai_schemas.py).
 
 A short budget runs in `make test` (QWEN_FUZZ_EXAMPLES, default 4 per operation); `make fuzz` runs more."""
 
@@ -13,6 +14,7 @@ import schemathesis
 from schemathesis import checks
 from hypothesis import HealthCheck, settings
 
+from tests.openai_schemas import check, root_for
 from tests.served_session import API_KEY
 
 pytestmark = pytest.mark.served
@@ -43,3 +45,8 @@ def test_no_server_errors(case):
         # Every error is the one envelope (BentoML's own routes aside).
         if case.path not in ("/readyz", "/livez", "/healthz", "/metrics"):
             assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
+    if response.headers.get("content-type", "").startswith("application/json"):
+        body = response.json()
+        root = root_for(case.path, response.status_code, body)
+        if root is not None:
+            check(root, body)
