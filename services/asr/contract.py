@@ -81,11 +81,8 @@ async def events(body) -> "AsyncIterator[TextDelta | StreamDone]":
     """The stream's events from its bytes (after the header line), whatever the chunking."""
     import json
 
-    buf = b""
-    async for data in body:
-        buf += data
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if line:
-                obj = json.loads(line)
-                yield StreamDone.model_validate(obj) if "transcription" in obj else TextDelta.model_validate(obj)
+    from services.runtime.edge.remote import lines
+
+    async for line in lines(body):
+        obj = json.loads(line)
+        yield StreamDone.model_validate(obj) if "transcription" in obj else TextDelta.model_validate(obj)

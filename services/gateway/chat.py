@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.gateway.deps import gateway
 from services.gateway.registry import model_key
 from services.runtime.core.logging import get_logger
+from services.runtime.edge import remote
 from services.runtime.edge.http import read_json_object, validate
 from services.runtime.serving.generation import Completion, Delta
 
@@ -124,16 +125,13 @@ def jsonl_chunks(cid: str, model: str, body: AsyncIterator[bytes], include_usage
         created = int(time.time())
         yield chunk_body(cid, model, created, {"role": "assistant", "content": ""})
         usage = None
-        buf = b""
-        async for data in body:
-            buf += data
-            *lines, buf = buf.split(b"\n")
-            for delta in map(Delta.model_validate_json, lines):
-                if delta.text:
-                    yield chunk_body(cid, model, created, {"content": delta.text})
-                if delta.finish_reason is not None:
-                    usage = delta.usage
-                    yield chunk_body(cid, model, created, {}, finish_reason=delta.finish_reason)
+        async for line in remote.lines(body):
+            delta = Delta.model_validate_json(line)
+            if delta.text:
+                yield chunk_body(cid, model, created, {"content": delta.text})
+            if delta.finish_reason is not None:
+                usage = delta.usage
+                yield chunk_body(cid, model, created, {}, finish_reason=delta.finish_reason)
         if include_usage and usage is not None:
             yield chunk_body(cid, model, created, {}, usage=usage.model_dump(), choices=False)
 

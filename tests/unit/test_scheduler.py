@@ -32,7 +32,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_results_in_order(
     assert sorted(x for c in calls for x in c) == [1, 2, 3, 4, 5, 6]
 
 
-def test_concurrency_limit_is_respected():
+def peak_counting():
+    """(run_batch that takes 50 ms, [peak number of batches that ran at once])."""
     active, peak, lock = [0], [0], threading.Lock()
 
     def run_batch(items):
@@ -43,6 +44,12 @@ def test_concurrency_limit_is_respected():
         with lock:
             active[0] -= 1
         return items
+
+    return run_batch, peak
+
+
+def test_concurrency_limit_is_respected():
+    run_batch, peak = peak_counting()
 
     async def main():
         s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=2, max_queue=32)
@@ -297,16 +304,7 @@ def test_a_request_keeps_one_running_slot_free_for_others():
 
 def test_a_lone_request_still_uses_every_slot_when_the_service_has_three():
     """The cap is max_concurrency - 1: with three slots a long request runs two batches at once."""
-    active, peak, lock = [0], [0], threading.Lock()
-
-    def run_batch(items):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.05)
-        with lock:
-            active[0] -= 1
-        return items
+    run_batch, peak = peak_counting()
 
     async def main():
         s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=3, max_queue=64)

@@ -149,6 +149,20 @@ def stream_error(err: QwenError) -> bytes:
     return json.dumps({ERROR_KEY: err.payload()}).encode() + b"\n"
 
 
+async def lines(body):
+    """The lines of a stream's bytes (after its header line), whatever the chunking: a model service's
+    stream of JSON lines reaches us cut anywhere by the socket."""
+    buf = b""
+    async for data in body:
+        buf += data
+        *done, buf = buf.split(b"\n")
+        for line in done:
+            if line:
+                yield line
+    if buf:
+        yield buf
+
+
 async def open_stream(service: str, agen, into: type[M] | None = None,
                       on_leave: Callable[[], Awaitable[Any]] | None = None):
     """Read the header line of a model service's stream; raise its error, or return an async iterator of
