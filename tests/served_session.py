@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,27 @@ BUCKET = "songs"
 START_TIMEOUT = float(os.environ.get("QWEN_TEST_START_TIMEOUT", "420"))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below Linux's ephemeral range (32768-60999). A port from bind(0) is an ephemeral one,
+    released at once: a `bentoml serve` starting meanwhile reserves its own internal ports the same way and can
+    take it before our server binds it (seen in CI: "Address already in use"). Below the range no bind(0)
+    reservation ever lands, so only another explicit choice could collide; this process never hands one out twice."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32768)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass
