@@ -102,7 +102,10 @@ def load_inputs(args) -> dict:
     audio = decode_audio(Path(args.audio).read_bytes()).samples if args.audio else synthetic_audio()
     image = decode_image(Path(args.image).read_bytes()) if args.image else synthetic_image()
     lyrics = [s.strip() for s in args.lyrics.split("|") if s.strip()] if args.lyrics else LYRICS
-    return {"audio": audio, "image": image, "lyrics": lyrics, "max_tokens": args.max_tokens}
+    # Synthetic audio is tones, in which voice activity hears no speech (every ASR window would be skipped):
+    # voice activity only plans the windows of a given recording.
+    return {"audio": audio, "image": image, "lyrics": lyrics, "max_tokens": args.max_tokens,
+            "vad": None if args.audio else False}
 
 
 async def request_aligner(svc, inp) -> dict:
@@ -118,7 +121,7 @@ async def request_asr(svc, inp) -> dict:
     from services.runtime.edge import remote
 
     t0 = time.perf_counter()
-    out = await remote.call("asr", svc.transcribe(audio=inp["audio"], options=TranscribeOptions()))
+    out = await remote.call("asr", svc.transcribe(audio=inp["audio"], options=TranscribeOptions(vad=inp["vad"])))
     wall = time.perf_counter() - t0
     row = {"detail": f"{len(out['text'])} chars, language {out['language'] or '?'}"}
     processor = getattr(svc.handle.get().model, "processor", None)

@@ -1,10 +1,15 @@
-"""Synthesised test audio of known length: tone bursts ("sung phrases") separated by silences."""
+"""Synthesised test audio of known length: tone bursts ("sung phrases") separated by silences; real speech
+(Debian's espeak-ng) and tone + noise around it for voice activity."""
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 
 import numpy as np
+
+SPEECH_SR = 16000
 
 
 def song(seconds: float, sr: int = 44100, phrase: float = 2.0, gap: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -18,6 +23,23 @@ def song(seconds: float, sr: int = 44100, phrase: float = 2.0, gap: float = 0.5,
     out[on] = (0.3 * np.sin(2 * np.pi * freq[on] * t[on])).astype(np.float32)
     out += (0.003 * rng.standard_normal(n)).astype(np.float32)
     return out
+
+
+def speech(text: str) -> np.ndarray:
+    """`text` spoken by espeak-ng, float32 mono 16 kHz."""
+    from services.runtime.codecs.audio import decode_audio
+
+    assert shutil.which("espeak-ng"), "espeak-ng is installed by `make sysdeps`"
+    wav = subprocess.run(["espeak-ng", "--stdout", "-s", "150", text], capture_output=True, check=True).stdout
+    return decode_audio(wav, sample_rate=SPEECH_SR).samples
+
+
+def tone_and_noise(seconds: float, seed: int = 0) -> np.ndarray:
+    """A 440 Hz tone swelling and fading every second, over white noise (16 kHz): loud, and not speech."""
+    t = np.arange(int(seconds * SPEECH_SR)) / SPEECH_SR
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 0.5 * t)
+            + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def encode(samples: np.ndarray, sr: int, fmt: str) -> bytes:

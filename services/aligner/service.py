@@ -2,11 +2,13 @@
 
 The gateway decodes the audio once and calls `align(audio, AlignLines)` (lyrics) or `align_spans(audio,
 AlignSpans)` (an ASR transcript, window by window; services/aligner/contract.py). Here: language (given or
-detected), units per line, long audio split at quiet points into windows the aligner can time, the chunks
-of all concurrent requests batched through one scheduler, lines rebuilt with global offsets.
+detected), units per line, long audio split into windows the aligner can time (where no voice is heard,
+at the quietest such point), the chunks of all concurrent requests batched through one scheduler, lines rebuilt with global offsets.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import bentoml
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from services.runtime.codecs.chunking import frame_rms, plan_chunks
 from services.runtime.core.errors import InvalidRequest, Unprocessable
 from services.runtime.core.languages import ALIGNER as LANGUAGES
+from services.runtime.serving import vad
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
@@ -90,7 +93,10 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
             all_units += line_units
             # Windows inside the span, cut at quiet points; lines shared out by how much sound each has.
             energy = frame_rms(part, SAMPLE_RATE)
-            chunks = plan_chunks(part, SAMPLE_RATE, window, energy)
+            speech = None
+            if self.cfg.vad and len(part) > window * SAMPLE_RATE:  # cut where no voice is heard
+                speech = (await asyncio.to_thread(vad.voice_activity().speech_probs, part), vad.FRAME_SECONDS)
+            chunks = plan_chunks(part, SAMPLE_RATE, window, energy, speech)
             weights = lyrics.voiced_weights(part, chunks, SAMPLE_RATE, energy)
             ranges = lyrics.assign_lines([len(u) for u in line_units], weights)
             for c, (a, b) in zip(chunks, ranges):

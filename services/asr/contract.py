@@ -22,6 +22,10 @@ class TranscribeOptions(BaseModel):
                            "(Span.token_logprobs)")
     statistics: bool = Field(False, description="also answer what segment statistics need: voice activity per "
                              "32-ms frame (Transcription.speech) and each window's tokens (Span.tokens...)")
+    vad: bool | None = Field(None, description="voice activity plans the windows (cuts where nobody speaks, "
+                             "windows without speech not decoded); None: the service's QWEN_ASR_VAD")
+    vad_threshold: float | None = Field(None, gt=0, lt=1, description="speech probability a window needs to "
+                                        "be decoded; None: the service's QWEN_ASR_VAD_THRESHOLD")
 
 
 class TokenLogprob(BaseModel):
@@ -44,6 +48,8 @@ class Span(BaseModel):
     logprobs: list[float] = Field(default_factory=list)
     token_ends: list[int] = Field(default_factory=list)
     token_logprobs: list[TokenLogprob] = Field(default_factory=list)  # with options.logprobs
+    # False: voice activity heard no speech in the window, so it was not decoded (text "").
+    decoded: bool = True
 
 
 class Transcription(BaseModel):

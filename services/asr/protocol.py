@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import UploadFile
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import WithJsonSchema
+
+from services.runtime.core.errors import InvalidRequest
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -42,6 +45,40 @@ class TranscriptionRequest(BaseModel):
         default_factory=list, validation_alias=AliasChoices("include[]", "include"),
         description="logprobs: each token's log-probability (response_format json)")
 
+    # OpenAI's `chunking_strategy`: "auto", or a server_vad object, which the SDK sends as bracketed parts
+    # (`chunking_strategy[type]=server_vad`, `chunking_strategy[threshold]=0.6`...) and other clients as JSON.
+    # Either turns voice activity on for the request (QWEN_ASR_VAD is its default); `threshold` is the speech
+    # probability a window needs to be decoded. prefix_padding_ms and silence_duration_ms are validated and
+    # not used: windows are cut where voice activity is lowest, with 100 ms of margin.
+    chunking_strategy: str | None = Field(None, description='"auto" or a server_vad object (JSON): voice '
+                                          "activity cuts the windows and skips those without speech")
+    chunking_type: str | None = Field(None, validation_alias="chunking_strategy[type]")
+    chunking_threshold: str | None = Field(None, validation_alias="chunking_strategy[threshold]")
+    chunking_prefix_padding_ms: str | None = Field(None, validation_alias="chunking_strategy[prefix_padding_ms]")
+    chunking_silence_duration_ms: str | None = Field(None, validation_alias="chunking_strategy[silence_duration_ms]")
+
+    def vad(self) -> tuple[bool | None, float | None]:
+        """(voice activity on, threshold) from `chunking_strategy`; (None, None): the service's default.
+        A malformed strategy is a 400 naming `chunking_strategy`."""
+        parts = {k: v for k, v in (("type", self.chunking_type), ("threshold", self.chunking_threshold),
+                                   ("prefix_padding_ms", self.chunking_prefix_padding_ms),
+                                   ("silence_duration_ms", self.chunking_silence_duration_ms)) if v is not None}
+        raw = self.chunking_strategy
+        if raw is None and not parts:
+            return None, None
+        if raw == "auto" and not parts:
+            return True, None
+        try:
+            data = parts if raw is None else json.loads(raw)
+            if parts and raw is not None:
+                raise ValueError("both forms given")
+            config = VadConfig.model_validate(data)
+        except (ValueError, ValidationError):
+            raise InvalidRequest('chunking_strategy must be "auto" or {"type": "server_vad", "threshold": 0..1, '
+                                 '"prefix_padding_ms": int, "silence_duration_ms": int}',
+                                 param="chunking_strategy", code="invalid_value") from None
+        return True, config.threshold
+
     def openai_rule_violation(self) -> tuple[str, str] | None:
         """(param, message) when the fields break a rule OpenAI enforces across fields."""
         if self.timestamp_granularities and self.response_format != "verbose_json":
@@ -51,6 +88,16 @@ class TranscriptionRequest(BaseModel):
         if self.stream and self.response_format not in ("json", "text"):
             return "stream", "stream=true works with response_format json or text"
         return None
+
+
+class VadConfig(BaseModel):
+    """OpenAI's server_vad chunking strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["server_vad"]
+    threshold: float = Field(0.5, gt=0, lt=1)
+    prefix_padding_ms: int = Field(300, ge=0)
+    silence_duration_ms: int = Field(200, ge=0)
 
 
 class Word(BaseModel):

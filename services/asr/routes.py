@@ -38,6 +38,7 @@ async def _parse(req: Annotated[TranscriptionRequest, Form(media_type="multipart
         raise InvalidRequest("`file` is required (the audio as a `file` part)", param="file", code="missing_file")
     if violation := req.openai_rule_violation():
         raise InvalidRequest(violation[1], param=violation[0], code="invalid_value")
+    req.vad()  # a malformed chunking_strategy is a 400 here
     resolve_model(gw.settings, "asr", req.model)
     transcribe_align.check(gw, words="word" in req.timestamp_granularities)
     return req, await read_upload(req.file, max_bytes=gw.settings.upload_max_bytes, param="file")
@@ -48,10 +49,16 @@ async def _run(gw, ctx: Ctx) -> transcribe_align.Transcript:
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
     return await transcribe_align.transcribe(
-        gw, audio.samples, TranscribeOptions(prompt=req.prompt or "", language=req.language,
-                                             statistics=req.response_format == "verbose_json",
-                                             logprobs="logprobs" in req.include),
+        gw, audio.samples, _options(req),
         timed=req.response_format not in ("json", "text"), words="word" in req.timestamp_granularities)
+
+
+def _options(req: TranscriptionRequest) -> TranscribeOptions:
+    """What the ASR service is asked, from the form (already validated by _parse)."""
+    use_vad, threshold = req.vad()
+    return TranscribeOptions(prompt=req.prompt or "", language=req.language,
+                             statistics=req.response_format == "verbose_json", logprobs="logprobs" in req.include,
+                             vad=use_vad, vad_threshold=threshold)
 
 
 def _logprobs(result) -> list[dict]:
@@ -112,7 +119,7 @@ async def _stream(gw, ctx: Ctx) -> Response:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
-    options = TranscribeOptions(prompt=req.prompt or "", language=req.language, logprobs="logprobs" in req.include)
+    options = _options(req)
     body = await remote.open_stream("asr", gw.asr.to_async.stream(audio=audio.samples, options=options))
 
     async def sse():

@@ -1,4 +1,5 @@
-"""The ASR model service: owns Qwen3-ASR, its queue and batching; windows long audio at quiet points.
+"""The ASR model service: owns Qwen3-ASR, its queue and batching; windows long audio where nobody speaks
+(voice activity), and decodes only the windows where someone does.
 
 The gateway decodes the audio once and calls `transcribe(audio, TranscribeOptions)`; it gets a
 `Transcription` (services/asr/contract.py): the text, the language and the window spans (start, end, text),
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from dataclasses import dataclass
 from typing import AsyncGenerator
 
 import bentoml
 import numpy as np
 
-from services.runtime.codecs.chunking import plan_chunks
+from services.runtime.codecs.chunking import Chunk, plan_chunks
 from services.runtime.serving.device import TORCH, VLLM, require_vllm, uses_vllm
 from services.runtime.codecs.audio import check_duration
 from services.runtime.core.errors import InvalidRequest, QwenError
@@ -67,13 +69,6 @@ class ASR(ModelService[QwenASREngine]):
             vllm_kwargs=vllm_kwargs(cfg, dtype),
         )
 
-    _vad: "vad.VoiceActivity | None" = None
-
-    def _voice(self) -> "vad.VoiceActivity":
-        if self._vad is None:
-            self._vad = vad.VoiceActivity()  # loads in ~0.1 s from the package's own weights
-        return self._vad
-
     def _run_batch(self, items: list[ASRItem]) -> list[ASRResult]:
         """One engine call for windows of several requests; a streamed request's windows hand their text
         to its relay as it is decoded, and say when they are done."""
@@ -89,8 +84,9 @@ class ASR(ModelService[QwenASREngine]):
     async def status(self) -> dict:
         return {**self.status_info(), "backend": self.cfg.backend}
 
-    def _plan(self, audio: np.ndarray, options: TranscribeOptions) -> tuple[np.ndarray, list, list[ASRItem], str | None]:
-        """Checks (prompt length, duration, language), then the audio's windows as engine items."""
+    async def _plan(self, audio: np.ndarray, options: TranscribeOptions) -> "_Plan":
+        """Checks (prompt length, duration, language), then the audio's windows and the engine items of those
+        to decode (with voice activity: the windows where someone speaks)."""
         engine = self.handle.get()
         prompt = options.prompt
         # Checked before batching: an over-long prompt would otherwise fail (vLLM) or slow every
@@ -104,24 +100,33 @@ class ASR(ModelService[QwenASREngine]):
             lang = LANGUAGES.parse(options.language)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
-        chunks = plan_chunks(audio, SAMPLE_RATE, self.cfg.window_seconds)
-        return audio, chunks, [ASRItem(audio[c.start : c.end], prompt, lang) for c in chunks], lang
+        use_vad = self.cfg.vad if options.vad is None else options.vad
+        probs = await asyncio.to_thread(vad.voice_activity().speech_probs, audio) if use_vad else None
+        chunks, decoded = plan_windows(audio, self.cfg.window_seconds, probs,
+                                       options.vad_threshold or self.cfg.vad_threshold)
+        items = [ASRItem(audio[c.start : c.end], prompt, lang) for c, d in zip(chunks, decoded) if d]
+        return _Plan(audio, chunks, decoded, items, lang, probs)
 
-    async def _transcribe(self, audio, chunks, items: list[ASRItem], lang: str | None,
-                          options: TranscribeOptions) -> tuple[Transcription, list[ASRResult]]:
+    async def _transcribe(self, plan: "_Plan", options: TranscribeOptions) -> tuple[Transcription, list[ASRResult]]:
         engine = self.handle.get()
-        # Voice activity runs beside the model (its own small CPU model, ~1 s per minute of audio on one thread).
-        speech = asyncio.ensure_future(asyncio.to_thread(self._voice().speech_probs, audio)) if options.statistics else None
+        audio, chunks, lang = plan.audio, plan.chunks, plan.language
+        # Voice activity, when the windows were not planned with it, runs beside the model (its own small
+        # CPU model, ~0.7 s per minute of audio on one thread).
+        speech = None
+        if options.statistics and plan.speech is None:
+            speech = asyncio.ensure_future(asyncio.to_thread(vad.voice_activity().speech_probs, audio))
         try:
-            results = await self.scheduler.run(items)
+            decoded = iter(await self.scheduler.run(plan.items))
         except BaseException:
             if speech is not None:
                 speech.cancel()
             raise
-        probs = vad.pack(await speech) if speech is not None else ""
+        results = [next(decoded) if d else ASRResult(language="", text="") for d in plan.decoded]
+        probs = plan.speech if speech is None else await speech
         detected = lang or _majority([r.language for r in results]) or ""
-        spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text)
-                 for c, r in zip(chunks, results)]
+        spans = [Span(start=round(c.start / SAMPLE_RATE, 3), end=round(c.end / SAMPLE_RATE, 3), text=r.text,
+                      decoded=d)
+                 for c, r, d in zip(chunks, results, plan.decoded)]
         if options.statistics or options.logprobs:
             def token_details() -> None:
                 for span, r in zip(spans, results):
@@ -138,12 +143,12 @@ class ASR(ModelService[QwenASREngine]):
             await asyncio.to_thread(token_details)
         text = word_separator(detected).join(s.text for s in spans if s.text)
         return Transcription(text=text, language=detected, duration=round(len(audio) / SAMPLE_RATE, 3), spans=spans,
-                             speech=probs), results
+                             speech=vad.pack(probs) if options.statistics and probs is not None else ""), results
 
     @bentoml.api
     @guarded("asr")
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> dict:
-        transcription, _ = await self._transcribe(*self._plan(audio, options), options)
+        transcription, _ = await self._transcribe(await self._plan(audio, options), options)
         return transcription.model_dump()
 
     @bentoml.api
@@ -153,15 +158,15 @@ class ASR(ModelService[QwenASREngine]):
         wait until the windows before it are done), the separator between windows as a delta of its own,
         and `StreamDone` last."""
         try:
-            audio, chunks, items, lang = self._plan(audio, options)
+            plan = await self._plan(audio, options)
         except QwenError as exc:
             yield stream_error(exc)
             return
         channel: Channel = Channel()
-        relay = InOrder(channel.emit, len(items), separator=word_separator(lang) if lang else " ")
-        for k, item in enumerate(items):
+        relay = InOrder(channel.emit, len(plan.items), separator=word_separator(plan.language) if plan.language else " ")
+        for k, item in enumerate(plan.items):
             item.on_text, item.on_end = functools.partial(relay.piece, k), functools.partial(relay.finish, k)
-        work = asyncio.ensure_future(self._transcribe(audio, chunks, items, lang, options))
+        work = asyncio.ensure_future(self._transcribe(plan, options))
         await asyncio.sleep(0)  # the scheduler admits (or refuses: 429) before its first await
         if work.done() and work.exception() is not None:
             exc = work.exception()
@@ -180,6 +185,27 @@ class ASR(ModelService[QwenASREngine]):
         finally:
             if not work.done():
                 work.cancel()  # the caller left: windows not started are dropped
+
+
+def plan_windows(audio: np.ndarray, window_seconds: float, speech: np.ndarray | None, threshold: float
+                 ) -> tuple[list[Chunk], list[bool]]:
+    """The windows of `audio` (16 kHz) and, per window, whether to decode it. With voice activity (`speech`,
+    runtime.serving.vad's probabilities): cut where nobody speaks, and decode only windows with speech."""
+    chunks = plan_chunks(audio, SAMPLE_RATE, window_seconds,
+                         speech=(speech, vad.FRAME_SECONDS) if speech is not None else None)
+    decoded = [speech is None or vad.has_speech(speech, c.start / SAMPLE_RATE, c.end / SAMPLE_RATE, threshold)
+               for c in chunks]
+    return chunks, decoded
+
+
+@dataclass
+class _Plan:
+    audio: np.ndarray
+    chunks: list[Chunk]
+    decoded: list[bool]  # per chunk: decode it (voice activity heard speech, or was not asked)
+    items: list[ASRItem]  # the engine items of the chunks to decode, in order
+    language: str | None  # forced language (package name)
+    speech: np.ndarray | None  # voice activity, when it planned the windows
 
 
 def vllm_kwargs(cfg, dtype: str) -> dict:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import openai
 import pytest
 
-from tests.audio_fixtures import encode, song
+from tests.audio_fixtures import SPEECH_SR, encode, song, speech, tone_and_noise
 
 pytestmark = pytest.mark.served
 
@@ -83,12 +84,43 @@ def test_prompt_and_language_name_are_accepted(oai, wav):
     # Under the form's 4000-character cap but over QWEN_ASR_MAX_PROMPT_TOKENS (1024) on any Qwen
     # tokenizer (~2 real tokens per kanji, 3 on the tiny's): refused before it is batched with others.
     ({"prompt": "音声認識" * 900}, openai.BadRequestError, "prompt_too_long"),
+    ({"chunking_strategy": {"type": "client_vad"}}, openai.BadRequestError, "invalid_value"),
+    ({"chunking_strategy": {"type": "server_vad", "threshold": 2}}, openai.BadRequestError, "invalid_value"),
 ])
 def test_bad_parameters_are_4xx_in_the_envelope(oai, wav, kwargs, exc, code):
     args = {"model": "whisper-1", "file": ("a.wav", wav), **kwargs}
     with pytest.raises(exc) as e:
         oai.audio.transcriptions.create(**args)
     assert e.value.body["code"] == code and e.value.body["message"]
+
+
+def test_voice_activity_decodes_only_the_windows_with_speech(served, oai):
+    """chunking_strategy (OpenAI's field; the session runs with QWEN_ASR_VAD=false because its other
+    fixtures are tones): 20 s of tone and noise decode no window at all — an empty transcript, not an
+    invented one; the same noise around one spoken sentence decodes one window (the engine's item count)."""
+    noise = encode(tone_and_noise(20.0, 11), SPEECH_SR, "wav")
+    spoken = encode(np.concatenate([tone_and_noise(6.0, 12), speech("Please call Stella and ask her to bring "
+                                    "these things with her from the store."), tone_and_noise(6.0, 13)]),
+                    SPEECH_SR, "wav")
+    before = served.batches("asr")[0]
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("noise.wav", noise), chunking_strategy="auto",
+                                        response_format="verbose_json")
+    assert r.text == "" and r.segments == [] and abs(r.duration - 20.0) < 0.1, r.model_dump()
+    assert served.batches("asr")[0] == before  # nothing reached the model
+    r = oai.audio.transcriptions.create(model="whisper-1", file=("speech.wav", spoken), response_format="json",
+                                        chunking_strategy={"type": "server_vad", "threshold": 0.5})
+    assert isinstance(r.text, str)
+    assert served.batches("asr")[0] == before + 1
+    # Without it (this session's default), the noise is decoded: the model writes something for it.
+    oai.audio.transcriptions.create(model="whisper-1", file=("noise.wav", noise), response_format="json")
+    assert served.batches("asr")[0] == before + 2
+
+
+def test_a_malformed_chunking_strategy_names_the_field(served, wav):
+    with served.client() as c:
+        r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                   data={"model": "whisper-1", "chunking_strategy": "{not json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chunking_strategy", r.text
 
 
 @pytest.mark.parametrize("data, status, code", [

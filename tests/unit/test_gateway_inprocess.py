@@ -514,7 +514,10 @@ def test_openapi_documents_the_speech_in_bodies():
         ref = body["content"]["multipart/form-data"]["schema"]["$ref"]
         schema = spec["components"]["schemas"][ref.split("/")[-1]]
         assert list(schema["properties"]) == ["file", "model", "language", "prompt", "response_format", "temperature",
-                                              "timestamp_granularities[]", "stream", "include[]"]
+                                              "timestamp_granularities[]", "stream", "include[]", "chunking_strategy",
+                                              "chunking_strategy[type]", "chunking_strategy[threshold]",
+                                              "chunking_strategy[prefix_padding_ms]",
+                                              "chunking_strategy[silence_duration_ms]"]
         assert (schema["properties"]["file"]["type"], schema["properties"]["file"]["format"]) == ("string", "binary")
         assert schema["required"] == ["file", "model"] and schema["additionalProperties"] is False
         assert spec["paths"][path]["post"]["responses"]["400"]["content"]["application/json"]["schema"]["required"] == \

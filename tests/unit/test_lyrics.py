@@ -71,6 +71,25 @@ def test_plan_chunks_cuts_long_audio_at_quiet_points_within_the_window():
     assert 250 * sr <= chunks[0].end <= 251 * sr
 
 
+def test_plan_chunks_with_voice_activity_cuts_where_nobody_speaks_not_at_the_quietest_sample():
+    """Loud music from 270 s on, a spoken pause (silence) at 250 s: energy alone cuts in the pause, inside the
+    speech; voice activity moves the cut into the music, whatever its loudness."""
+    sr = 1000
+    x = np.ones(sr * 400, dtype=np.float32) * 0.2
+    x[sr * 250 : sr * 251] = 0.0  # a pause between two spoken words
+    x[sr * 270 :] = 0.9  # music: loud, not speech
+    prob_s = 0.032
+    probs = np.zeros(int(400 / prob_s), dtype=np.float32)
+    probs[: int(270 / prob_s)] = 0.95  # speech until 270 s, pause included (its frames are smoothed over)
+    assert 250 * sr <= plan_chunks(x, sr, window_s=300)[0].end <= 251 * sr  # the baseline this guards against
+    chunks = plan_chunks(x, sr, window_s=300, speech=(probs, prob_s))
+    assert 270.1 * sr <= chunks[0].end <= 300 * sr, chunks
+    assert chunks[-1].end == len(x) and all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
+    # Among frames without speech, the quietest one: a dip in the music at 290 s.
+    x[sr * 290 : sr * 291] = 0.3
+    assert 290 * sr <= plan_chunks(x, sr, window_s=300, speech=(probs, prob_s))[0].end <= 291 * sr
+
+
 def test_plan_chunks_short_audio_is_one_chunk():
     x = np.zeros(16000 * 10, dtype=np.float32)
     assert plan_chunks(x, 16000, 300) == [Chunk(0, len(x))]

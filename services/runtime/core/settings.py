@@ -77,6 +77,9 @@ class AlignerSettings(ServiceSettings):
     # over the whole pass (13 tokens per second of audio + the lyrics): 120 s keeps a 10-minute song
     # near linear in time (bench/align.py).
     window_seconds: float = Field(120.0, gt=5)
+    # Songs longer than a window are cut where voice activity (Silero VAD) hears no voice, the quietest
+    # such point: a loud accompaniment no longer draws the cut into a sung word. Off: the quietest point.
+    vad: bool = True
     # Longest song accepted (decoded duration); longer input is a 413.
     max_audio_seconds: float = Field(1200.0, gt=0)
     max_lyrics_chars: int = Field(20000, gt=0)
@@ -99,6 +102,11 @@ class ASRSettings(ServiceSettings):
     # 1232 for 120 s; services/asr/budget.py). A value under 5 tokens/s is warned about at load.
     max_new_tokens: int | None = Field(None, ge=2)
     window_seconds: float = Field(120.0, gt=5, le=1200)
+    # Voice activity (Silero VAD) plans the windows: cuts fall where nobody speaks, and a window without
+    # speech (silence, music, noise: the model invents text on them) is not decoded. A request's OpenAI
+    # `chunking_strategy` ("auto" or server_vad with its threshold) turns it on for that request.
+    vad: bool = True
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
     max_audio_seconds: float = Field(3600.0, gt=0)
     # Longest `prompt` (the model's context), in tokens; longer is a 400. With the vLLM backend every
     # window must fit vllm_max_model_len (template + prompt + audio + output): checked at load.

@@ -4,18 +4,18 @@ Silero VAD (`silero-vad` on PyPI, MIT): a small recurrent model whose TorchScrip
 wheel, so it loads offline (no hub, nothing to download per deployment) and needs only torch, which every
 model service has. Chosen over energy thresholds because music and noise are loud without being speech,
 and over WebRTC's VAD (a GMM on 10-30 ms frames) because Silero's scores are calibrated probabilities that
-a segment statistic can report as they are. Cost on one CPU thread here: ~1 s per minute of audio.
+a segment statistic can report as they are. Cost on one CPU thread here: ~0.7 s per minute of audio (bench/speech.py).
 
-`speech_probs(audio)` (float32 mono 16 kHz) -> one probability per FRAME samples. The model carries state
-from frame to frame, so one call at a time per instance (a lock); a call resets it first.
-`no_speech_prob(probs, start, end)`: OpenAI's segment statistic from those frames (see there).
+`speech_probs(audio)` (float32 mono 16 kHz) -> one probability per FRAME samples.
+`no_speech_prob(probs, start, end)`: OpenAI's segment statistic from those frames (see there);
+`has_speech(probs, start, end, threshold)`: whether a window is worth decoding (the same rule).
 `pack`/`unpack`: the probabilities as a compact string (one byte each) for a contract between processes.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
+import queue
 
 import numpy as np
 
@@ -26,11 +26,19 @@ SMOOTH_FRAMES = 3  # ~100 ms: a single frame's spike is not speech
 
 
 class VoiceActivity:
+    """Silero VAD models, one per call running at once: the model carries state from frame to frame, so a
+    call takes a model of its own from a pool (made on demand, ~2 MB and ~0.1 s each), and a long file's
+    voice activity never holds up a short one's."""
+
     def __init__(self):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._free.put(self._load())
+
+    @staticmethod
+    def _load():
         from silero_vad import load_silero_vad
 
-        self._model = load_silero_vad()  # TorchScript, from the package's own data
-        self._lock = threading.Lock()
+        return load_silero_vad()  # TorchScript, from the package's own data
 
     def speech_probs(self, audio: np.ndarray) -> np.ndarray:
         import torch
@@ -38,9 +46,27 @@ class VoiceActivity:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(audio) == 0:
             return np.zeros(0, np.float32)
-        with self._lock, torch.inference_mode():
-            probs = self._model.audio_forward(torch.from_numpy(audio), SAMPLE_RATE)  # resets its state first
+        try:
+            model = self._free.get_nowait()
+        except queue.Empty:
+            model = self._load()
+        try:
+            with torch.inference_mode():
+                probs = model.audio_forward(torch.from_numpy(audio), SAMPLE_RATE)  # resets its state first
+        finally:
+            self._free.put(model)
         return probs.reshape(-1).float().numpy()
+
+
+_SHARED: VoiceActivity | None = None
+
+
+def voice_activity() -> VoiceActivity:
+    """The process's VoiceActivity (its pool serves every caller), loaded on first use (~0.1 s)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = VoiceActivity()
+    return _SHARED
 
 
 def no_speech_prob(probs: np.ndarray, start: float, end: float) -> float:
@@ -55,6 +81,13 @@ def no_speech_prob(probs: np.ndarray, start: float, end: float) -> float:
     if span.size >= SMOOTH_FRAMES:
         span = np.convolve(span, np.ones(SMOOTH_FRAMES, np.float32) / SMOOTH_FRAMES, mode="valid")
     return round(float(1.0 - span.max()), 4)
+
+
+def has_speech(probs: np.ndarray, start: float, end: float, threshold: float) -> bool:
+    """Whether someone speaks in [start, end) (seconds): its smoothed speech probability reaches `threshold`
+    somewhere (Silero's own default threshold is 0.5). A window without is not decoded: the model invents
+    text on silence and music."""
+    return 1.0 - no_speech_prob(probs, start, end) >= threshold
 
 
 def pack(probs: np.ndarray) -> str:
