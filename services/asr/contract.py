@@ -63,9 +63,13 @@ class Transcription(BaseModel):
 
 
 class TextDelta(BaseModel):
-    """Text decoded since the last delta (the windows in order; the separator between windows is a delta)."""
+    """Text decoded since the last delta (the windows in order; the separator between windows is a delta).
+    With options.logprobs: the window's tokens generated since its previous delta (TokenLogprob), so the
+    deltas' logprobs concatenate to the done event's; a delta may then have text "" (tokens whose text was
+    dropped, e.g. trailing whitespace)."""
 
     delta: str
+    logprobs: list[TokenLogprob] = Field(default_factory=list)
 
     def line(self) -> bytes:
         return self.model_dump_json().encode() + b"\n"

@@ -29,8 +29,9 @@ ASR_TEXT_TAG = "<asr_text>"  # ends the model's language prefix (qwen_asr.infere
 REPEAT_THRESHOLD = 20
 REPEAT_MAX_PATTERN = 20
 
-# on_text(index of the item in the `transcribe` call, piece of its text)
-OnText = Callable[[int, str], None]
+# on_text(index of the item in the `transcribe` call, piece of its text, the transcript tokens generated
+# since the item's previous piece as (token id, log-probability))
+OnText = Callable[[int, str, list[tuple[int, float]]], None]
 
 
 @dataclass
@@ -40,7 +41,7 @@ class ASRItem:
     language: str | None = None  # package language name; None: the model detects it
     # A streamed request's window (set by the service): its text as decoded, and its end. The engine
     # itself takes `on_text` as transcribe's argument; the service routes it to these.
-    on_text: Callable[[str], None] | None = None
+    on_text: Callable[[str, list[tuple[int, float]]], None] | None = None
     on_end: Callable[[], None] | None = None
 
     @property
@@ -250,12 +251,16 @@ class QwenASREngine:
     def transcribe(self, items: Sequence[ASRItem], on_text: OnText | None = None) -> list[ASRResult]:
         """One result per item, in order.
 
-        on_text(index, piece): the text of item `index` as it is generated, called from the thread
+        on_text(index, piece, tokens): the text of item `index` as it is generated, called from the thread
         running this call; the pieces of an item concatenate to its `ASRResult.text` exactly. Pieces
         come while `generate` runs, each holding only text certain to stay (TranscriptStream says what
         waits: the language prefix, surrounding whitespace, possible repetition loops); after `generate`
-        each item gets the rest in one last piece (no call when nothing is left). vLLM: one piece per
-        item (its whole text) once the batch is done. An exception raised by on_text ends the call.
+        each item gets the rest in one last piece. `tokens`: the transcript tokens (ASRResult.tokens, with
+        their log-probabilities) generated since the item's previous piece, so the calls' tokens
+        concatenate to `tokens`/`logprobs` exactly; the last call may have text "" to hand over tokens
+        whose text was held back and dropped (trailing whitespace). No call when nothing is left. vLLM:
+        one piece per item (its whole text, no tokens) once the batch is done. An exception raised by
+        on_text ends the call.
         """
         if not items:
             return []
@@ -270,7 +275,7 @@ class QwenASREngine:
             if on_text is not None:
                 for i, r in enumerate(results):
                     if r.text:
-                        on_text(i, r.text)
+                        on_text(i, r.text, [])
             return results
         return self._transcribe_transformers(audios, items, on_text)
 
@@ -309,7 +314,8 @@ class QwenASREngine:
             streams = None
             if on_text is not None:
                 streams = [TranscriptStream(forced=langs[i] is not None) for i in range(lo, hi)]
-            steps = _Steps(tokenizer, streams, lambda row, piece, lo=lo: on_text(lo + row, piece))
+            steps = _Steps(tokenizer, streams, lambda row, piece, tokens, lo=lo: on_text(lo + row, piece, tokens),
+                           forced=[lang is not None for lang in langs[lo:hi]], special=special, tag_id=tag_id)
             with torch.no_grad():
                 inputs = asr.processor(text=prompts[lo:hi], audio=wavs[lo:hi], return_tensors="pt", padding=True)
                 inputs = inputs.to(asr.model.device).to(asr.model.dtype)
@@ -332,8 +338,9 @@ class QwenASREngine:
                 results.append(result)
                 if streams is not None:
                     rest = streams[row].finish(result.text)
-                    if rest:
-                        on_text(lo + row, rest)
+                    left = list(zip(result.tokens, result.logprobs))[steps.handed[row]:]
+                    if rest or left:
+                        on_text(lo + row, rest, left)
         return results
 
     def token_ends(self, tokens: list[int], text: str) -> list[int]:
@@ -389,14 +396,22 @@ class _Steps:
     """Fed by `generate` as its streamer (`put`, `end`) and as its last logits processor (`__call__`,
     run after generate's own): records each step's chosen token of every row with its log-probability
     under the scores it was chosen from (the step's processed scores; greedy picks their argmax). When
-    `streams` is given, also decodes each row as it grows and passes its certain text to `on_text`.
+    `streams` is given, also decodes each row as it grows and passes its certain text to `on_text`, with
+    the row's transcript tokens since its previous piece (non-special tokens after its first `<asr_text>`,
+    or all of them when the language was `forced`); `handed[row]`: how many of those went out so far.
     Only one step's scores are kept: `output_scores=True` would keep all of them, batch x vocabulary
     (151,936) x steps floats (~10 GB for 32 windows of 512 tokens)."""
 
-    def __init__(self, tokenizer, streams: list[TranscriptStream] | None, on_text: Callable[[int, str], None]):
+    def __init__(self, tokenizer, streams: list[TranscriptStream] | None,
+                 on_text: Callable[[int, str, list[tuple[int, float]]], None], *, forced: list[bool] = (),
+                 special: frozenset = frozenset(), tag_id: int | None = None):
         self.tokenizer = tokenizer
         self.streams = streams
         self.on_text = on_text
+        self._in_text = list(forced)  # per row: its transcript tokens have begun
+        self._special, self._tag_id = special, tag_id
+        self._text_tokens: list[list[tuple[int, float]]] = []
+        self.handed: list[int] = []
         self._scores = None
         self.logprobs: list[list[float]] = []
         self._ids: list[list[int]] = []
@@ -417,12 +432,20 @@ class _Steps:
             self.logprobs = [[] for _ in range(rows)]
             self._ids = [[] for _ in range(rows)]
             self._undecoded = [0] * rows
+            self._in_text = (self._in_text + [False] * rows)[:rows]
+            self._text_tokens = [[] for _ in range(rows)]
+            self.handed = [0] * rows
             return
         scores = self._scores
         chosen = torch.log_softmax(scores, dim=-1).gather(1, value.to(scores.device)[:, None])[:, 0]
         for row, (token, lp) in enumerate(zip(value.tolist(), chosen.tolist())):
             self._ids[row].append(token)
             self.logprobs[row].append(lp)
+            if self._in_text[row]:
+                if token not in self._special:
+                    self._text_tokens[row].append((token, lp))
+            elif token == self._tag_id:
+                self._in_text[row] = True
         if self.streams is not None:
             self._decode()
 
@@ -439,4 +462,6 @@ class _Steps:
             if piece:
                 out = self.streams[r].feed(piece)
                 if out:
-                    self.on_text(r, out)
+                    tokens = self._text_tokens[r][self.handed[r]:]
+                    self.handed[r] = len(self._text_tokens[r])
+                    self.on_text(r, out, tokens)

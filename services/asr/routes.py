@@ -127,6 +127,8 @@ async def _stream(gw, ctx: Ctx) -> Response:
             async for event in asr_events(body):
                 if isinstance(event, TextDelta):
                     out = {"type": "transcript.text.delta", "delta": event.delta}
+                    if options.logprobs:
+                        out["logprobs"] = [t.model_dump() for t in event.logprobs]
                 else:
                     usage = {"type": "tokens", "input_tokens": event.input_tokens,
                              "output_tokens": event.output_tokens,

@@ -73,7 +73,7 @@ class ASR(ModelService[QwenASREngine]):
         """One engine call for windows of several requests; a streamed request's windows hand their text
         to its relay as it is decoded, and say when they are done."""
         streamed = [it.on_text for it in items]
-        on_text = (lambda i, piece: streamed[i] and streamed[i](piece)) if any(streamed) else None
+        on_text = (lambda i, piece, tokens: streamed[i] and streamed[i](piece, tokens)) if any(streamed) else None
         results = self.handle.get().transcribe(items, on_text=on_text)
         for item in items:
             if item.on_end is not None:
@@ -136,9 +136,7 @@ class ASR(ModelService[QwenASREngine]):
                         span.tokens, span.logprobs = list(r.tokens), [round(x, 5) for x in r.logprobs]
                         span.token_ends = engine.token_ends(r.tokens, r.text)
                     if options.logprobs:
-                        span.token_logprobs = [
-                            TokenLogprob(token=b.decode("utf-8", errors="replace"), logprob=round(lp, 5), bytes=list(b))
-                            for b, lp in zip(engine.token_bytes(r.tokens), r.logprobs)]
+                        span.token_logprobs = token_logprobs(engine, r.tokens, r.logprobs)
 
             await asyncio.to_thread(token_details)
         text = word_separator(detected).join(s.text for s in spans if s.text)
@@ -163,9 +161,18 @@ class ASR(ModelService[QwenASREngine]):
             yield stream_error(exc)
             return
         channel: Channel = Channel()
-        relay = InOrder(channel.emit, len(plan.items), separator=word_separator(plan.language) if plan.language else " ")
+        relay = InOrder(channel.emit, len(plan.items),
+                        separator=TextDelta(delta=word_separator(plan.language) if plan.language else " "))
+        engine = self.handle.get()
+
+        def delta(k: int, piece: str, tokens: list[tuple[int, float]]) -> None:
+            logprobs = token_logprobs(engine, [t for t, _ in tokens], [lp for _, lp in tokens]) \
+                if options.logprobs else []
+            if piece or logprobs:
+                relay.piece(k, TextDelta(delta=piece, logprobs=logprobs))
+
         for k, item in enumerate(plan.items):
-            item.on_text, item.on_end = functools.partial(relay.piece, k), functools.partial(relay.finish, k)
+            item.on_text, item.on_end = functools.partial(delta, k), functools.partial(relay.finish, k)
         work = asyncio.ensure_future(self._transcribe(plan, options))
         await asyncio.sleep(0)  # the scheduler admits (or refuses: 429) before its first await
         if work.done() and work.exception() is not None:
@@ -176,7 +183,7 @@ class ASR(ModelService[QwenASREngine]):
         try:
             yield stream_ok()
             async for piece in channel:
-                yield TextDelta(delta=piece).line()
+                yield piece.line()
             transcription, results = work.result()
             yield StreamDone(transcription=transcription, input_tokens=sum(r.input_tokens for r in results),
                              output_tokens=sum(r.output_tokens for r in results)).line()
@@ -196,6 +203,12 @@ def plan_windows(audio: np.ndarray, window_seconds: float, speech: np.ndarray | 
     decoded = [speech is None or vad.has_speech(speech, c.start / SAMPLE_RATE, c.end / SAMPLE_RATE, threshold)
                for c in chunks]
     return chunks, decoded
+
+
+def token_logprobs(engine, tokens: list[int], logprobs: list[float]) -> list[TokenLogprob]:
+    """OpenAI's logprobs entries of tokens: each one's text, log-probability and own bytes."""
+    return [TokenLogprob(token=b.decode("utf-8", errors="replace"), logprob=round(lp, 5), bytes=list(b))
+            for b, lp in zip(engine.token_bytes(tokens), logprobs)]
 
 
 @dataclass

@@ -263,7 +263,13 @@ def test_include_logprobs_gives_every_token_with_the_sdk(oai, wav):
     assert r.logprobs and all(lp.logprob <= 0 and lp.bytes for lp in r.logprobs)
     joined = b"".join(bytes(int(b) for b in lp.bytes) for lp in r.logprobs).decode("utf-8", errors="replace")
     assert joined.strip() == r.text
-    *_, done = list(oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), include=["logprobs"],
-                                                    language="en", stream=True))
+    *deltas, done = list(oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav),
+                                                         include=["logprobs"], language="en", stream=True))
     assert done.type == "transcript.text.done"
     assert [(lp.token, lp.logprob) for lp in done.logprobs] == [(lp.token, lp.logprob) for lp in r.logprobs]
+    # The deltas carry them as they come: each its tokens since the previous delta, together the done list.
+    assert len(deltas) >= 2 and all(d.type == "transcript.text.delta" for d in deltas)
+    for d in deltas:
+        check("TranscriptTextDeltaEvent", d.model_dump(exclude_none=True))
+    assert [(lp.token, lp.logprob) for d in deltas for lp in d.logprobs] == \
+        [(lp.token, lp.logprob) for lp in done.logprobs]

@@ -66,6 +66,20 @@ def test_transcription_bodies(served, wav, fmt, root):
         assert body["segments"], body  # the segment schema was really exercised
 
 
+@pytest.mark.parametrize("include", [[], ["logprobs"]])
+def test_transcription_sse_events(served, wav, include):
+    data = {"model": "whisper-1", "stream": "true", "include[]": include}
+    with served.client() as c:
+        r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = sse_events(r.text)
+    types = [e["type"] for e in events]
+    assert types[-1] == "transcript.text.done" and types.count("transcript.text.delta") == len(events) - 1 >= 1
+    assert all(("logprobs" in e) == bool(include) for e in events)
+    for event in events:
+        check("CreateTranscriptionResponseStreamEvent", event)
+
+
 def test_speech_sse_events(served):
     with served.client() as c:
         r = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "ryan", "input": "Hello there.",

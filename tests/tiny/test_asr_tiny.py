@@ -236,17 +236,23 @@ def test_streamed_pieces_concatenate_to_each_text_and_come_while_generating(engi
 
     model.generate = watched
     try:
-        results = engine.transcribe(items, on_text=lambda i, p: calls.append(
-            (i, p, generating.is_set(), threading.get_ident())))
+        results = engine.transcribe(items, on_text=lambda i, p, tokens: calls.append(
+            (i, p, generating.is_set(), threading.get_ident(), tokens)))
     finally:
         del model.generate
     assert results == alone  # streaming changes nothing in the results
     assert {c[3] for c in calls} == {threading.get_ident()}
-    assert all(isinstance(p, str) and p for _, p, _, _ in calls)
+    assert all(isinstance(p, str) and (p or tokens) for _, p, _, _, tokens in calls)
     for i, r in enumerate(results):
-        assert "".join(p for j, p, _, _ in calls if j == i) == r.text
+        assert "".join(p for j, p, _, _, _ in calls if j == i) == r.text
+        # Each piece's tokens are those generated since the previous piece: together, the window's
+        # transcript tokens with their log-probabilities, in order (what include[]=logprobs' deltas carry).
+        handed = [t for j, _, _, _, tokens in calls if j == i for t in tokens]
+        assert r.tokens and handed == list(zip(r.tokens, r.logprobs))
     # The forced-language window's text is all transcript: it streams during generate.
-    assert any(during for i, _, during, _ in calls if i == 1)
+    assert any(during for i, _, during, _, _ in calls if i == 1)
+    # ... and its tokens with it: some piece during generate hands over tokens.
+    assert any(during and tokens for i, _, during, _, tokens in calls if i == 1)
 
 
 def test_batch_order_is_kept(engine):
