@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from typing import Annotated
 
@@ -120,7 +121,9 @@ async def _stream(gw, ctx: Ctx) -> Response:
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
                              max_seconds=gw.settings.asr.max_audio_seconds)
     options = _options(req)
-    body = await remote.open_stream("asr", gw.asr.to_async.stream(audio=audio.samples, options=options))
+    ticket = uuid.uuid4().hex  # names this stream in the service's `leave` when our client goes early
+    body = await remote.open_stream("asr", gw.asr.to_async.stream(audio=audio.samples, options=options, ticket=ticket),
+                                    on_leave=lambda: gw.asr.to_async.leave(ticket=ticket))
 
     async def sse():
         try:

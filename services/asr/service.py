@@ -26,7 +26,7 @@ from services.runtime.core.logging import get_logger
 from services.runtime.serving import vad
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 from services.runtime.edge.remote import guarded, stream_error, stream_ok
-from services.runtime.serving.streams import Channel, InOrder
+from services.runtime.serving.streams import Channel, InOrder, Listeners
 from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
@@ -46,6 +46,10 @@ log = get_logger("asr")
 )
 class ASR(ModelService[QwenASREngine]):
     key = "asr"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners = Listeners()  # open streams by the gateway's ticket: `leave` cancels one
 
     def batch_size(self, device: str) -> int:
         if self.cfg.backend == "vllm":
@@ -150,11 +154,18 @@ class ASR(ModelService[QwenASREngine]):
         return transcription.model_dump()
 
     @bentoml.api
-    async def stream(self, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[bytes, None]:
+    async def leave(self, ticket: str) -> bool:
+        """The caller's client left the stream opened with this ticket: its windows not started are dropped
+        (a running batch finishes for the other requests in it). False when no such stream is open."""
+        return self._listeners.leave(ticket)
+
+    @bentoml.api
+    async def stream(self, audio: np.ndarray, options: TranscribeOptions, ticket: str = ""
+                     ) -> AsyncGenerator[bytes, None]:
         """Header line (remote.stream_ok, or the error: validation and admission keep their status), then
         contract lines: `TextDelta`s as the windows' text is decoded, in window order (a window's pieces
         wait until the windows before it are done), the separator between windows as a delta of its own,
-        and `StreamDone` last."""
+        and `StreamDone` last. `ticket`: the caller's name for this stream in `leave`."""
         try:
             plan = await self._plan(audio, options)
         except QwenError as exc:
@@ -180,10 +191,13 @@ class ASR(ModelService[QwenASREngine]):
             yield stream_error(exc if isinstance(exc, QwenError) else QwenError(f"asr failed: {type(exc).__name__}"))
             return
         work.add_done_callback(lambda t: channel.close(error=None if t.cancelled() else t.exception()))
+        self._listeners.add(ticket, channel, on_leave=work.cancel)
         try:
             yield stream_ok()
             async for piece in channel:
                 yield piece.line()
+            if work.cancelled():  # the caller left (`leave`)
+                return
             transcription, results = work.result()
             yield StreamDone(transcription=transcription, input_tokens=sum(r.input_tokens for r in results),
                              output_tokens=sum(r.output_tokens for r in results)).line()

@@ -246,6 +246,35 @@ def test_a_streamed_long_file_keeps_its_windows_in_order(served):
     assert text == events[-1]["text"] == whole.text.rstrip("\n")
 
 
+def test_a_streaming_client_that_leaves_frees_the_windows_not_started(served, oai, wav):
+    """A 20-minute file streamed (ten or more 120-s windows, four per batch, one batch at a time for one request):
+    the client reads the first delta and hangs up. The gateway tells the ASR (`leave` with the stream's
+    ticket) and the windows not started are dropped: not all of them reach the engine, the queue empties,
+    and the next request is served. Without `leave` all run for nobody (seen: every one of the 13)."""
+    import time
+
+    from services.runtime.codecs.chunking import plan_chunks
+
+    samples = song(1200.0, sr=16000, seed=8)
+    windows = len(plan_chunks(samples, 16000, 120.0))  # as the ASR plans them (voice activity is off here)
+    audio = encode(samples, 16000, "flac")
+    before = served.batches("asr")[0]
+    with served.client(timeout=300) as c:
+        with c.stream("POST", "/v1/audio/transcriptions", files={"file": ("long.flac", audio)},
+                      data={"model": "whisper-1", "language": "en", "stream": "true"}) as r:
+            assert r.status_code == 200
+            first = next(line for line in r.iter_lines() if line.startswith("data:"))
+    assert "transcript.text.delta" in first
+    deadline = time.monotonic() + 240
+    while (served.metric("qwen_queue_depth", "asr").get("qwen_queue_depth", 0) > 0
+           or served.metric("qwen_inference_active", "asr").get("qwen_inference_active", 0) > 0):
+        assert time.monotonic() < deadline, "the ASR did not go idle"
+        time.sleep(0.2)
+    assert windows >= 10 and served.batches("asr")[0] - before < windows
+    assert isinstance(oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav),
+                                                      response_format="text"), str)
+
+
 def test_a_streamed_request_refused_before_it_starts_keeps_its_status(served, wav):
     with served.client() as c:
         r = c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},

@@ -68,8 +68,13 @@ async def transcribe(audio, options: TranscribeOptions):
                          spans=spans).model_dump()
 
 
-async def transcribe_stream(audio, options: TranscribeOptions):
+async def asr_leave(ticket: str):
+    return False  # the in-process streams always run to their end
+
+
+async def transcribe_stream(audio, options: TranscribeOptions, ticket: str = ""):
     """The ASR's stream: the same windows as `transcribe`, each window's text in two pieces, cut anywhere."""
+    assert ticket  # the gateway names every stream, so that it can leave it
     from services.asr.contract import StreamDone, TextDelta
 
     whole = Transcription.model_validate(await transcribe(audio, options))
@@ -134,7 +139,7 @@ def fake(key: str, status: str | Exception = "ready") -> Fake:
     if key == "tts":
         return fake_tts(status=status)
     apis = {"aligner": {"align": align, "align_spans": align_spans},
-            "asr": {"transcribe": transcribe, "stream": transcribe_stream}}
+            "asr": {"transcribe": transcribe, "stream": transcribe_stream, "leave": asr_leave}}
     return Fake(status, **apis.get(key, {}))
 
 

@@ -95,6 +95,37 @@ def test_timeout_is_504_and_drops_unstarted_items():
     assert depth == 0 and seen == ["a"]  # "b" never started
 
 
+def test_a_cancelled_request_leaves_the_queue_at_once_and_the_gauge_says_so():
+    """A caller cancelled while its items wait (a streaming client that left): they leave the queue then, not
+    when the dispatcher reaches them, and the queue-depth gauge follows (the autoscaler reads it). gather
+    has already cancelled the items' futures when run's cleanup looks at them."""
+    from services.runtime.core.metrics import metrics
+
+    started = threading.Event()
+    release = threading.Event()
+
+    def run_batch(items):
+        started.set()
+        release.wait(5)
+        return items
+
+    async def main():
+        s = Scheduler("cancel-t", "m", run_batch, max_batch_size=1, max_concurrency=1, max_queue=8)
+        task = asyncio.ensure_future(s.run(["a", "b", "c", "d"]))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        waiting = s.queue_depth
+        task.cancel()
+        await asyncio.sleep(0.05)
+        depth = s.queue_depth
+        gauge = metrics().queue_depth.labels("cancel-t")._value.get()
+        release.set()
+        return waiting, depth, gauge
+
+    waiting, depth, gauge = run(main())
+    assert (waiting, depth, gauge) == (3, 0, 0)
+
+
 def test_engine_error_reaches_every_request_of_the_batch_and_the_scheduler_keeps_serving():
     def run_batch(items):
         if "boom" in items:

@@ -202,8 +202,9 @@ class Scheduler:
             self._m.rejected.labels(self.service, "timeout").inc()
             raise Timeout(f"{self.service} did not finish within {self.timeout:.0f}s") from None
         finally:
-            # Drop what has not started (timeout, client gone); started batches finish in their thread.
-            if any(not p.future.done() for p in mine):
+            # Drop what has not started (timeout, client gone); started batches finish in their thread. A
+            # cancelled caller finds its futures already cancelled (by gather), so those count too.
+            if any(not p.future.done() or p.future.cancelled() for p in mine):
                 self._pending.drop(mine)
                 for p in mine:
                     p.future.cancel()
@@ -294,6 +295,7 @@ class Scheduler:
                     batch.append(p)
                     members.add(p.request)
             if not batch:
+                self._gauge()  # only abandoned items were taken
                 continue
             for request in members:
                 request.running += 1

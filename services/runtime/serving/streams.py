@@ -97,19 +97,24 @@ class Listeners:
     for nobody until the stream ends. A ticket is forgotten when its channel closes."""
 
     def __init__(self):
-        self._open: dict[str, Channel] = {}
+        self._open: dict[str, tuple[Channel, Callable[[], Any] | None]] = {}
 
-    def add(self, ticket: str, channel: Channel) -> None:
+    def add(self, ticket: str, channel: Channel, on_leave: Callable[[], Any] | None = None) -> None:
+        """`on_leave`: also called (on the event loop) when the caller leaves, e.g. to cancel the task whose
+        queued work is for nobody now."""
         if ticket:
-            self._open[ticket] = channel
+            self._open[ticket] = (channel, on_leave)
             channel.on_close(lambda: self._open.pop(ticket, None))
 
     def leave(self, ticket: str) -> bool:
         """True when the ticket's stream was open (it is cancelled now)."""
-        channel = self._open.pop(ticket, None)
-        if channel is None:
+        found = self._open.pop(ticket, None)
+        if found is None:
             return False
+        channel, on_leave = found
         channel.leave()
+        if on_leave is not None:
+            on_leave()
         return True
 
 
