@@ -50,8 +50,8 @@ class TranscriptionRequest(BaseModel):
     # Either turns voice activity on for the request (QWEN_ASR_VAD is its default); `threshold` is the speech
     # probability a window needs to be decoded. prefix_padding_ms and silence_duration_ms are validated and
     # not used: windows are cut where voice activity is lowest, with 100 ms of margin.
-    chunking_strategy: str | None = Field(None, description='"auto" or a server_vad object (JSON): voice '
-                                          "activity cuts the windows and skips those without speech")
+    chunking_strategy: str | None = Field(None, max_length=1000, description='"auto" or a server_vad object '
+                                          "(JSON): voice activity cuts the windows and skips those without speech")
     chunking_type: str | None = Field(None, validation_alias="chunking_strategy[type]")
     chunking_threshold: str | None = Field(None, validation_alias="chunking_strategy[threshold]")
     chunking_prefix_padding_ms: str | None = Field(None, validation_alias="chunking_strategy[prefix_padding_ms]")
@@ -73,7 +73,7 @@ class TranscriptionRequest(BaseModel):
             if parts and raw is not None:
                 raise ValueError("both forms given")
             config = VadConfig.model_validate(data)
-        except (ValueError, ValidationError):
+        except (ValueError, ValidationError, RecursionError):
             raise InvalidRequest('chunking_strategy must be "auto" or {"type": "server_vad", "threshold": 0..1, '
                                  '"prefix_padding_ms": int, "silence_duration_ms": int}',
                                  param="chunking_strategy", code="invalid_value") from None

@@ -45,6 +45,14 @@ async def _parse(req: Annotated[TranscriptionRequest, Form(media_type="multipart
     return req, await read_upload(req.file, max_bytes=gw.settings.upload_max_bytes, param="file")
 
 
+async def _parse_task(ctx: Ctx = Depends(_parse)) -> Ctx:
+    """The task form: the same form, but its result is whole (fetched later), so it does not stream."""
+    if ctx[0].stream:
+        raise InvalidRequest("stream=true is for POST /v1/audio/transcriptions; a task's result is whole",
+                             param="stream", code="invalid_value")
+    return ctx
+
+
 async def _run(gw, ctx: Ctx) -> transcribe_align.Transcript:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, param="file", url_param="file",
@@ -147,4 +155,4 @@ async def _stream(gw, ctx: Ctx) -> Response:
 
 
 ROUTES = ("/v1/audio/transcriptions",) + add_task_routes(
-    router, path="/v1/audio/transcriptions", kind="transcription", parse=_parse, run=_run, render=_render)
+    router, path="/v1/audio/transcriptions", kind="transcription", parse=_parse_task, run=_run, render=_render)

@@ -434,6 +434,17 @@ def test_transcription_form_errors_are_the_envelope(path, request_kw, status, pa
     assert services["asr"].calls == []
 
 
+def test_the_task_form_refuses_stream_and_a_malformed_chunking_strategy():
+    """A task's result is whole: stream=true there is a 400, not a JSON body the client did not ask for."""
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post("/v1/audio/transcriptions/tasks", **transcribe_form(stream="true"))
+        deep = c.post("/v1/audio/transcriptions", **transcribe_form(chunking_strategy="[" * 999))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream", r.text
+    assert deep.status_code == 400 and deep.json()["error"]["param"] == "chunking_strategy", deep.text
+    assert services["asr"].calls == []
+
+
 def test_a_streamed_transcription_is_openais_event_stream():
     """stream=true: transcript.text.delta events whose deltas add up to the done event's text, then
     transcript.text.done with usage in tokens; every event valid against OpenAI's schema."""
