@@ -85,9 +85,11 @@ clean:
 	rm -rf .venv .pytest_cache
 
 # Real peers the tests drive: Debian's Chromium (playground, headless) and Prometheus (scrapes /metrics
-# with the dashboard's queries), and espeak-ng (real speech for the voice-activity tests). Installed from
+# with the dashboard's queries), espeak-ng (real speech for the voice-activity tests) and redis-server (the
+# shared state of several gateways). Installed from
 # Debian's packages when missing; nothing else is.
-SYSDEPS := /usr/bin/chromium:chromium /usr/bin/prometheus:prometheus /usr/bin/promtool:prometheus /usr/bin/espeak-ng:espeak-ng
+SYSDEPS := /usr/bin/chromium:chromium /usr/bin/prometheus:prometheus /usr/bin/promtool:prometheus /usr/bin/espeak-ng:espeak-ng \
+	/usr/bin/redis-server:redis-server
 .PHONY: sysdeps
 sysdeps:
 	@missing=""; for d in $(SYSDEPS); do test -x "$${d%%:*}" || missing="$$missing $${d##*:}"; done; \

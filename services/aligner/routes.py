@@ -84,6 +84,7 @@ Ctx = tuple[AlignRequest, "bytes | None"]
 
 async def _parse_checked(request: Request, gw=Depends(gateway)) -> Ctx:
     """Everything a client can get wrong is refused here, before any work (or task) starts."""
+    await gw.rate_limit("aligner", request)
     req, data = await _parse(request, gw)
     check_lyrics(req.lyrics, gw.settings.aligner)
     return req, data

@@ -7,7 +7,7 @@ import uuid
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from services.gateway.deps import gateway
@@ -32,7 +32,7 @@ log = get_logger("asr")
 Ctx = tuple[TranscriptionRequest, bytes]
 
 
-async def _parse(req: Annotated[TranscriptionRequest, Form(media_type="multipart/form-data")],
+async def _parse(request: Request, req: Annotated[TranscriptionRequest, Form(media_type="multipart/form-data")],
                  gw=Depends(gateway)) -> Ctx:
     """Everything a client can get wrong is refused here, before any work (or task) starts."""
     if req.file is None:
@@ -41,6 +41,7 @@ async def _parse(req: Annotated[TranscriptionRequest, Form(media_type="multipart
         raise InvalidRequest(violation[1], param=violation[0], code="invalid_value")
     req.vad()  # a malformed chunking_strategy is a 400 here
     resolve_model(gw.settings, "asr", req.model)
+    await gw.rate_limit("asr", request)
     transcribe_align.check(gw, words="word" in req.timestamp_granularities)
     return req, await read_upload(req.file, max_bytes=gw.settings.upload_max_bytes, param="file")
 

@@ -38,6 +38,7 @@ class InferForm(BaseModel):
                                 **inline_schema(InferForm)["properties"]}}}}}})
 async def infer(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("diagram")
+    await gw.rate_limit("diagram", request)
     cfg = gw.settings.diagram
     upload, form = await read_form(request, file_field="file", file_required=True,
                                    what="the diagram image as a `file` part", max_fields=8)

@@ -146,6 +146,8 @@ def make_router(settings, handlers: dict[str, ChatHandler]) -> APIRouter:
     @router.post("/v1/chat/completions", summary="Chat completions (OpenAI-compatible), routed by model")
     async def chat(request: Request, gw=Depends(gateway)) -> Response:
         req = validate(ChatRequest, await read_json_object(request))
-        return await handlers[model_key(settings, handlers, req.model)].handle(gw, req)
+        key = model_key(settings, handlers, req.model)
+        await gw.rate_limit(key, request)  # the model's per-client limit, whatever the door
+        return await handlers[key].handle(gw, req)
 
     return router

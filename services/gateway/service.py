@@ -16,6 +16,7 @@ import bentoml
 from services.runtime.serving import colocation
 from services.runtime.serving.device import visible_gpus
 from services.runtime.edge.http import EdgeMiddleware
+from services.runtime.edge.ratelimit import trust_proxies
 from services.runtime.core.logging import configure as configure_logging
 from services.runtime.core.logging import get_logger
 from services.runtime.core.settings import Settings, get_settings
@@ -35,6 +36,7 @@ def placement(settings: Settings, enabled: list[str]) -> list[colocation.Finding
 def build_service(settings: Settings):
     """The BentoML Gateway service class for `settings`: dependencies, app, edge middleware."""
     enabled = enabled_keys(settings)
+    trust_proxies(settings.trusted_proxies)  # uvicorn's X-Forwarded-For handling: our proxies only
     findings = placement(settings, enabled)
     classes = {key: REGISTRY[key].service_class() for key in enabled}
     # Services whose backend has its own metrics (vLLM's `vllm:*`), merged into /metrics.

@@ -7,12 +7,14 @@ any object with that shape (a BentoML dependency in production, a fake in tests)
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Mapping
 
 from services.runtime.serving.colocation import Finding
 from services.runtime.core.errors import ServiceUnavailable
 from services.runtime.serving.modelservice import ModelService
-from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip, trusted_networks
+from services.runtime.core.state import open_store
+from services.runtime.edge.ratelimit import Limit, RateLimits, bucket_key, client_ip, trusted_networks
 from services.runtime.core.settings import Settings
 from services.gateway.tasks import TaskStore
 
@@ -23,11 +25,17 @@ class GatewayState:
         self.services = dict(services)
         self.enabled = list(self.services)
         self.placement = list(placement)
-        self.tasks = TaskStore(ttl=settings.task_ttl_seconds, max_tasks=settings.max_tasks)
-        # Per-client-IP limits on the routes the seeds limited (VL /generate: 10 per minute).
-        self.limiters: dict[str, RateLimiter] = {}
-        if "vl" in self.services and settings.vl.rate_limit > 0:
-            self.limiters["vl"] = RateLimiter(settings.vl.rate_limit, settings.vl.rate_window_seconds)
+        url = settings.state_url.get_secret_value() if settings.state_url else None
+        self.store = open_store(url, timeout=settings.state_timeout)
+        self.tasks = TaskStore(self.store, ttl=settings.task_ttl_seconds, max_tasks=settings.max_tasks,
+                               max_result_bytes=settings.task_max_result_bytes)
+        # Per-client limits per model (QWEN_<SVC>_RATE_LIMIT; VL: the seed's 10 per minute), on every route
+        # that reaches the model (`rate_limit` is called where a route knows its model).
+        self.rate_limits = RateLimits(
+            self.store.limits_storage,
+            {k: Limit(settings.service(k).rate_limit, math.ceil(settings.service(k).rate_window_seconds))
+             for k in self.services if settings.service(k).rate_limit > 0},
+            fail_open=settings.rate_limit_fail_open)
         trusted_networks(tuple(settings.trusted_proxies))  # a bad entry fails here, not on a client's request
 
     def __getattr__(self, key: str):
@@ -37,11 +45,9 @@ class GatewayState:
             return services[key]
         raise AttributeError(key)
 
-    def rate_limit(self, key: str, request) -> None:
-        """429 (rate_limited, Retry-After) when this client used up `key`'s per-IP allowance."""
-        limiter = self.limiters.get(key)
-        if limiter is not None:
-            limiter.check(bucket_key(client_ip(request, self.settings.trusted_proxies)))
+    async def rate_limit(self, key: str, request) -> None:
+        """429 (rate_limited, Retry-After) when this client used up its allowance for model `key`."""
+        await self.rate_limits.check(key, bucket_key(client_ip(request, self.settings.trusted_proxies)))
 
     def require(self, key: str) -> None:
         if key not in self.services:

@@ -56,6 +56,7 @@ async def _validated(request: Request, gw) -> tuple[SpeechRequest, Utterance]:
              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()} | {"text/event-stream": {}}}})
 async def speech(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("tts")
+    await gw.rate_limit("tts", request)
     req, utterance = await _validated(request, gw)
     fmt = req.response_format
     stream_format = req.stream_format or ("audio" if req.stream else None)

@@ -64,7 +64,7 @@ async def load_image(gw, cfg, *, data: bytes | None, url: str | None, param: str
 async def generate(request: Request, gw=Depends(gateway)) -> Response:
     gw.require("vl")
     cfg = gw.settings.vl
-    gw.rate_limit("vl", request)
+    await gw.rate_limit("vl", request)
     upload, form = await read_form(request, file_field="image", file_required=False,
                                    what="`text` and an optional `image` part", max_fields=8,
                                    content_types=("multipart/form-data", "application/x-www-form-urlencoded"))

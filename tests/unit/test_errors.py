@@ -13,6 +13,7 @@ from services.runtime.core import errors
 from services.runtime.core.errors import Conflict, QwenError
 from services.runtime.edge.http import ERROR_RESPONSES, EdgeMiddleware, install_error_handlers
 from services.gateway.tasks import TaskStore, add_task_routes
+from services.runtime.core.state import MemoryStore
 
 TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
@@ -108,7 +109,7 @@ def test_the_edge_rewrites_plain_404_and_405_as_invalid_request_errors():
 
 class _Gateway:
     def __init__(self):
-        self.tasks = TaskStore(ttl=60, max_tasks=4)
+        self.tasks = TaskStore(MemoryStore(), ttl=60, max_tasks=4)
 
 
 def _task_app(release: threading.Event, fail: bool = False):

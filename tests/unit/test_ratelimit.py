@@ -1,8 +1,9 @@
-"""Rate limiting: GCRA behaviour on a fake clock, Retry-After, client address resolution behind trusted
-proxies (right-most untrusted X-Forwarded-For), bounded memory, and the gateway's limit on POST /generate
-(the path requests take: GatewayState.rate_limit in an app from build_gateway)."""
+"""Rate limiting: the per-model moving-window limits and their Retry-After, Redis trouble, client address
+resolution behind trusted proxies (right-most untrusted X-Forwarded-For), and the gateway's VL limit on
+every door (/generate and chat completions: GatewayState.rate_limit in an app from build_gateway)."""
 
-import threading
+import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -12,131 +13,68 @@ from services.gateway.app import build_gateway
 from services.runtime.core.errors import TooManyRequests
 from services.runtime.core.settings import Settings
 from services.runtime.edge.http import EdgeMiddleware
-from services.runtime.edge.ratelimit import RateLimiter, bucket_key, client_ip
+from services.runtime.core.state import MemoryStore
+from services.runtime.edge.ratelimit import Limit, RateLimits, bucket_key, client_ip
 from services.runtime.serving.generation import Usage
 from services.vl.contract import VisionResult, VisionResults
 
 
-class Clock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def refused(limiter: RateLimiter, key: str = "a") -> TooManyRequests | None:
+def refused(limits: RateLimits, service: str = "vl", client: str = "a") -> TooManyRequests | None:
     try:
-        limiter.check(key)
+        asyncio.run(limits.check(service, client))
     except TooManyRequests as err:
         return err
     return None
 
 
-# --- the limiter ------------------------------------------------------------------------------------------
+def memory_limits(**per_service: Limit) -> RateLimits:
+    return RateLimits(MemoryStore().limits_storage, per_service)
 
-def test_burst_of_limit_then_one_per_interval():
-    clock = Clock()
-    rl = RateLimiter(3, 60, clock=clock)  # 3 per minute: a token every 20 s
+
+# --- the limiter (limits' moving window over the state store's storage) ---------------------------------------
+
+def test_limit_then_429_with_the_seconds_until_the_window_has_room():
+    rl = memory_limits(vl=Limit(3, 60))
     assert [refused(rl) for _ in range(3)] == [None] * 3
     err = refused(rl)
     assert err is not None and err.status == 429 and err.code == "rate_limited"
-    assert err.type == "rate_limit_error" and err.retry_after == 20
-    clock.t += 19.5
-    err = refused(rl)
-    assert err is not None and err.retry_after == 1  # 0.5 s rounded UP: never too early
-    clock.t += 0.5
-    assert refused(rl) is None
-    assert refused(rl) is not None
-    clock.t += 60  # idle a whole window: the full burst is back
-    assert [refused(rl) for _ in range(3)] == [None] * 3
-    assert refused(rl) is not None
+    assert err.type == "rate_limit_error" and 58 <= err.retry_after <= 60 and err.retry_after == int(err.retry_after)
+    assert err.headers() == {"Retry-After": str(int(err.retry_after))}
 
 
-def test_refused_requests_do_not_consume():
-    clock = Clock()
-    rl = RateLimiter(2, 10, clock=clock)
-    rl.check("a")
-    rl.check("a")
-    for _ in range(50):
-        assert refused(rl) is not None
-    clock.t += 5  # one token back, despite the 50 refusals
-    assert refused(rl) is None
-
-
-def test_retry_after_header_value():
-    clock = Clock()
-    rl = RateLimiter(1, 7.2, clock=clock)
-    rl.check("a")
-    clock.t += 0.1
-    err = refused(rl)
-    assert err.headers() == {"Retry-After": "8"}  # ceil(7.1)
-    clock.t += 7.1
-    assert refused(rl) is None
+def test_refused_requests_do_not_consume_and_the_window_moves():
+    rl = memory_limits(vl=Limit(2, 1))
+    assert [refused(rl) for _ in range(2)] == [None, None]
+    assert all(refused(rl) is not None for _ in range(20))
+    time.sleep(1.1)  # the two counted requests leave the window; the 20 refusals were never counted
+    assert [refused(rl) is None for _ in range(3)] == [True, True, False]
 
 
 def test_no_fixed_window_edge_burst():
-    # A fixed per-minute window lets 2x the limit through around the boundary; GCRA does not.
-    clock = Clock(59.9)
-    rl = RateLimiter(10, 60, clock=clock)
-    ok = sum(refused(rl) is None for _ in range(10))
-    clock.t = 60.1
-    ok += sum(refused(rl) is None for _ in range(10))
-    assert ok == 10
+    # limit requests in ANY window: 10 now, then nothing more until the first of them leaves the window.
+    rl = memory_limits(vl=Limit(10, 60))
+    assert sum(refused(rl) is None for _ in range(25)) == 10
 
 
-def test_clients_are_independent():
-    clock = Clock()
-    rl = RateLimiter(1, 60, clock=clock)
-    rl.check("1.1.1.1")
-    assert refused(rl, "1.1.1.1") is not None
-    assert refused(rl, "2.2.2.2") is None
+def test_clients_and_models_are_independent_and_unlimited_models_pass():
+    rl = memory_limits(vl=Limit(1, 60), asr=Limit(1, 60))
+    assert refused(rl, "vl", "1.1.1.1") is None and refused(rl, "vl", "1.1.1.1") is not None
+    assert refused(rl, "vl", "2.2.2.2") is None
+    assert refused(rl, "asr", "1.1.1.1") is None  # its own limit
+    assert all(refused(rl, "tts", "1.1.1.1") is None for _ in range(5))  # no limit set
 
 
-def test_idle_clients_are_swept_and_the_count_is_capped():
-    clock = Clock()
-    rl = RateLimiter(5, 10, max_clients=100, clock=clock)
-    for i in range(1000):
-        rl.check(f"10.0.{i // 256}.{i % 256}")
-        assert len(rl) <= 100
-    assert len(rl) == 100
-    clock.t += 10.01  # every bucket refilled: entries are dropped, with no change in behaviour
-    rl.check("new")
-    assert len(rl) == 1
+def test_unreachable_redis_fails_open_or_closed_as_configured():
+    """Redis down (a closed port): the default lets the request through; fail_open=False is a 503."""
+    from services.runtime.core.state import RedisStore, StateUnavailable
+    from tests.served_session import free_port
 
-
-def test_lru_eviction_drops_the_least_recently_seen():
-    clock = Clock()
-    rl = RateLimiter(1, 60, max_clients=2, clock=clock)
-    rl.check("a")
-    rl.check("b")
-    rl.check("c")  # evicts "a"
-    assert refused(rl, "b") is not None and refused(rl, "c") is not None
-    assert refused(rl, "a") is None  # forgotten: a fresh bucket (the cap bounds memory, not the rate)
-
-
-def test_thread_safety_exact_count():
-    rl = RateLimiter(500, 3600)  # real clock: ~0.14 token refilled per second, none during the test
-    ok = []
-
-    def worker():
-        n = 0
-        for _ in range(200):
-            n += refused(rl, "same") is None
-        ok.append(n)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(ok) == 500
-
-
-def test_bad_arguments():
-    for args in ((0, 1), (1, 0), (1, -1)):
-        with pytest.raises(ValueError):
-            RateLimiter(*args)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    assert refused(RateLimits(store.limits_storage, {"vl": Limit(1, 60)})) is None
+    closed = RateLimits(store.limits_storage, {"vl": Limit(1, 60)}, fail_open=False)
+    with pytest.raises(StateUnavailable) as e:
+        asyncio.run(closed.check("vl", "a"))
+    assert e.value.status == 503 and e.value.code == "state_unavailable" and e.value.retry_after
 
 
 # --- client address -------------------------------------------------------------------------------------
@@ -226,8 +164,8 @@ def fake_vl() -> SimpleNamespace:
 
 
 def gateway(peer: str = "testclient", limit: int = 2, **settings) -> TestClient:
-    """A gateway with a fake VL service, `limit` /generate requests per hour per client (no refill during a
-    test: the first refused request waits 1800 s at 2 per hour)."""
+    """A gateway with a fake VL service, `limit` VL requests per hour per client (nothing leaves the window
+    during a test: the first refused request waits ~3600 s, until the first counted one leaves it)."""
     s = Settings(services=["vl"], vl={"rate_limit": limit, "rate_window_seconds": 3600}, **settings)
     app = build_gateway(s, {"vl": fake_vl()})
     return TestClient(EdgeMiddleware(app, **app.state.edge), client=(peer, 50000))
@@ -243,16 +181,20 @@ def test_generate_answers_429_in_the_envelope_with_retry_after_and_the_request_i
         r = generate(c, **{"X-Request-ID": "abc-123"})
     assert r.status_code == 429 and r.headers["x-request-id"] == "abc-123"
     assert r.headers["content-type"] == "application/json"
-    assert 1795 <= int(r.headers["retry-after"]) <= 1800
+    assert 3595 <= int(r.headers["retry-after"]) <= 3600
     assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "rate_limit_error",
                                   "param": None, "code": "rate_limited"}}
 
 
-def test_the_limit_applies_to_generate_only():
+def test_the_limit_is_the_models_on_every_door():
+    """/generate and chat completions naming the VL model share one allowance; other routes are not limited."""
+    chat = {"model": "vl", "messages": [{"role": "user", "content": "hi"}]}
     with gateway() as c:
-        for _ in range(2):
-            generate(c)
+        assert generate(c).status_code == 200
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200
         assert generate(c).status_code == 429
+        r = c.post("/v1/chat/completions", json=chat)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) > 0
         assert all(c.get("/v1/models").status_code == 200 for _ in range(5))
         assert all(c.get("/health").status_code == 200 for _ in range(5))
 

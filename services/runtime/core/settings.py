@@ -59,6 +59,11 @@ class ServiceSettings(_Base):
     # (Kubernetes/compose per-service pods) — instead of starting it under the gateway. Calls then go as
     # JSON over HTTP (pickle is refused by a standalone server), so keep that port private to the gateway.
     url: str | None = None
+    # Requests per window per client (address; IPv6 per /64) to this model, on every route that reaches it
+    # (its own routes, chat completions naming it, its task forms), counted across gateway replicas when
+    # QWEN_STATE_URL is set. 0: no limit. The window is in seconds (rounded up to a whole second).
+    rate_limit: int = Field(0, ge=0)
+    rate_window_seconds: float = Field(60.0, gt=0)
 
 
 class AlignerSettings(ServiceSettings):
@@ -204,8 +209,7 @@ class VLSettings(ServiceSettings):
     max_new_tokens: int = Field(512, ge=1)
     max_new_tokens_limit: int = Field(2048, ge=1)
     max_prompt_chars: int = Field(8000, ge=1)
-    rate_limit: int = Field(10, ge=0)  # requests per window per client IP on /generate; 0: off
-    rate_window_seconds: float = Field(60.0, gt=0)
+    rate_limit: int = Field(10, ge=0)  # the seed's 10 per minute per client on /generate, now on every VL route
     aliases: CommaList = Field(default_factory=lambda: ["qwen2.5-vl", "vl"])
 
 
@@ -263,6 +267,8 @@ class Settings(_Base):
     task_ttl_seconds: float = Field(3600.0, gt=0,
                                     validation_alias=env("QWEN_TASK_TTL_SECONDS", "QWEN_ALIGNER_TASK_TTL_SECONDS"))
     max_tasks: int = Field(64, ge=1, validation_alias=env("QWEN_MAX_TASKS", "QWEN_ALIGNER_MAX_TASKS"))
+    # Largest task result kept (bytes of the rendered response); a larger one ends the task failed, saying so.
+    task_max_result_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
     # s3://bucket/key (Cloudflare R2 or any S3-protocol store)
     s3_endpoint_url: str | None = Field(
@@ -283,8 +289,15 @@ class Settings(_Base):
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     vl: VLSettings = Field(default_factory=VLSettings)
     diagram: DiagramSettings = Field(default_factory=DiagramSettings)
-    # Peers whose X-Forwarded-For is believed for per-IP limits (IPs or CIDRs of your proxies/LBs).
+    # Peers whose X-Forwarded-For is believed (IPs or CIDRs of your proxies/LBs), by our limits and by
+    # uvicorn's proxy-header handling alike (runtime.edge.ratelimit.trust_proxies). Empty: nobody's.
     trusted_proxies: CommaList = Field(default_factory=list)
+    # Shared state (tasks, results, rate-limit windows): unset keeps it in this process (one gateway
+    # process); redis://[:password@]host:port/db or rediss:// (TLS) for several gateway replicas.
+    state_url: SecretStr | None = None
+    state_timeout: float = Field(2.0, gt=0)  # seconds per Redis command (connect included)
+    # Redis unreachable: let rate-limited requests through (true, logged) or refuse them with 503 (false).
+    rate_limit_fail_open: bool = True
 
     @field_validator("services")
     @classmethod

@@ -1,79 +1,77 @@
-"""Per-client request rate limits for the gateway: GCRA limiter and the client's address (the gateway
-checks them on the routes it limits: services/gateway/state.py `rate_limit`).
+"""Per-client request rate limits, one per model whatever the route, shared by every gateway replica, and the
+client's address they key on.
 
-Algorithm: GCRA (the generic cell rate algorithm, i.e. a token bucket of `limit` tokens refilled at
-`limit / window` per second, written as one timestamp). Why: it stores ONE float per client (a sliding log
-stores up to `limit` timestamps), costs O(1) per check, gives the exact Retry-After, allows a burst of
-`limit` and then one request per `window / limit` seconds, and has no fixed-window edge where 2x the limit
-passes around a boundary. A client whose timestamp lies in the past is indistinguishable from a new one,
-so evicting it loses nothing; that is what keeps memory bounded for free.
+Library: `limits` (MIT, maintained): its moving-window strategy over the state store's storage
+(runtime.core.state: in-process, or Redis where the window is kept by Lua scripts, atomic across replicas).
+Why moving window: `limit` requests in ANY `window` seconds — no fixed-window edge where 2x the limit passes
+around a boundary — and its window stats give the exact Retry-After (when the oldest counted request leaves
+the window). `limits` has no GCRA; the moving window keeps up to `limit` timestamps per client instead of
+one, which for per-minute model limits (tens) is nothing. Idle clients' windows expire with them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from services.runtime.core.errors import TooManyRequests
+from services.runtime.core.logging import get_logger
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = get_logger("ratelimit")
 
 
-class RateLimiter:
-    """`limit` requests per `window_seconds` per key; thread- and asyncio-safe (the lock is never held
-    across an await). At most `max_clients` keys are tracked."""
+@dataclass(frozen=True)
+class Limit:
+    requests: int  # per window, per client
+    window_seconds: int
 
-    def __init__(self, limit: int, window_seconds: float, *, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic):
-        if limit < 1 or window_seconds <= 0 or max_clients < 1:
-            raise ValueError("limit and max_clients must be >= 1, window_seconds > 0")
-        self.limit = limit
-        self.window = float(window_seconds)
-        self._interval = self.window / limit  # one token's refill time
-        self._max_clients = max_clients
-        self._clock = clock
-        # key -> TAT (theoretical arrival time: when the client's bucket is full again), in update order
-        self._tat: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-        self._next_sweep = clock() + self.window
 
-    def __len__(self) -> int:
-        return len(self._tat)
+class RateLimits:
+    """The per-client limit of each model (by service key), checked by `check(service, client)`.
 
-    def check(self, key: str) -> None:
-        """Count one request for `key`, or raise TooManyRequests (nothing counted) with retry_after."""
-        with self._lock:
-            now = self._clock()
-            if now >= self._next_sweep:
-                self._sweep(now)
-            tat = max(self._tat.get(key, now), now)
-            new_tat = tat + self._interval
-            allowed_at = new_tat - self.window  # = TAT - burst tolerance
-            if now < allowed_at:
-                wait = allowed_at - now
-                # Whole seconds, rounded UP: QwenError renders Retry-After with round(), and a client told
-                # to come back 0.4 s early would be refused again.
-                raise TooManyRequests(
-                    f"rate limit exceeded: {self.limit} requests per {self.window:g} s; retry in {math.ceil(wait)} s",
-                    code="rate_limited", retry_after=float(max(1, math.ceil(wait))))
-            self._tat[key] = new_tat
-            self._tat.move_to_end(key)
-            while len(self._tat) > self._max_clients:
-                # All tracked clients are active (else the sweep would have dropped them): forget the least
-                # recently seen. It gets a fresh bucket, so the cap bounds memory, not the total rate.
-                self._tat.popitem(last=False)
+    `fail_open`: when the storage cannot be reached (Redis down), let the request through (logged) rather
+    than refuse it; False refuses with 503 state_unavailable."""
 
-    def _sweep(self, now: float) -> None:
-        # Lossless: an entry whose TAT has passed is a full bucket, the same as no entry. Amortised O(1):
-        # at most once per window (and never more than once per check).
-        for k in [k for k, t in self._tat.items() if t <= now]:
-            del self._tat[k]
-        self._next_sweep = now + self.window
+    def __init__(self, storage, limits: Mapping[str, Limit], *, fail_open: bool = True):
+        from limits import RateLimitItemPerSecond
+        from limits.aio.strategies import MovingWindowRateLimiter
+
+        self.limits = dict(limits)
+        self._items = {k: RateLimitItemPerSecond(v.requests, v.window_seconds) for k, v in self.limits.items()}
+        self._limiter = MovingWindowRateLimiter(storage)
+        self.fail_open = fail_open
+
+    async def check(self, service: str, client: str) -> None:
+        """Count one request of `client` to `service`, or raise TooManyRequests (nothing counted) with the
+        seconds until the window has room (whole seconds, rounded up: a client told to come back 0.4 s
+        early would be refused again)."""
+        item = self._items.get(service)
+        if item is None:
+            return
+        from limits.errors import StorageError
+
+        from services.runtime.core.state import StateUnavailable, unavailable
+
+        try:
+            if await self._limiter.hit(item, service, client):
+                return
+            stats = await self._limiter.get_window_stats(item, service, client)
+        except (StorageError, StateUnavailable, OSError) as exc:
+            if self.fail_open:
+                log.warning("rate limit not checked: the state store is unreachable",
+                            extra={"service": service, "error": type(exc).__name__})
+                return
+            raise unavailable(exc) from None
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        limit = self.limits[service]
+        raise TooManyRequests(
+            f"rate limit exceeded for {service}: {limit.requests} requests per {limit.window_seconds} s; "
+            f"retry in {wait} s", code="rate_limited", retry_after=float(wait))
 
 
 @lru_cache(maxsize=32)
@@ -148,3 +146,14 @@ def bucket_key(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
     return ip
+
+
+def trust_proxies(trusted_proxies: Sequence[str]) -> None:
+    """Make uvicorn's proxy-header handling believe exactly our trusted proxies. BentoML builds uvicorn's
+    config without `forwarded_allow_ips`, so uvicorn reads FORWARDED_ALLOW_IPS and otherwise trusts
+    127.0.0.1 and ::1: anything next to the gateway could then pick its own address (request.client, the
+    access log) with a forged X-Forwarded-For. Called where the gateway's module is imported, which in each
+    BentoML worker is before uvicorn's config is built. Empty list: nobody is trusted."""
+    import os
+
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(str(n) for n in trusted_networks(tuple(trusted_proxies)))
