@@ -232,6 +232,8 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_VL_RATE_LIMIT": "40",
         "QWEN_VL_MAX_QUEUE": "4",
         "QWEN_VL_MAX_CONCURRENCY": "1",
+        # A body that stalls is cut after this long (the edge test waits for it).
+        "QWEN_BODY_READ_TIMEOUT": "5",
         # A small TTS queue keeps the recurring overload test (4x capacity) short.
         "QWEN_TTS_MAX_QUEUE": "3",
     }

@@ -57,7 +57,9 @@ def mount(settings: Settings, keys: list[str]) -> FastAPI:
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     # EdgeMiddleware's arguments: BentoML installs it around the whole served app (its own routes too).
     app.state.edge = {"api_key": api_key, "routes": tuple(labels), "docs_public": settings.docs_public,
-                      "public": public}
+                      "public": public, "max_body": settings.body_cap(), "body_timeout": settings.body_read_timeout,
+                      "max_client_requests": settings.max_client_requests,
+                      "trusted_proxies": tuple(settings.trusted_proxies)}
     return app
 
 

@@ -174,3 +174,37 @@ def test_a_header_claiming_ten_hours_costs_only_the_real_data(client):
     r = client.post("/v1/audio/transcriptions", files={"file": ("long.wav", wav)}, data={"model": "whisper-1",
                                                                                          "response_format": "verbose_json"})
     assert r.status_code == 200 and r.json()["duration"] <= 2.5, r.text
+
+
+def _raw(served, head: bytes, body: bytes, wait: float) -> tuple[bytes, float]:
+    """Send a request head and part of its body on a raw socket; the answer's first bytes and how long they
+    took (None body waits: the client then just stops sending)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(served.url)
+    with socket.create_connection((u.hostname, u.port), timeout=wait) as s:
+        t0 = time.monotonic()
+        s.sendall(head + body)
+        data = s.recv(4096)
+        return data, time.monotonic() - t0
+
+
+def test_a_declared_ten_gigabytes_with_seven_bytes_is_413_at_once(served):
+    """Issue 15: Content-Length 10 GB, 7 bytes sent, then nothing: the answer comes without waiting for the
+    rest (it used to wait as long as the client liked)."""
+    head = (b"POST /api/v1/align HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() +
+            b"\r\nContent-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 10737418240\r\n\r\n")
+    data, _ = _raw(served, head, b"--xyz\r\n", wait=20)
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert b'"code": "body_too_large"' in data and b"connection: close" in data.lower()
+
+
+def test_a_body_that_stalls_is_cut_with_408(served):
+    """The served session's QWEN_BODY_READ_TIMEOUT is 5 s: a body that stops half-way is a 408 in the
+    envelope after about that long, not a connection held open."""
+    head = (b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() +
+            b"\r\nContent-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 5000\r\n\r\n")
+    data, took = _raw(served, head, b'--xyz\r\nContent-Disposition: form-data; name="mo', wait=60)
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b'"code": "body_timeout"' in data and took >= 4

@@ -109,6 +109,13 @@ class MethodNotAllowed(QwenError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(QwenError):
+    """408: the client stopped sending its body."""
+
+    status = 408
+    code = "body_timeout"
+
+
 class Conflict(QwenError):
     """409: the request is valid but the resource is not in a state to answer it (a task still running)."""
 

@@ -262,6 +262,13 @@ class Settings(_Base):
     # Hosts or CIDRs that may be fetched although they are loopback/private (tests, in-cluster storage).
     fetch_private_allowlist: CommaList = Field(default_factory=list)
     upload_max_bytes: int = Field(100 * 1024 * 1024, gt=0)
+    # At the edge, before any route runs: a declared Content-Length over this is a 413 before a byte is
+    # read (None: the largest body a route can accept, an upload in base64 plus 1 MiB of fields); a body
+    # that stops arriving for this many seconds is a 408; a client (address as rate limits see it) may have
+    # this many requests open at once (a stream holds one for its duration), 429 past that.
+    max_body_bytes: int | None = Field(None, gt=0)
+    body_read_timeout: float = Field(30.0, gt=0)
+    max_client_requests: int = Field(64, ge=1)
     # Tasks (submit/status/result of every task route): results kept this long, at most this many at once.
     # The QWEN_ALIGNER_* names are the older ones (tasks were the aligner's first), still accepted.
     task_ttl_seconds: float = Field(3600.0, gt=0,
@@ -308,6 +315,11 @@ class Settings(_Base):
         if unknown:
             raise ValueError(f"unknown service(s) {unknown}; known: {', '.join(SERVICE_KEYS)}")
         return v
+
+    def body_cap(self) -> int:
+        """QWEN_MAX_BODY_BYTES, or the largest body a route accepts: an upload in base64 (JSON routes carry
+        audio and images that way) plus 1 MiB for the other fields."""
+        return self.max_body_bytes or (self.upload_max_bytes * 4 // 3 + (1 << 20))
 
     def service(self, key: str) -> ServiceSettings:
         return getattr(self, key)

@@ -14,6 +14,7 @@ whole gateway app, BentoML's own routes included:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -23,8 +24,10 @@ import uuid
 from fastapi import params
 from fastapi.routing import APIRoute
 
-from services.runtime.core.errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound, QwenError, Unauthorized,
-                     UnsupportedMedia)
+from services.runtime.core.errors import (RETRY_AFTER_STATUSES, InvalidRequest, MethodNotAllowed, NotFound,
+                                         PayloadTooLarge, QwenError, RequestTimeout, TooManyRequests, Unauthorized,
+                                         UnsupportedMedia)
+from services.runtime.edge.ratelimit import bucket_key, client_ip
 from services.runtime.core.logging import get_logger, request_id_var
 from services.runtime.core.metrics import metrics
 
@@ -50,8 +53,14 @@ class EdgeMiddleware:
     """`routes` label the metrics; `public` paths need no key. In both, `/x/*` means every path under `/x/`."""
 
     def __init__(self, app, *, api_key: str | None = None, routes: tuple[str, ...] = (), docs_public: bool = True,
-                 public: tuple[str, ...] = ()):
+                 public: tuple[str, ...] = (), max_body: int | None = None, body_timeout: float | None = None,
+                 max_client_requests: int | None = None, trusted_proxies: tuple[str, ...] = ()):
         self.app = app
+        self._max_body = max_body
+        self._body_timeout = body_timeout
+        self._max_client = max_client_requests
+        self._trusted = trusted_proxies
+        self._open_by_client: dict[str, int] = {}
         self._docs_public = docs_public
         self._key = api_key.encode() if api_key else None
         self._routes = frozenset(routes)
@@ -94,8 +103,19 @@ class EdgeMiddleware:
 
         replaced = {"on": False}
 
+        timed_receive, body = self._deadline(receive)
+
         async def send_with_id(message):
             if message["type"] == "http.response.start":
+                if body.get("stalled"):
+                    # The body stopped arriving: whatever the route made of the error it got from receive
+                    # (FastAPI's own body parsing turns any into a 400), the answer is the 408.
+                    replaced["on"] = True
+                    err = RequestTimeout(f"the request body stopped arriving for {self._body_timeout:g} s")
+                    status_holder["status"] = err.status
+                    await send_json(send, err.status, err.envelope(),
+                                    extra_headers=[(b"x-request-id", rid.encode()), (b"connection", b"close")])
+                    return
                 status_holder["status"] = message["status"]
                 hdrs = list(message.get("headers") or [])
                 ctype = dict(hdrs).get(b"content-type", b"")
@@ -113,14 +133,36 @@ class EdgeMiddleware:
             await send(message)
 
         m.in_flight.labels(route).inc()
+        client = None
         try:
             if not self._is_open(path) and not self._authorized(headers):
                 err = Unauthorized("missing or invalid API key: send X-API-Key or Authorization: Bearer")
                 await send_json(send_with_id, err.status, err.envelope(),
                                 extra_headers=[(b"www-authenticate", b'Bearer realm="qwen-bento"')])
                 return
-            await self.app(scope, receive, send_with_id)
+            refusal = self._refuse_body(headers)
+            if refusal is None and self._max_client is not None:
+                client = bucket_key(client_ip(scope, self._trusted))
+                if self._open_by_client.get(client, 0) >= self._max_client:
+                    client, refusal = None, TooManyRequests(
+                        f"too many requests open from this client (at most {self._max_client} at once)",
+                        code="too_many_open_requests", retry_after=1)
+                else:
+                    self._open_by_client[client] = self._open_by_client.get(client, 0) + 1
+            if refusal is not None:
+                # Nothing of the body is read: the server closes the connection after this answer.
+                await send_json(send_with_id, refusal.status, refusal.envelope(),
+                                extra_headers=[(k.lower().encode(), v.encode()) for k, v in refusal.headers().items()]
+                                + [(b"connection", b"close")])
+                return
+            await self.app(scope, timed_receive, send_with_id)
         finally:
+            if client is not None:
+                left = self._open_by_client.get(client, 1) - 1
+                if left > 0:
+                    self._open_by_client[client] = left
+                else:
+                    self._open_by_client.pop(client, None)
             dt = time.perf_counter() - t0
             m.in_flight.labels(route).dec()
             m.requests.labels(route, method, str(status_holder["status"])).inc()
@@ -129,6 +171,43 @@ class EdgeMiddleware:
                 log.info("request", extra={"method": method, "route": route, "status": status_holder["status"],
                                            "duration_ms": round(dt * 1000, 1)})
             request_id_var.reset(token)
+
+
+    def _refuse_body(self, headers: dict[bytes, bytes]) -> QwenError | None:
+        """413 for a declared length over the cap, before a byte of the body is read."""
+        declared = headers.get(b"content-length")
+        if self._max_body is None or declared is None:
+            return None
+        try:
+            length = int(declared)
+        except ValueError:
+            return InvalidRequest("Content-Length is not a number", code="invalid_content_length")
+        if length > self._max_body:
+            return PayloadTooLarge(f"the body ({length} bytes) is larger than this server accepts ({self._max_body})",
+                                   code="body_too_large")
+        return None
+
+    def _deadline(self, receive):
+        """`receive` with a read deadline while the body arrives, and the state that says whether it stalled: a
+        body that stops arriving for body_timeout seconds raises RequestTimeout into the route reading it, and
+        the answer is a 408 (send_with_id). Once the body is complete, receive is passed through (a streaming
+        response waits on it for the disconnect)."""
+        state = {"done": self._body_timeout is None, "stalled": False}
+        timeout = self._body_timeout
+
+        async def timed():
+            if state["done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                state["done"] = state["stalled"] = True
+                raise RequestTimeout(f"the request body stopped arriving for {timeout:g} s") from None
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                state["done"] = True
+            return message
+
+        return timed, state
 
 
 async def send_json(send, status: int, body: dict, extra_headers: list | None = None) -> None:
