@@ -422,7 +422,7 @@ def test_real_secrets_file_is_not_committed():
 # ----------------------------------------------------------------------------------------------- Compose
 
 COMPOSE_FILES = ["bento.yml", "bento.gpu.yml", "services.yml", "services.gpu.yml"]
-COMPOSE_ENV = {"QWEN_API_KEY": "placeholder-for-tests"}
+COMPOSE_ENV = {"QWEN_API_KEY": "placeholder-for-tests", "REDIS_PASSWORD": "placeholder-for-tests"}
 
 
 def compose(*files: str) -> dict:
@@ -460,6 +460,9 @@ def test_compose_production_rules(files):
         assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, name
         limits = svc["deploy"]["resources"]["limits"]
         assert float(limits["cpus"]) > 0 and re.fullmatch(r"\d+[MG]", str(limits["memory"])), (name, limits)
+        if name == "redis":
+            check_compose_redis(doc, svc)
+            continue
         hc = svc["healthcheck"]
         probe = " ".join(hc["test"])
         assert hc["test"][0] == "CMD" and re.search(r"http://127\.0\.0\.1:3000(/health|/readyz)'", probe), probe
@@ -488,9 +491,23 @@ def test_compose_production_rules(files):
     if "services.yml" in files:
         assert doc["networks"]["models"]["internal"] is True
     if any(f.endswith(".gpu.yml") for f in files):
-        assert all(s["image"].startswith("qwen-bento-cuda:") for s in doc["services"].values())
+        assert all(s["image"].startswith("qwen-bento-cuda:") for k, s in doc["services"].items() if k != "redis")
     else:
-        assert all(s["image"].startswith("qwen-bento-cpu:") for s in doc["services"].values())
+        assert all(s["image"].startswith("qwen-bento-cpu:") for k, s in doc["services"].items() if k != "redis")
+
+
+def check_compose_redis(doc: dict, svc: dict) -> None:
+    """The gateways' shared state: persistence on, a memory cap and policy, a password, no published port,
+    reached only from the gateway (the internal `state` network), and the gateway pointed at it."""
+    command = " ".join(svc["command"])
+    assert "--appendonly yes" in command and "--maxmemory " in command and "--maxmemory-policy volatile-ttl" in command
+    assert '--requirepass "$REDIS_PASSWORD"' in command or '--requirepass "$$REDIS_PASSWORD"' in command
+    assert "ports" not in svc and svc["networks"] == ["state"] and doc["networks"]["state"]["internal"] is True
+    assert svc["cap_drop"] == ["ALL"] and "redis-data:/data" in svc["volumes"] and "redis-data" in doc["volumes"]
+    assert "ping" in " ".join(svc["healthcheck"]["test"])
+    gateway = doc["services"]["gateway"]
+    assert "state" in gateway["networks"]
+    assert re.fullmatch(r"redis://:[^@]+@redis:6379/0", gateway["environment"]["QWEN_STATE_URL"])
 
 
 def test_compose_gpu_layout_fits():
