@@ -158,16 +158,3 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(served):
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
-
-
-def test_per_ip_rate_limit(served):
-    # QWEN_VL_RATE_LIMIT=40 per minute in this session: keep asking until refused.
-    with served.client() as c:
-        codes = []
-        for _ in range(45):
-            r = c.post("/generate", data={"text": "x", "max_new_tokens": "1"})
-            codes.append(r.status_code)
-            if r.status_code == 429 and r.json()["error"]["code"] == "rate_limited":
-                assert int(r.headers["retry-after"]) >= 1
-                break
-    assert codes[-1] == 429, codes

@@ -42,6 +42,7 @@ PUBLIC = {
     "Unauthorized": (401, "authentication_error", "invalid_api_key"),
     "NotFound": (404, "invalid_request_error", "not_found"),
     "MethodNotAllowed": (405, "invalid_request_error", "method_not_allowed"),
+    "RequestTimeout": (408, "invalid_request_error", "body_timeout"),
     "Conflict": (409, "invalid_request_error", "conflict"),
     "PayloadTooLarge": (413, "invalid_request_error", "payload_too_large"),
     "UnsupportedMedia": (415, "invalid_request_error", "unsupported_media"),

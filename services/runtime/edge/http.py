@@ -372,6 +372,7 @@ _ERROR_STATUSES = {
     400: "invalid request (the message and `param` say what)",
     401: "missing or wrong API key",
     404: "no such route, model or task",
+    408: "the request body stopped arriving (QWEN_BODY_READ_TIMEOUT)",
     413: "input too large (bytes, seconds, pixels or characters)",
     415: "unsupported media (not audio / not an image)",
     422: "well-formed but unusable input (e.g. lyrics with no words)",
