@@ -59,6 +59,11 @@ class ASR(ModelService[QwenASREngine]):
     def engine_kind(self, device: str) -> str:
         return VLLM if uses_vllm(self.cfg, device) else TORCH
 
+    def warmup(self, engine: QwenASREngine) -> None:
+        super().warmup(engine)
+        if self.cfg.vad:
+            vad.voice_activity()  # its model, loaded now rather than by the first request
+
     def check_settings(self) -> None:
         if self.cfg.backend == "vllm":
             require_vllm("asr")
@@ -105,6 +110,8 @@ class ASR(ModelService[QwenASREngine]):
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="language", code="unsupported_language") from None
         use_vad = self.cfg.vad if options.vad is None else options.vad
+        if use_vad:
+            self.scheduler.admit(1)  # a full queue refuses before voice activity runs over the whole file
         probs = await asyncio.to_thread(vad.voice_activity().speech_probs, audio) if use_vad else None
         chunks, decoded = plan_windows(audio, self.cfg.window_seconds, probs,
                                        options.vad_threshold or self.cfg.vad_threshold)

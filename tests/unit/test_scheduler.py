@@ -370,3 +370,41 @@ def test_items_are_batched_only_with_items_of_a_similar_cost():
 
     run(main())
     assert sorted(map(sorted, batches)) == [["L0", "L1", "M"], ["S"]], batches
+
+
+def test_the_asr_refuses_a_full_queue_before_voice_activity_runs():
+    """ASR plans windows with voice activity over the whole file first (~0.7 s per minute): with no room for
+    even one window, the 429 comes before that cost. Its _plan on a stand-in service whose queue is full."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from services.asr.contract import TranscribeOptions
+    from services.asr.service import ASR
+    from services.runtime.core.settings import ASRSettings
+    from services.runtime.serving import vad
+
+    def run_batch(items):
+        time.sleep(0.2)
+        return items
+
+    async def main():
+        s = Scheduler("t", "m", run_batch, max_batch_size=1, max_concurrency=1, max_queue=0)
+        busy = asyncio.ensure_future(s.run(["x"]))
+        await asyncio.sleep(0.02)  # running: no slot and no queue left
+        fake = SimpleNamespace(cfg=ASRSettings(vad=True), scheduler=s,
+                               handle=SimpleNamespace(get=lambda: SimpleNamespace(count_tokens=len)))
+        try:
+            await ASR.inner._plan(fake, np.zeros(16000 * 60, np.float32), TranscribeOptions())
+        finally:
+            await busy
+
+    called = []
+    original = vad.voice_activity
+    vad.voice_activity = lambda: called.append(1) or original()
+    try:
+        with pytest.raises(TooManyRequests) as e:
+            run(main())
+    finally:
+        vad.voice_activity = original
+    assert e.value.status == 429 and e.value.retry_after and called == []

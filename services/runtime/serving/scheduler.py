@@ -183,13 +183,7 @@ class Scheduler:
         if not items:
             return []
         self._ensure_started()
-        if len(self._pending) + len(items) > self.max_queue + self._free_capacity():
-            self._m.rejected.labels(self.service, "queue_full").inc()
-            raise TooManyRequests(
-                f"{self.service} is at capacity ({self.max_concurrency} running, {len(self._pending)} queued); "
-                "retry later",
-                retry_after=self.retry_after(),
-            )
+        self.admit(len(items))
         loop = asyncio.get_running_loop()
         mine = [_Pending(it, loop.create_future()) for it in items]
         self._pending.add(mine)
@@ -209,6 +203,18 @@ class Scheduler:
                 for p in mine:
                     p.future.cancel()
                 self._gauge()
+
+    def admit(self, count: int) -> None:
+        """429 (queue_full, Retry-After) unless `count` more items fit the queue now. `run` checks its items;
+        a service may check earlier, before costly preparation (ASR: at least one window, before voice
+        activity runs over the whole file)."""
+        if len(self._pending) + count > self.max_queue + self._free_capacity():
+            self._m.rejected.labels(self.service, "queue_full").inc()
+            raise TooManyRequests(
+                f"{self.service} is at capacity ({self.max_concurrency} running, {len(self._pending)} queued); "
+                "retry later",
+                retry_after=self.retry_after(),
+            )
 
     @contextlib.asynccontextmanager
     async def slot(self):
