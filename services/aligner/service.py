@@ -3,7 +3,8 @@
 The gateway decodes the audio once and calls `align(audio, AlignLines)` (lyrics) or `align_spans(audio,
 AlignSpans)` (an ASR transcript, window by window; services/aligner/contract.py). Here: language (given or
 detected), units per line, long audio split into windows the aligner can time (where no voice is heard,
-at the quietest such point), the chunks of all concurrent requests batched through one scheduler, lines rebuilt with global offsets.
+at the quietest such point), the chunks of all concurrent requests batched through one scheduler, lines
+rebuilt with global offsets.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
             line_units = lyrics.units_for_lines(lines, lang, engine.units)
             all_lines += lines
             all_units += line_units
-            # Windows inside the span, cut at quiet points; lines shared out by how much sound each has.
+            # Windows inside the span, cut where no voice is heard (the quietest such point); lines shared out
+            # by how much sound each has.
             energy = frame_rms(part, SAMPLE_RATE)
             speech = None
             if self.cfg.vad and len(part) > window * SAMPLE_RATE:  # cut where no voice is heard

@@ -50,8 +50,6 @@ def test_a_declared_length_over_the_cap_is_413_before_any_byte_is_read():
 
 
 def test_a_stalled_body_is_408_in_the_envelope_through_the_gateway():
-    from fastapi.testclient import TestClient  # noqa: F401 - the app below is the real gateway app
-
     from services.gateway.app import build_gateway
     from services.runtime.core.settings import Settings
 

@@ -42,6 +42,11 @@ def test_open_store_by_url(redis):
     assert isinstance(open_store(None), MemoryStore) and isinstance(open_store(redis.url), RedisStore)
     with pytest.raises(ValueError):
         open_store("memcached://x")
+    # rediss:// (managed Redis: ElastiCache, Memorystore) is TLS for both clients; nothing connects yet.
+    tls = open_store("rediss://:pw@cache.example.internal:6380/0")
+    assert tls._redis.connection_pool.connection_class.__name__ == "SSLConnection"
+    limits_pool = tls.limits_storage.bridge.storage.connection_pool
+    assert limits_pool.connection_class.__name__ == "SSLConnection"
 
 
 def test_redis_down_is_a_503_and_back_up_works_without_a_new_store(redis):

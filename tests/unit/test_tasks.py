@@ -2,11 +2,12 @@
 two gateways): results as rendered responses, failures with their envelope, bounds, leases, cancellation."""
 
 import asyncio
+import time
 
 import pytest
 from fastapi.responses import JSONResponse
 
-from services.gateway.tasks import TaskStore
+from services.gateway.tasks import TaskRecord, TaskStore, _record_key
 from services.runtime.core.errors import Conflict, InvalidRequest, NotFound, QwenError, TooManyRequests
 from services.runtime.core.state import MemoryStore
 
@@ -75,24 +76,20 @@ def test_running_tasks_are_bounded_per_replica_and_results_by_size():
 
 
 def test_an_expired_lease_fails_the_task_with_a_reason():
-    """The replica running it is gone (its asyncio task never renews): a reader past the lease marks it failed."""
+    """The replica running it is gone: its record says running, but nobody renewed the lease. Any reader marks
+    it failed (and writes that back: it stays failed)."""
     async def main():
         shared = MemoryStore()
-        dead = TaskStore(shared, ttl=60, lease=0.2)
-        other = TaskStore(shared, ttl=60, lease=0.2)
+        now = time.time()
+        orphan = TaskRecord(task_id="t1", kind="x", created_at=now - 60, owner="dead-replica", lease_until=now - 1)
+        await shared.set(_record_key("t1"), orphan.model_dump_json().encode(), 60)
+        first = await TaskStore(shared, ttl=60).get("t1")
+        stored = TaskRecord.model_validate_json(await shared.get(_record_key("t1")))
+        return first, stored
 
-        async def forever():
-            await asyncio.sleep(3600)
-
-        rec = await dead.submit("x", forever)
-        dead._local[rec.task_id].cancel()  # the owner dies without a word: no final record is written
-        dead._run = None
-        await asyncio.sleep(0.01)
-        await shared.set(f"task:{rec.task_id}", rec.model_copy(update={"lease_until": 0.0}).model_dump_json().encode(), 60)
-        return await other.get(rec.task_id)
-
-    rec = asyncio.run(main())
-    assert rec.status == "failed" and rec.error["code"] == "task_lost" and rec.error["status"] == 503
+    first, stored = asyncio.run(main())
+    assert first.status == stored.status == "failed"
+    assert first.error["code"] == "task_lost" and first.error["status"] == 503 and stored.finished_at is not None
 
 
 def test_the_owner_renews_its_lease_while_the_task_runs():

@@ -43,13 +43,8 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def ping(self) -> None:
-        """Raise StateUnavailable when the store cannot be reached."""
-
     @property
     def limits_storage(self): ...
-
-    async def close(self) -> None: ...
 
 
 class MemoryStore:
@@ -80,9 +75,6 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
-    async def ping(self) -> None:
-        return None
-
     @property
     def limits_storage(self):
         if self._limits is None:
@@ -90,9 +82,6 @@ class MemoryStore:
 
             self._limits = MemoryStorage()
         return self._limits
-
-    async def close(self) -> None:
-        return None
 
 
 class RedisStore:
@@ -123,9 +112,6 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._run(self._redis.delete(PREFIX + key))
 
-    async def ping(self) -> None:
-        await self._run(self._redis.ping())
-
     @property
     def limits_storage(self):
         if self._limits is None:
@@ -137,9 +123,6 @@ class RedisStore:
                                         key_prefix=PREFIX + "limits", socket_timeout=self.timeout,
                                         socket_connect_timeout=self.timeout)
         return self._limits
-
-    async def close(self) -> None:
-        await self._redis.aclose()
 
 
 def open_store(url: str | None, timeout: float = 2.0) -> MemoryStore | RedisStore:

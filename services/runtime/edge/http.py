@@ -107,11 +107,11 @@ class EdgeMiddleware:
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
-                if body.get("stalled"):
+                if body["stalled"] is not None:
                     # The body stopped arriving: whatever the route made of the error it got from receive
                     # (FastAPI's own body parsing turns any into a 400), the answer is the 408.
                     replaced["on"] = True
-                    err = RequestTimeout(f"the request body stopped arriving for {self._body_timeout:g} s")
+                    err = body["stalled"]
                     status_holder["status"] = err.status
                     await send_json(send, err.status, err.envelope(),
                                     extra_headers=[(b"x-request-id", rid.encode()), (b"connection", b"close")])
@@ -192,7 +192,7 @@ class EdgeMiddleware:
         body that stops arriving for body_timeout seconds raises RequestTimeout into the route reading it, and
         the answer is a 408 (send_with_id). Once the body is complete, receive is passed through (a streaming
         response waits on it for the disconnect)."""
-        state = {"done": self._body_timeout is None, "stalled": False}
+        state: dict = {"done": self._body_timeout is None, "stalled": None}  # stalled: the 408 raised
         timeout = self._body_timeout
 
         async def timed():
@@ -201,8 +201,9 @@ class EdgeMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), timeout)
             except asyncio.TimeoutError:
-                state["done"] = state["stalled"] = True
-                raise RequestTimeout(f"the request body stopped arriving for {timeout:g} s") from None
+                state["done"] = True
+                state["stalled"] = RequestTimeout(f"the request body stopped arriving for {timeout:g} s")
+                raise state["stalled"] from None
             if message.get("type") != "http.request" or not message.get("more_body", False):
                 state["done"] = True
             return message

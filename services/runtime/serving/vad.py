@@ -15,6 +15,7 @@ a segment statistic can report as they are. Cost on one CPU thread here: ~0.7 s 
 from __future__ import annotations
 
 import base64
+import functools
 import queue
 
 import numpy as np
@@ -27,8 +28,8 @@ SMOOTH_FRAMES = 3  # ~100 ms: a single frame's spike is not speech
 
 class VoiceActivity:
     """Silero VAD models, one per call running at once: the model carries state from frame to frame, so a
-    call takes a model of its own from a pool (made on demand, ~2 MB and ~0.1 s each), and a long file's
-    voice activity never holds up a short one's."""
+    call takes a model of its own from a pool (made on demand, ~2 MB and ~0.1 s each) instead of waiting
+    for a lock held by another request's call."""
 
     def __init__(self):
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -58,15 +59,10 @@ class VoiceActivity:
         return probs.reshape(-1).float().numpy()
 
 
-_SHARED: VoiceActivity | None = None
-
-
+@functools.cache
 def voice_activity() -> VoiceActivity:
     """The process's VoiceActivity (its pool serves every caller), loaded on first use (~0.1 s)."""
-    global _SHARED
-    if _SHARED is None:
-        _SHARED = VoiceActivity()
-    return _SHARED
+    return VoiceActivity()
 
 
 def no_speech_prob(probs: np.ndarray, start: float, end: float) -> float:
