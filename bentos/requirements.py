@@ -1,7 +1,8 @@
 """Write a Bento's requirements from uv.lock: `python bentos/requirements.py cpu|cuda OUT`.
 
-cuda: `uv export --extra cuda` as is (PyPI's torch 2.9.1 is the CUDA build; vllm 0.14.0 pins it).
-cpu: the same set without the extra, the torch family switched to the +cpu builds of the same versions,
+cuda: `uv export` as is (PyPI's torch 2.9.1 is the CUDA build). vLLM is not in it: the CUDA Bento installs
+the engine environment (engines/cuda/uv.lock) beside it, by its setup script.
+cpu: the same set, the torch family switched to the +cpu builds of the same versions,
 PyTorch's CPU index named in the file itself (pip and uv read `--extra-index-url` lines), and the
 nvidia-*/triton wheels they no longer need dropped.
 
@@ -11,6 +12,7 @@ tests/deploy/test_bentos.py checks that they equal `render(target)` for the curr
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -32,10 +34,21 @@ def uv() -> list[str]:
     raise SystemExit("uv not found: run `make uv`")
 
 
-def export(extra: str | None) -> list[str]:
+def engine_export(flavor: str = "cuda") -> str:
+    """engines/<flavor>/uv.lock as a requirements file with hashes (what the CUDA image installs, frozen:
+    `uv pip install --require-hashes --no-deps`). The project's own uv settings stay out (UV_NO_CONFIG)."""
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1] / "engines" / flavor
+    cmd = [*uv(), "export", "--frozen", "--project", str(project), "--no-emit-project", "--no-header",
+           "--format", "requirements-txt"]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True,
+                          env={**os.environ, "UV_NO_CONFIG": "1"}).stdout
+
+
+def export() -> list[str]:
     cmd = [*uv(), "export", "--frozen", "--no-hashes", "--no-emit-project", "--format", "requirements-txt"]
-    out = subprocess.run(cmd + (["--extra", extra] if extra else []), check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -55,7 +68,7 @@ def cpu(lines: list[str]) -> list[str]:
 def render(target: str) -> str:
     if target not in TARGETS:
         raise SystemExit(f"target must be one of {TARGETS}, not {target!r}")
-    lines = cpu(export(None)) if target == "cpu" else export("cuda")
+    lines = cpu(export()) if target == "cpu" else export()
     return (f"# generated from uv.lock by bentos/requirements.py {target}; do not edit\n"
             + "\n".join(lines) + "\n")
 

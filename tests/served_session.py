@@ -9,6 +9,7 @@ HTTP server holding songs (allowed by QWEN_FETCH_PRIVATE_ALLOWLIST) and a real S
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import random
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,12 +191,9 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory, media_server, s3_server) -> Served:
-    port = free_port()
-    work = tmp_path_factory.mktemp("served")
-    log = work / "bentoml.log"
-    env = {
+def session_env(work: Path, s3_server: str) -> dict[str, str]:
+    """The served session's environment: tiny models, small budgets, the test peers."""
+    return {
         **os.environ,
         "BENTOML_CONFIG": str(ROOT / "configuration.yaml"),
         "BENTOML_HOME": str(work / "bentoml_home"),
@@ -238,7 +237,38 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
         "QWEN_BODY_READ_TIMEOUT": "5",
         # A small TTS queue keeps the recurring overload test (4x capacity) short.
         "QWEN_TTS_MAX_QUEUE": "3",
+        **engine_env(os.environ.get("QWEN_TEST_ENGINE_BACKEND", "transformers")),
     }
+
+
+# The services vLLM can serve, and what the engine tests give their servers on this CPU (`make test-engines`
+# sets QWEN_TEST_ENGINE_BACKEND=vllm and QWEN_ENGINE_HOME: the same served tests then run on vLLM).
+VLLM_SERVICES = ("asr", "captioner")
+
+
+def engine_env(backend: str) -> dict[str, str]:
+    if backend == "transformers":
+        return {}
+    if backend != "vllm":
+        raise ValueError(f"QWEN_TEST_ENGINE_BACKEND must be transformers or vllm, not {backend!r}")
+    env = {"QWEN_CAPTIONER_MAX_MODEL_LEN": "2048"}
+    for key in VLLM_SERVICES:
+        env.update({
+            f"QWEN_{key.upper()}_BACKEND": "vllm",
+            # CUDA graphs are a GPU feature; four sequences keep the CPU's KV cache (VLLM_CPU_KVCACHE_SPACE) small.
+            f"QWEN_{key.upper()}_VLLM_EXTRA_ARGS": "--enforce-eager",
+            f"QWEN_{key.upper()}_VLLM_MAX_NUM_SEQS": "4",
+            f"QWEN_{key.upper()}_VLLM_START_TIMEOUT": "900",
+            f"QWEN_{key.upper()}_VLLM_RESTART_BACKOFF": "1",
+        })
+    return env
+
+
+@contextlib.contextmanager
+def gateway(work: Path, env: dict[str, str], media_server: str, s3_server: str) -> Iterator[Served]:
+    """`bentoml serve` of the gateway with `env`, healthy (or the test fails with its log), stopped after."""
+    port = free_port()
+    log = work / "bentoml.log"
     cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "services.gateway:Gateway",
            "--host", "127.0.0.1", "--port", str(port)]
     fh = open(log, "wb")
@@ -266,3 +296,10 @@ def served(tmp_path_factory, media_server, s3_server) -> Served:
     finally:
         stop_server(proc)
         fh.close()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, media_server, s3_server) -> Served:
+    work = tmp_path_factory.mktemp("served")
+    with gateway(work, session_env(work, s3_server), media_server, s3_server) as s:
+        yield s

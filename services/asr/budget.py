@@ -40,8 +40,9 @@ def effective_max_new_tokens(cfg) -> int:
     return cfg.max_new_tokens or new_token_budget(cfg.window_seconds)
 
 
-def check_budget(cfg) -> list[str]:
-    """Refuse (ValueError) settings a vLLM context cannot hold; return warnings for risky ones."""
+def check_budget(cfg, *, vllm: bool) -> list[str]:
+    """Refuse (ValueError) settings a vLLM context cannot hold (`vllm`: the backend is vLLM); return
+    warnings for risky ones."""
     budget = effective_max_new_tokens(cfg)
     warnings = []
     floor = math.ceil(cfg.window_seconds * MIN_TOKENS_PER_SECOND)
@@ -50,7 +51,7 @@ def check_budget(cfg) -> list[str]:
             f"QWEN_ASR_MAX_NEW_TOKENS={budget} is below {MIN_TOKENS_PER_SECOND} tokens/s for "
             f"{cfg.window_seconds:g}-s windows ({floor}): speech in a window will be cut off silently; "
             "unset it to derive the budget from the window")
-    if cfg.backend == "vllm":
+    if vllm:
         need = PROMPT_OVERHEAD_TOKENS + cfg.max_prompt_tokens + audio_tokens(cfg.window_seconds) + budget
         if need > cfg.vllm_max_model_len:
             raise ValueError(

@@ -1,15 +1,16 @@
-"""Qwen3-ASR behind a small Protocol: transformers (CPU/MPS/CUDA) or vLLM (CUDA), same API.
+"""Qwen3-ASR engines: transformers in this process (any device) or a vLLM server (services/asr/vllm_backend.py),
+same API (`transcribe(items, on_text)`), same results.
 
 The model writes `language X<asr_text>` and then the transcript (when a language is forced, the prompt
 ends with that prefix and the model writes the transcript only). The service chunks long audio itself
 (quiet-point windows) so every item here is one window; the engine only batches.
 
-vLLM: `qwen_asr.Qwen3ASRModel.transcribe` (one generate over the batch; it strips the prefix and forces
-a language when given). Transformers: the engine runs that method's steps itself — the package's
+Transformers: the engine runs the steps of `qwen_asr.Qwen3ASRModel.transcribe` itself — the package's
 audio normalization, prompt (`_build_text_prompt`), processor, `generate`, decode and output parsing
 (`parse_asr_output`), so the texts and languages are the package's — because it also wants what
 `transcribe` drops: the transcript's token ids, each token's log-probability, and the text while it is
-being generated (`transcribe(items, on_text=...)`).
+being generated (`transcribe(items, on_text=...)`). `QwenASRText` is what both engines share: the
+parsing of a window's generated tokens into its result, and the streamer of its text.
 """
 
 from __future__ import annotations
@@ -216,139 +217,55 @@ def allow_concurrent_calls(model) -> None:
     processor.tokenizer = Serialized(processor.tokenizer, ("__call__", "batch_decode", "decode", "encode"))
 
 
-class QwenASREngine:
-    def __init__(self, model, backend: str):
-        self.model = model  # qwen_asr.Qwen3ASRModel
-        self.backend = backend
-        if backend != "vllm":
-            # Read once, here: tokenizer calls outside allow_concurrent_calls' lock could meet another
-            # call's padding change ("Already borrowed").
-            tokenizer = model.processor.tokenizer
-            self._special = frozenset(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
-            self._tag_id = tokenizer.convert_tokens_to_ids(ASR_TEXT_TAG)
+class QwenASRText:
+    """What both engines do with Qwen3-ASR's tokenizer (`self.tokenizer`): a window's result from its
+    generated tokens (the package's output parsing, the transcript's tokens and log-probabilities), the
+    streamer that hands text and tokens out as they come, and the token helpers the service uses."""
 
-    @classmethod
-    def load(cls, path: str, *, backend: str, device: str, dtype: str, max_new_tokens: int,
-             threads: int | None = None, vllm_kwargs: dict | None = None) -> "QwenASREngine":
-        import torch
-        from qwen_asr import Qwen3ASRModel
+    tokenizer = None  # set by the engine (thread-safe: runtime.serving.concurrent_calls.Serialized)
 
-        from services.runtime.serving.device import torch_dtype
-        from services.runtime.serving.encoder_attention import require_windowed_audio_attention
+    def _read_special_tokens(self) -> None:
+        # Read once: tokenizer calls outside the lock could meet another call's padding change.
+        tokenizer = self.tokenizer
+        self._special = frozenset(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+        self._tag_id = tokenizer.convert_tokens_to_ids(ASR_TEXT_TAG)
 
-        if threads:
-            torch.set_num_threads(threads)
-        if backend == "vllm":
-            # vLLM batches itself; qwen_asr registers its model class with vLLM (CUDA only).
-            model = Qwen3ASRModel.LLM(model=path, max_new_tokens=max_new_tokens, **(vllm_kwargs or {}))
-        else:
-            model = Qwen3ASRModel.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device,
-                                                  max_new_tokens=max_new_tokens, max_inference_batch_size=32)
-            require_windowed_audio_attention(model.model)
-            allow_concurrent_calls(model)
-        return cls(model, backend)
+    def steps(self, rows_forced: list[bool], streamed: bool, on_text) -> "_Steps":
+        """A recorder of `rows_forced`'s generated tokens (a row whose language was forced is all text), and
+        of their text as it comes when `streamed`: on_text(row, piece, tokens)."""
+        streams = [TranscriptStream(forced=f) for f in rows_forced] if streamed else None
+        return _Steps(self.tokenizer, streams, on_text, forced=list(rows_forced), special=self._special,
+                      tag_id=self._tag_id)
 
-    def transcribe(self, items: Sequence[ASRItem], on_text: OnText | None = None) -> list[ASRResult]:
-        """One result per item, in order.
+    def row_result(self, steps: "_Steps", row: int, ids: list[int], raw: str, language: str | None,
+                   input_tokens: int, emit=None) -> ASRResult:
+        """One window's result from its generated `ids` (their log-probabilities recorded by `steps`) and
+        their decoded text `raw`, with the package's parsing (`language`: the forced one, or None); when
+        streamed, `emit(piece, tokens)` gets what the stream held back."""
+        from qwen_asr.inference.utils import merge_languages, parse_asr_output
 
-        on_text(index, piece, tokens): the text of item `index` as it is generated, called from the thread
-        running this call; the pieces of an item concatenate to its `ASRResult.text` exactly. Pieces
-        come while `generate` runs, each holding only text certain to stay (TranscriptStream says what
-        waits: the language prefix, surrounding whitespace, possible repetition loops); after `generate`
-        each item gets the rest in one last piece. `tokens`: the transcript tokens (ASRResult.tokens, with
-        their log-probabilities) generated since the item's previous piece, so the calls' tokens
-        concatenate to `tokens`/`logprobs` exactly; the last call may have text "" to hand over tokens
-        whose text was held back and dropped (trailing whitespace). No call when nothing is left. vLLM:
-        one piece per item (its whole text, no tokens) once the batch is done. An exception raised by
-        on_text ends the call.
-        """
-        if not items:
-            return []
-        audios = [(np.pad(it.audio, (0, max(0, MIN_SAMPLES - len(it.audio)))), SAMPLE_RATE) for it in items]
-        if self.backend == "vllm":
-            outs = self.model.transcribe(
-                audio=audios,
-                context=[it.context for it in items],
-                language=[it.language for it in items],
-            )
-            results = [ASRResult(language=o.language or "", text=_printable(o.text or "")) for o in outs]
-            if on_text is not None:
-                for i, r in enumerate(results):
-                    if r.text:
-                        on_text(i, r.text, [])
-            return results
-        return self._transcribe_transformers(audios, items, on_text)
-
-    def _transcribe_transformers(self, audios, items: Sequence[ASRItem], on_text: OnText | None) -> list[ASRResult]:
-        """`Qwen3ASRModel.transcribe` (qwen_asr 0.0.6) for windows within its limit, step by step: its
-        audio normalization, language validation, prompts, sub-batches of max_inference_batch_size,
-        processor, generate, decode and parsing — with a streamer that records each step's tokens and
-        log-probabilities and streams the text."""
-        import torch
-        from qwen_asr.inference.utils import (MAX_ASR_INPUT_SECONDS, merge_languages, normalize_audios,
-                                              normalize_language_name, parse_asr_output, validate_language)
-        from transformers import LogitsProcessorList
-
-        asr = self.model
-        wavs = normalize_audios(audios)
-        if any(len(w) > MAX_ASR_INPUT_SECONDS * SAMPLE_RATE for w in wavs):
-            # The package would cut it in pieces and join their texts; the service's windows never are this long.
-            raise ValueError(f"an ASR window is longer than {MAX_ASR_INPUT_SECONDS} s")
-        langs: list[str | None] = []
-        for it in items:
-            if it.language is None or str(it.language).strip() == "":
-                langs.append(None)
-            else:
-                lang = normalize_language_name(str(it.language))
-                validate_language(lang)
-                langs.append(lang)
-        prompts = [asr._build_text_prompt(context=it.context, force_language=lang) for it, lang in zip(items, langs)]
-        tokenizer = asr.processor.tokenizer
-        special, tag_id = self._special, self._tag_id  # special: what skip_special_tokens drops
-
-        results: list[ASRResult] = []
-        size = asr.max_inference_batch_size if asr.max_inference_batch_size and asr.max_inference_batch_size > 0 \
-            else len(prompts)
-        for lo in range(0, len(prompts), size):
-            hi = min(lo + size, len(prompts))
-            streams = None
-            if on_text is not None:
-                streams = [TranscriptStream(forced=langs[i] is not None) for i in range(lo, hi)]
-            steps = _Steps(tokenizer, streams, lambda row, piece, tokens, lo=lo: on_text(lo + row, piece, tokens),
-                           forced=[lang is not None for lang in langs[lo:hi]], special=special, tag_id=tag_id)
-            with torch.no_grad():
-                inputs = asr.processor(text=prompts[lo:hi], audio=wavs[lo:hi], return_tensors="pt", padding=True)
-                inputs = inputs.to(asr.model.device).to(asr.model.dtype)
-                out = asr.model.generate(**inputs, max_new_tokens=asr.max_new_tokens, streamer=steps,
-                                         logits_processor=LogitsProcessorList([steps]))
-            generated = out.sequences[:, inputs["input_ids"].shape[1]:]
-            decoded = asr.processor.batch_decode(generated, skip_special_tokens=True,
-                                                 clean_up_tokenization_spaces=False)
-            for row, raw in enumerate(decoded):
-                lang, text = parse_asr_output(raw, user_language=langs[lo + row])
-                ids = generated[row].tolist()
-                if len(steps.logprobs[row]) != len(ids):
-                    raise RuntimeError("qwen_asr: generate's steps and its sequences disagree")
-                start = 0 if langs[lo + row] is not None else _text_start(ids, raw, tag_id, tokenizer)
-                kept = [(t, lp) for t, lp in zip(ids[start:], steps.logprobs[row][start:]) if t not in special]
-                result = ASRResult(language=merge_languages([lang]), text=_printable(text),
-                                   tokens=[t for t, _ in kept], logprobs=[lp for _, lp in kept],
-                                   input_tokens=int(inputs["attention_mask"][row].sum()),
-                                   output_tokens=sum(1 for t in ids if t not in special))
-                results.append(result)
-                if streams is not None:
-                    rest = streams[row].finish(result.text)
-                    left = list(zip(result.tokens, result.logprobs))[steps.handed[row]:]
-                    if rest or left:
-                        on_text(lo + row, rest, left)
-        return results
+        lang, text = parse_asr_output(raw, user_language=language)
+        logprobs = steps.logprobs[row]
+        if len(logprobs) != len(ids):
+            raise RuntimeError("qwen_asr: the generated tokens and their log-probabilities disagree")
+        start = 0 if language is not None else _text_start(ids, raw, self._tag_id, self.tokenizer)
+        kept = [(t, lp) for t, lp in zip(ids[start:], logprobs[start:]) if t not in self._special]
+        result = ASRResult(language=merge_languages([lang]), text=_printable(text),
+                           tokens=[t for t, _ in kept], logprobs=[lp for _, lp in kept], input_tokens=input_tokens,
+                           output_tokens=sum(1 for t in ids if t not in self._special))
+        if steps.streams is not None and emit is not None:
+            rest = steps.streams[row].finish(result.text)
+            left = list(zip(result.tokens, result.logprobs))[steps.handed[row]:]
+            if rest or left:
+                emit(rest, left)
+        return result
 
     def token_ends(self, tokens: list[int], text: str) -> list[int]:
         """Where each of a window's `tokens` (ASRResult.tokens) ends in its `text`: the length of the
         decoded prefix up to and including it, less the leading whitespace `text` lost, kept monotonic
         and inside `text` (a multi-byte character split over tokens ends with its last token). Past a
         repetition the package collapsed, the offsets are approximate. One decode per token."""
-        tokenizer = self.model.processor.tokenizer
+        tokenizer = self.tokenizer
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)  # noqa: E731
         full = decode(tokens)
         lead = len(full) - len(full.lstrip())
@@ -368,14 +285,113 @@ class QwenASREngine:
         from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
         byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
-        pieces = self.model.processor.tokenizer.convert_ids_to_tokens(tokens)
+        pieces = self.tokenizer.convert_ids_to_tokens(tokens)
         return [bytes(byte_of[ch] for ch in piece if ch in byte_of) for piece in pieces]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.processor.tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def forced_language(language: str | None) -> str | None:
+    """The package's name of a forced language (validated by the package), None when not forced."""
+    from qwen_asr.inference.utils import normalize_language_name, validate_language
+
+    if language is None or str(language).strip() == "":
+        return None
+    lang = normalize_language_name(str(language))
+    validate_language(lang)
+    return lang
+
+
+class QwenASREngine(QwenASRText):
+    """Qwen3-ASR in this process (transformers, any device)."""
+
+    backend = "transformers"
+
+    def __init__(self, model):
+        self.model = model  # qwen_asr.Qwen3ASRModel
+        self.tokenizer = model.processor.tokenizer
+        self._read_special_tokens()
+
+    @classmethod
+    def load(cls, path: str, *, device: str, dtype: str, max_new_tokens: int,
+             threads: int | None = None) -> "QwenASREngine":
+        import torch
+        from qwen_asr import Qwen3ASRModel
+
+        from services.runtime.serving.device import torch_dtype
+        from services.runtime.serving.encoder_attention import require_windowed_audio_attention
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = Qwen3ASRModel.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device,
+                                              max_new_tokens=max_new_tokens, max_inference_batch_size=32)
+        require_windowed_audio_attention(model.model)
+        allow_concurrent_calls(model)
+        return cls(model)
+
+    def transcribe(self, items: Sequence[ASRItem], on_text: OnText | None = None) -> list[ASRResult]:
+        """One result per item, in order.
+
+        on_text(index, piece, tokens): the text of item `index` as it is generated, called from the thread
+        running this call; the pieces of an item concatenate to its `ASRResult.text` exactly. Pieces
+        come while `generate` runs, each holding only text certain to stay (TranscriptStream says what
+        waits: the language prefix, surrounding whitespace, possible repetition loops); after `generate`
+        each item gets the rest in one last piece. `tokens`: the transcript tokens (ASRResult.tokens, with
+        their log-probabilities) generated since the item's previous piece, so the calls' tokens
+        concatenate to `tokens`/`logprobs` exactly; the last call may have text "" to hand over tokens
+        whose text was held back and dropped (trailing whitespace). No call when nothing is left. An
+        exception raised by on_text ends the call. (The vLLM engine keeps the same contract.)
+        """
+        if not items:
+            return []
+        return self._transcribe_transformers([padded(it.audio) for it in items], items, on_text)
+
+    def _transcribe_transformers(self, audios, items: Sequence[ASRItem], on_text: OnText | None) -> list[ASRResult]:
+        """`Qwen3ASRModel.transcribe` (qwen_asr 0.0.6) for windows within its limit, step by step: its
+        audio normalization, language validation, prompts, sub-batches of max_inference_batch_size,
+        processor, generate, decode and parsing — with a streamer that records each step's tokens and
+        log-probabilities and streams the text."""
+        import torch
+        from qwen_asr.inference.utils import MAX_ASR_INPUT_SECONDS, normalize_audios
+        from transformers import LogitsProcessorList
+
+        asr = self.model
+        wavs = normalize_audios(audios)
+        if any(len(w) > MAX_ASR_INPUT_SECONDS * SAMPLE_RATE for w in wavs):
+            # The package would cut it in pieces and join their texts; the service's windows never are this long.
+            raise ValueError(f"an ASR window is longer than {MAX_ASR_INPUT_SECONDS} s")
+        langs = [forced_language(it.language) for it in items]
+        prompts = [asr._build_text_prompt(context=it.context, force_language=lang) for it, lang in zip(items, langs)]
+
+        results: list[ASRResult] = []
+        size = asr.max_inference_batch_size if asr.max_inference_batch_size and asr.max_inference_batch_size > 0 \
+            else len(prompts)
+        for lo in range(0, len(prompts), size):
+            hi = min(lo + size, len(prompts))
+            steps = self.steps([lang is not None for lang in langs[lo:hi]], on_text is not None,
+                               lambda row, piece, tokens, lo=lo: on_text(lo + row, piece, tokens))
+            with torch.no_grad():
+                inputs = asr.processor(text=prompts[lo:hi], audio=wavs[lo:hi], return_tensors="pt", padding=True)
+                inputs = inputs.to(asr.model.device).to(asr.model.dtype)
+                out = asr.model.generate(**inputs, max_new_tokens=asr.max_new_tokens, streamer=steps,
+                                         logits_processor=LogitsProcessorList([steps]))
+            generated = out.sequences[:, inputs["input_ids"].shape[1]:]
+            decoded = asr.processor.batch_decode(generated, skip_special_tokens=True,
+                                                 clean_up_tokenization_spaces=False)
+            for row, raw in enumerate(decoded):
+                emit = (lambda piece, tokens, i=lo + row: on_text(i, piece, tokens)) if on_text else None
+                results.append(self.row_result(steps, row, generated[row].tolist(), raw, langs[lo + row],
+                                               int(inputs["attention_mask"][row].sum()), emit))
+        return results
 
     def warmup(self) -> None:
         self.transcribe([ASRItem(np.zeros(SAMPLE_RATE, dtype=np.float32))])
+
+
+def padded(audio: np.ndarray) -> tuple[np.ndarray, int]:
+    """A window as the package takes it: (samples, rate), padded to its 0.5-s minimum."""
+    return np.pad(audio, (0, max(0, MIN_SAMPLES - len(audio)))), SAMPLE_RATE
 
 
 def _text_start(ids: list[int], raw: str, tag_id: int, tokenizer) -> int:
@@ -428,28 +444,37 @@ class _Steps:
         import torch
 
         if value.dim() == 2:  # generate first passes the prompt
-            rows = value.shape[0]
-            self.logprobs = [[] for _ in range(rows)]
-            self._ids = [[] for _ in range(rows)]
-            self._undecoded = [0] * rows
-            self._in_text = (self._in_text + [False] * rows)[:rows]
-            self._text_tokens = [[] for _ in range(rows)]
-            self.handed = [0] * rows
+            self.begin(value.shape[0])
             return
         scores = self._scores
         chosen = torch.log_softmax(scores, dim=-1).gather(1, value.to(scores.device)[:, None])[:, 0]
         for row, (token, lp) in enumerate(zip(value.tolist(), chosen.tolist())):
-            self._ids[row].append(token)
-            self.logprobs[row].append(lp)
-            if self._in_text[row]:
-                if token not in self._special:
-                    self._text_tokens[row].append((token, lp))
-            elif token == self._tag_id:
-                self._in_text[row] = True
+            self.add(row, token, lp)
         if self.streams is not None:
-            self._decode()
+            self.decode()
 
-    def _decode(self) -> None:
+    def begin(self, rows: int) -> None:
+        self.logprobs = [[] for _ in range(rows)]
+        self._ids = [[] for _ in range(rows)]
+        self._undecoded = [0] * rows
+        self._in_text = (self._in_text + [False] * rows)[:rows]
+        self._text_tokens = [[] for _ in range(rows)]
+        self.handed = [0] * rows
+
+    def add(self, row: int, token: int, lp: float) -> None:
+        """One generated token of `row` with its log-probability."""
+        self._ids[row].append(token)
+        self.logprobs[row].append(lp)
+        if self._in_text[row]:
+            if token not in self._special:
+                self._text_tokens[row].append((token, lp))
+        elif token == self._tag_id:
+            self._in_text[row] = True
+
+    def ids(self, row: int) -> list[int]:
+        return self._ids[row]
+
+    def decode(self) -> None:
         """Feed each row's text since its last decoded token to its stream; a row whose new text ends in
         an incomplete character (U+FFFD) waits for the next token."""
         rows = range(len(self._ids))

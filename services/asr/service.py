@@ -17,7 +17,8 @@ import bentoml
 import numpy as np
 
 from services.runtime.codecs.chunking import Chunk, plan_chunks
-from services.runtime.serving.device import TORCH, VLLM, require_vllm, uses_vllm
+from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device
+from services.runtime.serving.vllm_server import check_command, uses_vllm
 from services.runtime.codecs.audio import check_duration
 from services.runtime.core.errors import InvalidRequest, QwenError
 from services.runtime.core.languages import ASR as LANGUAGES
@@ -31,7 +32,7 @@ from services.runtime.core.settings import get_settings
 
 from .budget import check_budget, effective_max_new_tokens
 from .contract import Span, StreamDone, TextDelta, TokenLogprob, TranscribeOptions, Transcription
-from .engine import SAMPLE_RATE, ASRItem, ASRResult, QwenASREngine
+from .engine import SAMPLE_RATE, ASREngine, ASRItem, ASRResult, QwenASREngine
 
 _CFG = get_settings().asr
 log = get_logger("asr")
@@ -44,39 +45,45 @@ log = get_logger("asr")
     resources=resources("2", "8Gi", gpu=1, gpu_type="nvidia-tesla-t4"),
     envs=thread_envs(),
 )
-class ASR(ModelService[QwenASREngine]):
+class ASR(ModelService[ASREngine]):
     key = "asr"
 
     def __init__(self) -> None:
         super().__init__()
         self._listeners = Listeners()  # open streams by the gateway's ticket: `leave` cancels one
 
+    def backend_for(self, device: str) -> str:
+        return "vllm" if uses_vllm(self.cfg, device, self.settings) else "transformers"
+
     def batch_size(self, device: str) -> int:
-        if self.cfg.backend == "vllm":
+        if self.backend_for(device) == "vllm":
             return self.cfg.max_batch_size or 32  # vLLM batches on its own: hand it big batches
         return super().batch_size(device)
 
     def engine_kind(self, device: str) -> str:
-        return VLLM if uses_vllm(self.cfg, device) else TORCH
+        return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
 
-    def warmup(self, engine: QwenASREngine) -> None:
+    def warmup(self, engine) -> None:
         super().warmup(engine)
         if self.cfg.vad:
             vad.voice_activity()  # its model, loaded now rather than by the first request
 
     def check_settings(self) -> None:
-        if self.cfg.backend == "vllm":
-            require_vllm("asr")
-        for warning in check_budget(self.cfg):
+        vllm = self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm"
+        if vllm:
+            check_command(self.cfg, self.key)
+        for warning in check_budget(self.cfg, vllm=vllm):
             log.warning(warning)
 
-    def load_engine(self, path: str, device: str, dtype: str) -> QwenASREngine:
+    def load_engine(self, path: str, device: str, dtype: str):
         cfg = self.cfg
-        return QwenASREngine.load(
-            path, backend=cfg.backend, device=device, dtype=dtype, max_new_tokens=effective_max_new_tokens(cfg),
-            threads=self.settings.torch_threads,
-            vllm_kwargs=vllm_kwargs(cfg, dtype),
-        )
+        if self.backend_for(device) == "vllm":
+            from .vllm_backend import VLLMASREngine
+
+            return VLLMASREngine.start(cfg, path, dtype, max_new_tokens=effective_max_new_tokens(cfg),
+                                       gpus=self.placement.gpus if self.placement else None)
+        return QwenASREngine.load(path, device=device, dtype=dtype, max_new_tokens=effective_max_new_tokens(cfg),
+                                  threads=self.settings.torch_threads)
 
     def _run_batch(self, items: list[ASRItem]) -> list[ASRResult]:
         """One engine call for windows of several requests; a streamed request's windows hand their text
@@ -91,7 +98,12 @@ class ASR(ModelService[QwenASREngine]):
 
     @bentoml.api
     async def status(self) -> dict:
-        return {**self.status_info(), "backend": self.cfg.backend}
+        return self.status_info()
+
+    @bentoml.api
+    async def backend_metrics(self) -> str:
+        """The backend's own Prometheus text (vLLM's), merged into the gateway's /metrics."""
+        return await self.engine_metrics()
 
     async def _plan(self, audio: np.ndarray, options: TranscribeOptions) -> "_Plan":
         """Checks (prompt length, duration, language), then the audio's windows and the engine items of those
@@ -240,13 +252,6 @@ class _Plan:
     items: list[ASRItem]  # the engine items of the chunks to decode, in order
     language: str | None  # forced language (package name)
     speech: np.ndarray | None  # voice activity, when it planned the windows
-
-
-def vllm_kwargs(cfg, dtype: str) -> dict:
-    """vllm.LLM's arguments (EngineArgs fields) for the vLLM backend, besides the model. Its GPU is chosen
-    by CUDA_VISIBLE_DEVICES (runtime.serving.device.place): vLLM 0.14 has no device argument."""
-    return {"dtype": dtype, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-            "max_model_len": cfg.vllm_max_model_len}
 
 
 def _majority(values: list[str]) -> str | None:

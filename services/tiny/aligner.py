@@ -108,12 +108,14 @@ def feature_extractor():
     )
 
 
-def thinker_config(tok, *, max_positions: int = 65536, tie_word_embeddings: bool = False, **extra) -> dict:
+def thinker_config(tok, *, max_positions: int = 65536, tie_word_embeddings: bool = False, head_dim: int = HEAD_DIM,
+                   **extra) -> dict:
     """The thinker sub-config (audio encoder + Qwen3 text decoder) as the real repos store it.
 
     max_positions / tie_word_embeddings: the text decoder's values (real 1.7B ASR: 65536, tied; real 0.6B
-    aligner: 8192, untied).
+    aligner: 8192, untied). head_dim: the decoder's (real 128); the M-RoPE split keeps its shape.
     """
+    scale = head_dim // HEAD_DIM
     return dict(
         architectures=list(ARCHITECTURES),
         audio_config=audio_encoder(NUM_MEL_BINS, TEXT_HIDDEN),
@@ -124,13 +126,13 @@ def thinker_config(tok, *, max_positions: int = 65536, tie_word_embeddings: bool
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=1,  # grouped-query attention, as the real 16/8 heads
-            head_dim=HEAD_DIM,
+            head_dim=head_dim,
             hidden_act="silu",
             max_position_embeddings=max_positions,
             rms_norm_eps=1e-6,
             rope_theta=1000000.0,
             # The rotary module calls rope_scaling.get(...): it must be a dict, never None.
-            rope_scaling=dict(ROPE_SCALING, mrope_section=list(MROPE_SECTION)),
+            rope_scaling=dict(ROPE_SCALING, mrope_section=[n * scale for n in MROPE_SECTION]),
             attention_bias=False,
             tie_word_embeddings=tie_word_embeddings,
             use_cache=True,

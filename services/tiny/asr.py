@@ -41,7 +41,9 @@ def build(out: Path) -> None:
         # The default thinker model_type ("qwen3_asr_thinker") has no "forced_aligner" in it, so the
         # thinker builds the vocabulary head the ASR decodes with.
         # Real 1.7B: the LM head is tied to the embeddings.
-        thinker_config=shared.thinker_config(tok, tie_word_embeddings=True, pad_token_id=endoftext,
+        # head_dim 32: vLLM's CPU attention (the engine tests' CPU twin) takes head sizes from 32 up only;
+        # the aligner (transformers only) keeps 16.
+        thinker_config=shared.thinker_config(tok, tie_word_embeddings=True, head_dim=32, pad_token_id=endoftext,
                                              eos_token_id=[im_end, endoftext]),
         # The package's own language list (Qwen3ASRModel.get_supported_languages returns the same
         # constant; transcribe(language=...) validates against it).

@@ -121,9 +121,12 @@ def build(out: Path) -> None:
     model = init_model(Qwen2_5_VLForConditionalGeneration, config, SEED)
     model.save_pretrained(out, safe_serialization=True)  # -> config.json, model.safetensors (+ the generation
     # config, rewritten below)
-    # Qwen2_5_VLConfig hands `architectures` to its text_config when set: the real file has it on top.
+    # Qwen2_5_VLConfig hands `architectures` to its text_config (where save_pretrained leaves it empty): the
+    # real file has it on top. vLLM resolves the class from it (without it, the base model: a pooling model
+    # with no chat route).
     cfg = json.loads((out / "config.json").read_text())
-    cfg["architectures"] = cfg["text_config"].pop("architectures")
+    cfg["text_config"].pop("architectures", None)
+    cfg["architectures"] = [Qwen2_5_VLForConditionalGeneration.__name__]
     write_json(out / "config.json", cfg)
     # The real generation_config.json (transformers 4.49 era): sampling at temperature 1e-6, greedy in
     # effect; no top_k/top_p (transformers' defaults 50 / 1.0 apply when a request samples).

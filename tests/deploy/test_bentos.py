@@ -54,7 +54,8 @@ def differing(a, b) -> set[str]:
 
 # -- the description (no build) -------------------------------------------------------------------------
 
-DESCRIPTION_DIFF = {"name", "labels.target", "python.requirements_txt", "envs.QWEN_DEVICE.value"}
+DESCRIPTION_DIFF = {"name", "labels.target", "python.requirements_txt", "envs.QWEN_DEVICE.value",
+                    "envs.QWEN_ENGINE_HOME.value", "docker.setup_script"}
 
 
 def test_the_root_bentofile_is_the_cpu_target_and_cuda_differs_only_where_it_should():
@@ -65,8 +66,9 @@ def test_the_root_bentofile_is_the_cpu_target_and_cuda_differs_only_where_it_sho
     cpu, cuda = bentofile.describe("cpu"), bentofile.describe("cuda")
     assert cpu == root and cpu["name"] == "qwen-bento-cpu" and cuda["name"] == "qwen-bento-cuda"
     assert differing(cpu, cuda) == DESCRIPTION_DIFF
-    # envs merged by name: QWEN_DEVICE replaced in place, every other variable kept in its order
-    assert [e["name"] for e in cuda["envs"]] == [e["name"] for e in cpu["envs"]]
+    # envs merged by name: QWEN_DEVICE replaced in place, every other variable kept in its order; the CUDA
+    # Bento adds where its engine environment is
+    assert [e["name"] for e in cuda["envs"]] == [e["name"] for e in cpu["envs"]] + ["QWEN_ENGINE_HOME"]
     assert {e["name"]: e["value"] for e in cuda["envs"]}["QWEN_DEVICE"] == "cuda"
     for config in (cpu, cuda):
         BentoBuildConfig.load(config)  # BentoML's own schema: no unknown or mistyped key
@@ -100,7 +102,7 @@ def test_targets_share_every_pin_but_the_torch_builds():
         assert {v.removesuffix("+cpu") for v in cpu.pop(name)} == cuda[name] and all(
             not v.endswith("+cpu") for v in cuda.pop(name))
     assert {n: v for n, v in cuda.items() if n in cpu} == cpu  # the CPU set, same versions
-    assert "vllm" in cuda
+    assert "vllm" not in cuda  # vLLM is the engine environment's (engines/cuda/uv.lock), not the serving one's
 
 
 # -- the built Bentos -----------------------------------------------------------------------------------
@@ -168,20 +170,27 @@ def test_the_root_build_is_the_cpu_target(bentos):
 
 
 def test_the_targets_differ_only_where_they_should(bentos):
+    import difflib
+
     cpu, cuda = bentos["cpu"], bentos["cuda"]
-    # The image: the same base, system packages and steps; only the device default differs.
-    changed = [(a, b) for a, b in zip((cpu / "env/docker/Dockerfile").read_text().splitlines(),
-                                      (cuda / "env/docker/Dockerfile").read_text().splitlines()) if a != b]
-    assert changed == [("ARG QWEN_DEVICE=cpu", "ARG QWEN_DEVICE=cuda")]
-    assert len((cpu / "env/docker/Dockerfile").read_text().splitlines()) == len(
-        (cuda / "env/docker/Dockerfile").read_text().splitlines())
+    # The image: the same base, system packages and steps; the device default differs, and the CUDA image
+    # knows where its engine environment is and runs the setup script that installs it.
+    lines = [(cpu / "env/docker/Dockerfile").read_text().splitlines(),
+             (cuda / "env/docker/Dockerfile").read_text().splitlines()]
+    diff = [d for d in difflib.unified_diff(*lines, lineterm="", n=0) if d[:1] in "+-" and d[:3] not in ("---", "+++")]
+    assert diff[:2] == ["-ARG QWEN_DEVICE=cpu", "+ARG QWEN_DEVICE=cuda"]
+    assert diff[2:4] == ["+ARG QWEN_ENGINE_HOME=/opt/qwen-engine", "+ENV QWEN_ENGINE_HOME=$QWEN_ENGINE_HOME"]
+    assert len(diff) == 5 and re.fullmatch(r"\+RUN chmod \+x ./env/docker/script__\w+ && ./env/docker/script__\w+",
+                                           diff[4]), diff
     # The effective bentofile each Bento records is the description's difference, nothing more.
     recorded = [yaml.safe_load((b / "src/bentofile.yaml").read_text()) for b in (cpu, cuda)]
-    assert differing(*recorded) == DESCRIPTION_DIFF | {"docker.env.QWEN_DEVICE"}
+    assert differing(*recorded) == DESCRIPTION_DIFF | {"docker.env.QWEN_DEVICE", "docker.env.QWEN_ENGINE_HOME",
+                                                       "envs.QWEN_ENGINE_HOME.stage"}
     # The metadata: name, label, device, requirements, and the GPUs the CUDA services declare.
     gpus = {f"services.{s}.config.resources.{k}" for s in MODEL_SERVICES for k in ("gpu", "gpu_type")}
     assert differing(bento_yaml(cpu), bento_yaml(cuda)) == {
-        "name", "labels.target", "envs.QWEN_DEVICE.value", "image.python_requirements"} | gpus
+        "name", "labels.target", "envs.QWEN_DEVICE.value", "image.python_requirements", "envs.QWEN_ENGINE_HOME.value",
+        "envs.QWEN_ENGINE_HOME.stage", "image.post_commands"} | gpus
     # The source shipped is the same.
     src = lambda b: {k: v for k, v in tree(b).items() if k.startswith("src/") and k != "src/bentofile.yaml"}
     assert src(cpu) == src(cuda) and "src/configuration.yaml" in src(cpu)
@@ -218,9 +227,18 @@ def test_cpu_has_cpu_torch_and_no_cuda_wheels(bentos):
     assert "download.pytorch.org" not in (bentos["cuda"] / "env/python/requirements.txt").read_text()
 
 
-def test_cuda_has_the_vllm_stack(bentos):
+def test_cuda_installs_the_engine_environment_beside_the_serving_one(bentos):
+    """The serving requirements carry no vLLM; the image runs the setup script written from engines/cuda/uv.lock
+    (vLLM 0.30.0, hashes checked), which installs it at /opt/qwen-engine, before the image drops to its user."""
+    load_script("bentofile")  # the module the build used
     reqs = requirements(bentos["cuda"])
-    assert "torch==2.9.1" in reqs and any(r.startswith("vllm==0.14.0") for r in reqs)
+    assert "torch==2.9.1" in reqs and not any(r.startswith("vllm") for r in reqs)
+    df = (bentos["cuda"] / "env/docker/Dockerfile").read_text()
+    (script,) = [p for p in (bentos["cuda"] / "env/docker").iterdir() if p.name.startswith("script__")]
+    assert f"./env/docker/{script.name}" in df and df.index(script.name) < df.rindex("\nUSER bentoml")
+    assert script.read_text() == load_script("bentofile").engine_setup_script()
+    assert "vllm==0.30.0" in script.read_text()
+    assert not [p for p in (bentos["cpu"] / "env/docker").iterdir() if p.name.startswith("script__")]
 
 
 @pytest.mark.parametrize("target", ["cpu", "cuda"])

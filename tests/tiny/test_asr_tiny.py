@@ -99,7 +99,7 @@ def test_two_transcribe_calls_at_once_on_one_engine_give_what_each_gives_alone(f
 
     from services.asr.engine import ASRItem, QwenASREngine
 
-    engine = QwenASREngine.load(str(folder), backend="transformers", device="cpu", dtype="float32",
+    engine = QwenASREngine.load(str(folder), device="cpu", dtype="float32",
                                 max_new_tokens=MAX_NEW_TOKENS)
     one = [ASRItem(noise(1.0, seed=1))]
     three = [ASRItem(noise(s, seed=k)) for k, s in enumerate((0.7, 2.0, 3.1))]
@@ -133,7 +133,7 @@ def test_two_transcribe_calls_at_once_on_one_engine_give_what_each_gives_alone(f
 def engine(folder):
     from services.asr.engine import QwenASREngine
 
-    return QwenASREngine.load(str(folder), backend="transformers", device="cpu", dtype="float32",
+    return QwenASREngine.load(str(folder), device="cpu", dtype="float32",
                               max_new_tokens=MAX_NEW_TOKENS)
 
 

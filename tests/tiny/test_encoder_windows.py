@@ -74,7 +74,7 @@ def _assert_windowed(encoder, run_a, run_b) -> None:
 def test_asr_encoder_attends_within_windows(tiny_folder):
     from services.asr.engine import ASRItem, QwenASREngine
 
-    engine = QwenASREngine.load(str(tiny_folder("asr")), backend="transformers", device="cpu",
+    engine = QwenASREngine.load(str(tiny_folder("asr")), device="cpu",
                                 dtype="float32", max_new_tokens=2)
     encoder = engine.model.model.thinker.audio_tower
     assert encoder.config.n_window_infer == 800 and encoder.config.n_window == 50

@@ -15,7 +15,7 @@ def test_default_budget_follows_the_window_and_covers_fast_speech():
     assert budget.effective_max_new_tokens(cfg) == 1232 >= 1024
     assert budget.effective_max_new_tokens(ASRSettings(window_seconds=30)) == 332
     assert budget.effective_max_new_tokens(ASRSettings(max_new_tokens=700)) == 700
-    assert budget.check_budget(cfg) == []
+    assert budget.check_budget(cfg, vllm=False) == []
 
 
 def test_audio_tokens_bound_the_encoders_own_count():
@@ -30,18 +30,18 @@ def test_audio_tokens_bound_the_encoders_own_count():
 
 
 def test_a_budget_under_ordinary_speech_is_warned_about():
-    (warning,) = budget.check_budget(ASRSettings(max_new_tokens=24))
+    (warning,) = budget.check_budget(ASRSettings(max_new_tokens=24), vllm=False)
     assert "QWEN_ASR_MAX_NEW_TOKENS=24" in warning and "cut off" in warning
 
 
 def test_vllm_context_that_cannot_hold_a_window_is_refused():
-    assert budget.check_budget(ASRSettings(backend="vllm")) == []  # the defaults fit 4096
+    assert budget.check_budget(ASRSettings(), vllm=True) == []  # the defaults fit 4096
     with pytest.raises(ValueError, match="QWEN_ASR_VLLM_MAX_MODEL_LEN is 4096"):
-        budget.check_budget(ASRSettings(backend="vllm", window_seconds=300))
+        budget.check_budget(ASRSettings(window_seconds=300), vllm=True)
     with pytest.raises(ValueError, match="prompt 4000"):
-        budget.check_budget(ASRSettings(backend="vllm", max_prompt_tokens=4000))
+        budget.check_budget(ASRSettings(max_prompt_tokens=4000), vllm=True)
     # The transformers backend has no such context limit at these sizes.
-    assert budget.check_budget(ASRSettings(window_seconds=300)) == []
+    assert budget.check_budget(ASRSettings(window_seconds=300), vllm=False) == []
 
 
 def test_load_refuses_before_fetching(monkeypatch):

@@ -15,12 +15,17 @@ ALL = list(SERVICE_KEYS)
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
+def clean_env(monkeypatch, tmp_path):
     import os
 
     for name in list(os.environ):
         if name.startswith("QWEN_"):
             monkeypatch.delenv(name)
+    # A GPU host with the engine environment (the CUDA image's): backend auto is vLLM on CUDA.
+    python = tmp_path / "engine" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    monkeypatch.setenv("QWEN_ENGINE_HOME", str(tmp_path / "engine"))
 
 
 def settings(monkeypatch, **env) -> Settings:
@@ -29,27 +34,41 @@ def settings(monkeypatch, **env) -> Settings:
     return Settings()
 
 
-def test_make_serve_defaults_on_one_gpu_warn_about_the_uncapped_services(monkeypatch):
-    """`make serve` on a one-GPU host: the captioner's vLLM takes 0.95 of GPU 0 up front, the five other
-    models land on the same GPU without a cap."""
+def test_make_serve_defaults_on_one_gpu_are_refused(monkeypatch):
+    """`make serve` on a one-GPU host with the engine environment: the captioner's vLLM takes 0.95 of GPU 0
+    up front and the ASR's 0.45; two vLLM servers cannot both start there, so the start is refused with
+    the settings to change; the four other models land on the same GPU without a cap."""
     findings = colocation.check(settings(monkeypatch), ALL, ["0"])
-    assert [(f.level, f.gpu) for f in findings] == [("warning", "0")]
+    assert [(f.level, f.gpu) for f in findings] == [("error", "0")]
     message = findings[0].message
     assert "captioner (0.95, QWEN_CAPTIONER_VLLM_GPU_MEMORY_UTILIZATION)" in message
-    for key in ("aligner", "asr", "tts", "diagram", "vl"):
+    assert "asr (0.45, QWEN_ASR_VLLM_GPU_MEMORY_UTILIZATION)" in message and "1.40" in message
+    for key in ("aligner", "tts", "diagram", "vl"):
         assert f"{key} (uncapped)" in message
+    # The captioner elsewhere: the ASR's vLLM beside uncapped torch models is a warning, not a refusal.
+    findings = colocation.check(settings(monkeypatch, QWEN_CAPTIONER_DEVICE="cuda:1"), ALL, ["0", "1"])
+    assert [(f.level, f.gpu) for f in findings] == [("warning", "0")]
     colocation.refuse(findings)  # a warning does not refuse
 
 
+def test_without_the_engine_environment_auto_runs_torch_and_is_judged_so(monkeypatch, tmp_path):
+    """A GPU host without the engine environment: the captioner's auto backend is transformers in its own
+    process, an uncapped torch claim (no 0.95 taken up front)."""
+    s = settings(monkeypatch, QWEN_ENGINE_HOME=str(tmp_path / "none"))
+    by_service = {c.service: c for c in colocation.claims(s, ALL, ["0", "1"])}
+    assert by_service["captioner"].gpus == ("0",) and by_service["captioner"].fraction is None
+    assert by_service["captioner"].setting == "QWEN_CAPTIONER_GPU_MEMORY_FRACTION"
+
+
 def test_tensor_parallel_over_every_gpu_collides_only_where_the_others_are(monkeypatch):
-    findings = colocation.check(settings(monkeypatch), ALL, ["0", "1"])
+    findings = colocation.check(settings(monkeypatch, QWEN_ASR_BACKEND="transformers"), ALL, ["0", "1"])
     assert [(f.level, f.gpu) for f in findings] == [("warning", "0")]  # GPU 1: the captioner alone
     tp1 = settings(monkeypatch, QWEN_CAPTIONER_VLLM_TENSOR_PARALLEL_SIZE="1", QWEN_CAPTIONER_DEVICE="cuda:1")
     assert [(f.gpu, "captioner" in f.message) for f in colocation.check(tp1, ALL, ["0", "1"])] == [("0", False)]
 
 
 def test_declared_shares_over_one_gpu_are_refused(monkeypatch):
-    s = settings(monkeypatch, QWEN_ASR_GPU_MEMORY_FRACTION="0.45")
+    s = settings(monkeypatch, QWEN_ASR_BACKEND="transformers", QWEN_ASR_GPU_MEMORY_FRACTION="0.45")
     findings = colocation.check(s, ["asr", "captioner"], ["0"])
     assert [(f.level, f.gpu) for f in findings] == [("error", "0")]
     assert "1.40" in findings[0].message and "QWEN_ASR_GPU_MEMORY_FRACTION" in findings[0].message
@@ -64,6 +83,7 @@ def test_declared_shares_over_one_gpu_are_refused(monkeypatch):
 
 def test_capped_shares_up_to_one_gpu_are_fine(monkeypatch):
     """The seed's split of one T4: ASR 0.45 + TTS 0.45."""
+    monkeypatch.setenv("QWEN_ASR_BACKEND", "transformers")
     s = settings(monkeypatch, QWEN_ASR_GPU_MEMORY_FRACTION="0.45", QWEN_TTS_GPU_MEMORY_FRACTION="0.45")
     assert colocation.check(s, ["asr", "tts"], ["0"]) == []
     s = settings(monkeypatch, QWEN_ASR_GPU_MEMORY_FRACTION="0.55")  # 0.55 + 0.45: all of it, still fine

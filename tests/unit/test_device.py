@@ -168,41 +168,34 @@ def test_torch_engine_placement_caps_memory_and_warns_about_bf16_below_8(monkeyp
     assert len(warned) == 1 and "compute capability 7.5" in warned[0] and "float16" in warned[0]
 
 
-def test_asr_vllm_placement_restricts_vllm_to_its_gpu_without_initialising_cuda(monkeypatch, gpus):
-    """QWEN_ASR_DEVICE=cuda:1 with the vLLM backend on a host that shows GPUs 2,3: vLLM sees only GPU 3,
-    the dtype comes from GPU 3's capability read through NVML, and torch neither initialises CUDA
-    (get_device_capability, set_per_process_memory_fraction, is_available) nor caps memory."""
+def test_asr_vllm_placement_gives_its_gpu_to_the_child_without_initialising_cuda(monkeypatch, gpus):
+    """QWEN_ASR_DEVICE=cuda:1 with the vLLM backend on a host that shows GPUs 2,3: the server child gets
+    GPU 3, the dtype comes from GPU 3's capability read through NVML, and torch in this process neither
+    initialises CUDA (get_device_capability, set_per_process_memory_fraction, is_available) nor caps memory;
+    this process's CUDA_VISIBLE_DEVICES is left alone (the child's environment carries the placement)."""
     calls = gpus((7, 5), (7, 5), nvml=FakeNVML((9, 0), (9, 0), (8, 6), (7, 5)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # restored after the test
     monkeypatch.setenv("QWEN_ASR_BACKEND", "vllm")
     monkeypatch.setenv("QWEN_ASR_DEVICE", "cuda:1")
     monkeypatch.setenv("QWEN_ASR_GPU_MEMORY_FRACTION", "0.45")  # ignored for vLLM (its utilization caps it)
+    server = lambda d: device.VLLM_SERVER  # noqa: E731
     h = handle()
-    p = device.place(Settings(), "asr", h, lambda d: device.VLLM)
+    p = device.place(Settings(), "asr", h, server)
     assert p == device.Placement("cuda:1", "float16", ["3"]) and h.device == "cuda:1"
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert calls == []
     # The same GPU's capability decides: 8.6 on GPU 2.
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.setenv("QWEN_ASR_DEVICE", "cuda:0")
-    assert device.place(Settings(), "asr", handle(), lambda d: device.VLLM) == device.Placement("cuda:0", "bfloat16",
-                                                                                             ["2"])
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2" and calls == []
+    assert device.place(Settings(), "asr", handle(), server) == device.Placement("cuda:0", "bfloat16", ["2"])
+    assert calls == []
 
 
-def test_asr_vllm_placement_refusals(monkeypatch, gpus):
-    import torch
-
+def test_vllm_placement_refuses_bf16_below_ampere(monkeypatch, gpus):
     gpus((7, 5), nvml=FakeNVML((7, 5)))
     monkeypatch.setenv("QWEN_ASR_DEVICE", "cuda:0")
     monkeypatch.setenv("QWEN_ASR_DTYPE", "bfloat16")
     with pytest.raises(RuntimeError, match="vLLM refuses it"):  # vLLM would, after the download
-        device.place(Settings(), "asr", handle(), lambda d: device.VLLM)
-    monkeypatch.delenv("QWEN_ASR_DTYPE")
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    with pytest.raises(RuntimeError, match="CUDA is not initialised"):
-        device.place(Settings(), "asr", handle(), lambda d: device.VLLM)
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+        device.place(Settings(), "asr", handle(), lambda d: device.VLLM_SERVER)
 
 
 def test_vllm_server_placement_spans_tensor_parallel_gpus(monkeypatch, gpus):
@@ -240,7 +233,3 @@ def test_visible_gpus(monkeypatch):
     assert device.visible_gpus() == ["0", "1"]
 
 
-def test_require_vllm_names_the_cuda_extra(monkeypatch):
-    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match=r"asr: .*not installed.*uv sync --extra cuda"):
-        device.require_vllm("asr")

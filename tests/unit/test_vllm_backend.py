@@ -1,6 +1,7 @@
-"""The captioner's vLLM backend without vLLM: its command line, its request mapping, and
-VLLMCaptionEngine against a fake OpenAI server on 127.0.0.1 and a fake child (supervision itself:
-test_engine_supervisor.py; the OpenAI protocol: test_openai_client.py)."""
+"""vLLM backends without vLLM: the engine environment and the command line (runtime.serving.vllm_server),
+the captioner's request mapping, and VLLMCaptionEngine against a fake OpenAI server on 127.0.0.1 and a fake
+child (supervision itself: test_engine_supervisor.py; the OpenAI protocol: test_openai_client.py; the
+ASR's engine: test_asr_vllm.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from services.captioner import vllm_backend as vb
+from services.runtime.serving import device, vllm_server
 from services.captioner.engine import GenParams
 from services.runtime.serving.engine_supervisor import free_port
 from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable
@@ -26,6 +28,16 @@ from .fake_servers import CHILD, FakeOpenAI
 
 PARAMS = GenParams(max_tokens=64, temperature=0.6, top_p=0.95, top_k=20, seed=7)
 AUDIO = (0.25 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """QWEN_ENGINE_HOME is read through the cached global settings: each test reads its own environment."""
+    from services.runtime.core.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def settings(**kw) -> CaptionerSettings:
@@ -43,7 +55,7 @@ def flag(cmd: list[str], name: str) -> str:
 
 # -- command line ----------------------------------------------------------------------------------------
 def test_command_vllm_serve_form(monkeypatch):
-    monkeypatch.setattr(vb, "visible_gpu_count", lambda: 2)
+    monkeypatch.setattr(device, "visible_gpu_count", lambda: 2)
     cfg = settings(vllm_extra_args="--enforce-eager --chat-template '/a b/t.jinja'")
     cmd = vb.build_command(cfg, "/models/cap", "bfloat16", 8123)
     assert os.path.basename(cmd[0]) == "vllm" and cmd[1:3] == ["serve", "/models/cap"]  # positional model
@@ -73,8 +85,6 @@ def test_command_python_module_form():
 def test_tp_defaults_to_visible_gpus(monkeypatch):
     import torch
 
-    from services.runtime.serving import device
-
     monkeypatch.setattr(device, "_nvml", lambda: None)  # torch's count answers (a GPU host's NVML would)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
@@ -85,18 +95,16 @@ def test_tp_defaults_to_visible_gpus(monkeypatch):
 
 
 def test_visible_gpus_from_env_without_torch(monkeypatch):
-    from services.runtime.serving import device
-
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     monkeypatch.setattr(device, "_nvml", lambda: None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert vb.visible_gpu_count() == 2
+    assert device.visible_gpu_count() == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,-1,3")  # CUDA stops at the first invalid id
-    assert vb.visible_gpu_count() == 1
+    assert device.visible_gpu_count() == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert vb.visible_gpu_count() == 0
+    assert device.visible_gpu_count() == 0
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert vb.visible_gpu_count() == 0
+    assert device.visible_gpu_count() == 0
 
 
 def test_placed_tensor_parallel_size_wins():
@@ -107,49 +115,79 @@ def test_placed_tensor_parallel_size_wins():
 # -- finding vLLM ------------------------------------------------------------------------------------------
 @pytest.fixture
 def no_vllm_anywhere(monkeypatch, tmp_path):
-    """This interpreter in a venv without vLLM, and a PATH without it (`make serve` on a CUDA host)."""
+    """No engine environment (QWEN_ENGINE_HOME names an empty folder), this interpreter in a venv without
+    vLLM, and a PATH without it."""
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "path").mkdir()
+    (tmp_path / "engine").mkdir()
+    monkeypatch.setenv("QWEN_ENGINE_HOME", str(tmp_path / "engine"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
     monkeypatch.setenv("PATH", str(tmp_path / "path"))
     return tmp_path
 
 
 def executable(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("#!/bin/sh\n")
     path.chmod(0o755)
     return str(path)
 
 
+def test_the_default_command_is_the_engine_environments_server_module(no_vllm_anywhere):
+    assert not vllm_server.engine_available()
+    python = executable(no_vllm_anywhere / "engine" / "bin" / "python")
+    assert vllm_server.engine_available()
+    cmd = vb.build_command(settings(vllm_command=""), "/m", "auto", 1)
+    assert cmd[:5] == [python, "-m", "vllm.entrypoints.openai.api_server", "--model", "/m"]
+    vllm_server.check_command(settings(vllm_command=""), "captioner")
+
+
+def test_without_the_engine_environment_config_decides_the_default(monkeypatch, tmp_path):
+    """QWEN_ENGINE_HOME unset: the CUDA image's /opt/qwen-engine, else the project's .venv-engine."""
+    monkeypatch.delenv("QWEN_ENGINE_HOME", raising=False)
+    image, project = tmp_path / "opt", tmp_path / "project"
+    monkeypatch.setattr(vllm_server, "IMAGE_ENGINE_HOME", image)
+    monkeypatch.setattr(vllm_server, "PROJECT_ENGINE_HOME", project)
+    assert vllm_server.engine_home() is None
+    executable(project / "bin" / "python")
+    assert vllm_server.engine_home() == project
+    executable(image / "bin" / "python")
+    assert vllm_server.engine_home() == image
+    (image / "qwen-engine.flavor").write_text("cuda\n")
+    assert vllm_server.engine_flavor() == "cuda"
+
+
 def test_bare_vllm_is_the_one_next_to_the_interpreter_then_on_path(no_vllm_anywhere):
-    assert vb.resolve_command("vllm serve") == ["vllm", "serve"]  # nowhere: left for the check to refuse
+    assert vllm_server.resolve_command("vllm serve") == ["vllm", "serve"]  # nowhere: left for the check to refuse
     on_path = executable(no_vllm_anywhere / "path" / "vllm")
     assert vb.build_command(settings(), "/m", "auto", 1)[:3] == [on_path, "serve", "/m"]
     venv = executable(no_vllm_anywhere / "venv" / "bin" / "vllm")  # the venv's wins: PATH may lack it
     assert vb.build_command(settings(), "/m", "auto", 1)[:3] == [venv, "serve", "/m"]
-    vb.check_command("vllm serve")
-    assert vb.resolve_command("/opt/x/bin/python -m vllm.entrypoints.openai.api_server")[0] == "/opt/x/bin/python"
+    vllm_server.check_command(settings(), "captioner")
+    assert vllm_server.resolve_command("/opt/x/bin/python -m vllm.entrypoints.openai.api_server")[0] == "/opt/x/bin/python"
 
 
-def test_missing_vllm_is_refused_with_the_install_hint(no_vllm_anywhere, monkeypatch):
-    from services.runtime.serving import device
+def test_missing_vllm_is_refused_with_the_install_hint(no_vllm_anywhere):
+    with pytest.raises(RuntimeError, match=r"captioner: .*no engine environment .*make engine-env"):
+        vllm_server.check_command(settings(vllm_command=""), "captioner")
+    with pytest.raises(RuntimeError, match="QWEN_ASR_VLLM_COMMAND names .*not an executable"):
+        vllm_server.check_command(settings(vllm_command="/nonexistent/bin/python -m vllm.entrypoints.openai.api_server"),
+                                  "asr")
 
-    with pytest.raises(RuntimeError, match=r"no `vllm` is installed next to this interpreter .*uv sync --extra cuda"):
-        vb.check_command("vllm serve")
-    with pytest.raises(RuntimeError, match="not an executable"):
-        vb.check_command("/nonexistent/bin/python -m vllm.entrypoints.openai.api_server")
-    # This interpreter's `-m vllm...`: vLLM must be importable here.
-    python = executable(no_vllm_anywhere / "venv" / "bin" / "python")
-    monkeypatch.setattr(device.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match=r"captioner: .*not installed.*uv sync --extra cuda"):
-        vb.check_command(shlex.join([python, "-m", "vllm.entrypoints.openai.api_server"]))
-    other = executable(no_vllm_anywhere / "path" / "python3")  # another interpreter: not inspected
-    vb.check_command(shlex.join([other, "-m", "vllm.entrypoints.openai.api_server"]))
+
+def test_backend_auto_is_vllm_on_cuda_only_with_the_engine_environment(no_vllm_anywhere):
+    cfg = settings(backend="auto")
+    assert not vllm_server.uses_vllm(cfg, "cuda:0")  # no engine environment: transformers
+    executable(no_vllm_anywhere / "engine" / "bin" / "python")
+    assert vllm_server.uses_vllm(cfg, "cuda:0") and vllm_server.uses_vllm(cfg, "cuda")
+    assert not vllm_server.uses_vllm(cfg, "cpu") and not vllm_server.uses_vllm(cfg, "mps")
+    assert vllm_server.uses_vllm(settings(backend="vllm"), "cpu")  # asked for: the CPU twin in the tests
+    assert not vllm_server.uses_vllm(settings(backend="transformers"), "cuda:0")
 
 
 def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_anywhere, monkeypatch):
-    """backend auto on CUDA is vLLM: without it the load fails at once with the hint (was: /health 503
-    after the weights were fetched)."""
+    """backend vllm without an engine environment: the load fails at once with the hint (not after the
+    weights were fetched); auto without it is transformers."""
     from services.captioner import service as cs
     from services.runtime.serving import modelservice
     from services.runtime.core.settings import Settings
@@ -158,12 +196,11 @@ def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_any
     monkeypatch.setattr(modelservice, "place", lambda *a: pytest.fail("placed"))
     svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
     svc.settings = Settings()
-    svc.cfg = svc.settings.captioner
-    assert svc.cfg.backend == "auto"
-    with pytest.raises(RuntimeError, match="uv sync --extra cuda"):
+    svc.cfg = svc.settings.captioner.model_copy(update={"backend": "vllm"})
+    with pytest.raises(RuntimeError, match="make engine-env"):
         svc._load()
-    monkeypatch.setattr(cs, "resolve_device", lambda preference: "cpu")  # auto off CUDA: transformers
-    assert svc.backend_for("cpu") == "transformers"
+    svc.cfg = svc.settings.captioner
+    assert svc.cfg.backend == "auto" and svc.backend_for("cuda") == "transformers"
     svc.check_settings()
 
 
@@ -171,12 +208,12 @@ def test_the_child_is_configured_from_settings(monkeypatch):
     """Port 0 means a free port; the child is told it; vLLM's usage reporting is off; only its vllm:*
     metric families are passed on."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    server = vb.vllm_server(settings(), "/m", "float32")
+    server = vb.managed(settings(), "/m", "float32")
     assert server.port > 0 and flag(server.command, "--port") == str(server.port)
     assert server.state == "stopped" and server.metric_prefixes == ("vllm:",)
     assert server.env["VLLM_NO_USAGE_STATS"] == "1" and server.env["DO_NOT_TRACK"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in server.env  # not placed on GPUs: nothing restricted
-    fixed = vb.vllm_server(settings(vllm_port=8555), "/m", "float32", gpus=["1", "3"])
+    fixed = vb.managed(settings(vllm_port=8555), "/m", "float32", gpus=["1", "3"])
     assert fixed.port == 8555 and fixed.env["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert flag(fixed.command, "--tensor-parallel-size") == "2"
 
@@ -220,7 +257,7 @@ def engine_for(port: int, state: str = "ready") -> vb.VLLMCaptionEngine:
     """The engine over the captioner's managed vLLM as configured, pointed at `port` and not started: its
     state set as the supervisor would."""
     cfg = settings(max_model_len=4096, vllm_port=port)
-    server = vb.vllm_server(cfg, "/m", "float32")
+    server = vb.managed(cfg, "/m", "float32")
     server.state = state
     return vb.VLLMCaptionEngine(server, cfg, owns_server=False)
 
@@ -335,9 +372,9 @@ def test_engine_start_places_the_child_on_its_gpus_and_serves(tmp_path, monkeypa
 
 def test_start_failure_raises_with_the_child_output():
     script = "print('ERROR ValueError: no such model', flush=True); raise SystemExit(3)"
-    with pytest.raises(RuntimeError, match=r"vLLM did not become ready: vLLM exited with code 3: .*no such model"):
+    with pytest.raises(RuntimeError, match=r"vLLM did not become ready: captioner vLLM exited with code 3: .*no such model"):
         vb.VLLMCaptionEngine.start(child_settings(script), "/nope", "float32")
-    with pytest.raises(RuntimeError, match=r"not ready after 1s \(vllm_start_timeout\)"):
+    with pytest.raises(RuntimeError, match=r"not ready after 1s \(QWEN_CAPTIONER_VLLM_START_TIMEOUT\)"):
         vb.VLLMCaptionEngine.start(child_settings("import time; time.sleep(60)", vllm_start_timeout=1.0), "/m",
                                    "float32")
 
@@ -355,6 +392,7 @@ def test_captioner_concurrency_is_set_by_its_backend_at_placement(monkeypatch, b
     from services.runtime.serving.scheduler import Scheduler
     from services.runtime.core.settings import Settings
 
+    monkeypatch.setattr(vllm_server, "engine_available", lambda settings=None: True)
     svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
     svc.settings = Settings()
     svc.cfg = svc.settings.captioner.model_copy(update={"backend": backend, "vllm_max_num_seqs": 6,

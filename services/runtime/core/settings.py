@@ -66,6 +66,27 @@ class ServiceSettings(_Base):
     rate_window_seconds: float = Field(60.0, gt=0)
 
 
+class VLLMServerSettings(ServiceSettings):
+    """Fields of a service that vLLM can serve (ASR, captioner, VL, diagram). backend auto: vLLM on CUDA when
+    the engine environment (QWEN_ENGINE_HOME) is installed, transformers in this process elsewhere. The
+    vLLM server is a child process of the model service (runtime.serving.vllm_server)."""
+
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    # Empty: the engine environment's `python -m vllm.entrypoints.openai.api_server`. Anything else is
+    # run as written (a `vllm` of your own: `vllm serve`, or another interpreter's module).
+    vllm_command: str = ""
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = Field(0, ge=0, le=65535)  # 0: a free port
+    # GPUs of one engine from the service's device on (tensor parallelism); the child sees only those
+    # (CUDA_VISIBLE_DEVICES). None: every visible GPU from the device on.
+    vllm_tensor_parallel_size: int | None = Field(1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vllm_max_num_seqs: int = Field(16, ge=1)
+    vllm_extra_args: str = ""  # appended to the command line as is (shell-split; the last flag wins)
+    vllm_start_timeout: float = Field(1800.0, gt=0)  # spawn -> /health 200 (weights load, profiling, graphs)
+    vllm_restart_backoff: float = Field(5.0, ge=0)
+
+
 class AlignerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_ALIGNER_", extra="ignore", populate_by_name=True, frozen=True)
 
@@ -92,12 +113,10 @@ class AlignerSettings(ServiceSettings):
     default_language: str | None = None
 
 
-class ASRSettings(ServiceSettings):
+class ASRSettings(VLLMServerSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_ASR_", extra="ignore", populate_by_name=True, frozen=True)
 
     model: str = "Qwen/Qwen3-ASR-1.7B"
-    # transformers in-process (any device), or vllm (CUDA: qwen_asr's vLLM backend; batches itself).
-    backend: Literal["transformers", "vllm"] = "transformers"
     # Batches running at once on one model instance (the engine makes the thinker's per-call rope_deltas
     # per-thread). With 2, one request's batches take one slot and the other stays free for another
     # request: a short clip runs beside a long file's batch instead of after it.
@@ -118,6 +137,7 @@ class ASRSettings(ServiceSettings):
     max_prompt_tokens: int = Field(1024, ge=0)
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0, le=1)  # the seed shared one T4 with TTS
     vllm_max_model_len: int = Field(4096, ge=512)
+    vllm_max_num_seqs: int = Field(32, ge=1)
     aliases: CommaList = Field(default_factory=lambda: ["qwen3-asr", "asr", "whisper-1"])
 
 
@@ -150,13 +170,11 @@ class TTSSettings(ServiceSettings):
     aliases: CommaList = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "qwen3-tts", "tts"])
 
 
-class CaptionerSettings(ServiceSettings):
+class CaptionerSettings(VLLMServerSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_CAPTIONER_", extra="ignore", populate_by_name=True,
                                       frozen=True)
 
     model: str = "Qwen/Qwen3-Omni-30B-A3B-Captioner"
-    # auto: vllm on CUDA, transformers elsewhere (CPU/MPS fallback, tiny model in tests).
-    backend: Literal["auto", "transformers", "vllm"] = "auto"
     # The model card is the authority: detail perception is best up to 30 s. Longer audio is a 413
     # unless the request asks for truncation explicitly (`truncate_audio: true`).
     max_audio_seconds: float = Field(30.0, gt=0)
@@ -170,18 +188,11 @@ class CaptionerSettings(ServiceSettings):
     # module). vLLM takes max_num_seqs at once.
     max_concurrency: int = Field(1, ge=1)
     max_queue: int = Field(16, ge=0)
-    # vLLM subprocess (the seed's knobs). A bare `vllm` command is the one installed next to this
-    # interpreter (the cuda extra), else on PATH. tensor_parallel_size None: every visible GPU from the
-    # captioner's device on; the child sees only those GPUs (CUDA_VISIBLE_DEVICES).
-    vllm_command: str = "vllm serve"
-    vllm_host: str = "127.0.0.1"
-    vllm_port: int = Field(0, ge=0, le=65535)  # 0: a free port
+    # vLLM (the seed's knobs): every visible GPU from the captioner's device on (the 30B MoE needs two
+    # 80 GB GPUs); its context is max_model_len above, for both backends.
     vllm_tensor_parallel_size: int | None = Field(None, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.95, gt=0, le=1)
     vllm_max_num_seqs: int = Field(8, ge=1)
-    vllm_extra_args: str = ""  # appended to the command line as is (shell-split)
-    vllm_start_timeout: float = Field(1800.0, gt=0)
-    vllm_restart_backoff: float = Field(5.0, ge=0)
     aliases: CommaList = Field(default_factory=lambda: ["captioner", "qwen3-omni-captioner"])
 
 
@@ -248,6 +259,9 @@ class Settings(_Base):
     services: CommaList | None = None  # None: every service this build has
     models: Literal["hub", "tiny"] = "hub"
     tiny_dir: str | None = None
+    # The engine environment (vLLM, engines/install.sh). None: /opt/qwen-engine (the CUDA image's), else
+    # .venv-engine in the project (`make engine-env`), whichever exists first.
+    engine_home: str | None = None
     model_cache: str | None = None  # HF cache dir; None: huggingface_hub's default (HF_HOME)
     torch_threads: int | None = Field(None, ge=1)  # None: torch's default (all cores)
     docs_public: bool = True  # /docs and /docs.json without the API key

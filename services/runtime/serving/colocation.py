@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from services.runtime.serving.device import cuda_index, gpu_span, uses_vllm, vllm_gpu_count
+from services.runtime.serving.device import cuda_index, gpu_span, vllm_gpu_count
+from services.runtime.serving.vllm_server import uses_vllm
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def claims(settings, keys: Sequence[str], visible: Sequence[str]) -> list[Claim]
             continue
         cfg = settings.service(key)
         env = f"QWEN_{key.upper()}_"
-        if uses_vllm(cfg, device):
+        if uses_vllm(cfg, device, settings):
             try:
                 gpus = gpu_span(device, vllm_gpu_count(cfg), visible)
             except RuntimeError:  # more GPUs than there are: the service's load says so

@@ -2,13 +2,12 @@
 
 dtype auto: bfloat16 on CUDA GPUs of compute capability 8.0 and later, float16 below (T4, V100), float32
 elsewhere. Placement differs by what runs the model (`place`): torch in this process is capped by torch's
-per-process memory fraction; a vLLM engine (in this process for the ASR, a server child for the captioner)
-is placed by restricting CUDA_VISIBLE_DEVICES to its GPUs and capped by its own gpu_memory_utilization.
+per-process memory fraction; a vLLM server child (runtime.serving.vllm_server) is placed by restricting its
+CUDA_VISIBLE_DEVICES to its GPUs and capped by its own gpu_memory_utilization.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from typing import Callable, NamedTuple, Sequence
@@ -24,18 +23,7 @@ BF16_MIN_CAPABILITY = (8, 0)
 
 # What runs a service's model (the `engine` of `place`).
 TORCH = "torch"  # torch in this process
-VLLM = "vllm"  # a vLLM engine in this process (qwen_asr's Qwen3ASRModel.LLM)
-VLLM_SERVER = "vllm-server"  # a vLLM server child process (the captioner's `vllm serve`)
-
-# vLLM comes with the `cuda` extra (vllm 0.14, Linux), which the dev environment does not install.
-VLLM_INSTALL_HINT = "install the cuda extra: `uv sync --extra cuda` (or `make serve-cuda`)"
-
-
-def require_vllm(who: str) -> None:
-    """Refuse a vLLM backend at load, before any download, when vLLM cannot be imported here."""
-    if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError(f"{who}: the vLLM backend is selected but vLLM is not installed in this environment "
-                           f"({sys.prefix}): {VLLM_INSTALL_HINT}")
+VLLM_SERVER = "vllm-server"  # a vLLM server child process (runtime.serving.vllm_server)
 
 
 def cuda_index(device: str) -> int:
@@ -189,15 +177,9 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def uses_vllm(cfg, device: str) -> bool:
-    """A service's `backend` setting on `device`: vllm, or auto on CUDA (the captioner's default)."""
-    backend = getattr(cfg, "backend", "transformers")
-    return backend == "vllm" or (backend == "auto" and device.startswith("cuda"))
-
-
 def vllm_gpu_count(cfg) -> int | None:
-    """GPUs a service's vLLM engine spans: the captioner's tensor_parallel_size (None: every visible GPU
-    from its device on), one for the ASR's."""
+    """GPUs a service's vLLM engine spans: its vllm_tensor_parallel_size (None: every visible GPU from its
+    device on; the captioner's default)."""
     return getattr(cfg, "vllm_tensor_parallel_size", 1)
 
 
@@ -228,10 +210,9 @@ def place(settings, key: str, handle, engine: Callable[[str], str] = lambda devi
     model handle for /health. `engine(device)` says what runs the model there:
 
     - TORCH: the service's GPU memory cap (torch's per-process fraction) is applied.
-    - VLLM, an engine in this process (qwen_asr): CUDA is never initialised here by placement (NVML is
-      asked instead), and CUDA_VISIBLE_DEVICES is restricted to the device's GPU now, before vLLM reads
-      it; vLLM's gpu_memory_utilization is the cap, so torch's fraction is not set (it initialises CUDA).
-    - VLLM_SERVER, a child process (the captioner): its GPUs are returned for the child's environment.
+    - VLLM_SERVER, a child process: CUDA is not initialised here by placement (NVML is asked instead);
+      its GPUs are returned for the child's environment (CUDA_VISIBLE_DEVICES), and its
+      vllm_gpu_memory_utilization is its cap.
 
     bfloat16 asked for explicitly below compute capability 8.0 is refused for vLLM (which refuses it
     itself, after the download) and warned about for torch (emulated, slow).
@@ -241,14 +222,6 @@ def place(settings, key: str, handle, engine: Callable[[str], str] = lambda devi
     cfg = settings.service(key)
     capability = None
     if device.startswith("cuda"):
-        if kind == VLLM:
-            import torch
-
-            if torch.cuda.is_initialized():
-                raise RuntimeError(
-                    f"{key}: the vLLM backend needs a process where CUDA is not initialised yet (vLLM would "
-                    "spawn its engine without qwen_asr's model registration): serve it in its own process "
-                    "(not --development), or use the transformers backend")
         capability = cuda_capability(device, init_cuda=kind == TORCH)
     dtype = dtype_for(settings.dtype_for(key), capability)
     if capability is not None and dtype == "bfloat16" and capability < BF16_MIN_CAPABILITY:
@@ -266,9 +239,5 @@ def place(settings, key: str, handle, engine: Callable[[str], str] = lambda devi
             log.warning(f"{key}: gpu_memory_fraction is ignored with vLLM; its vllm_gpu_memory_utilization "
                         "is the cap", extra={"service": key})
         gpus = gpu_span(device, vllm_gpu_count(cfg), visible_gpus())
-        if kind == VLLM and gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-            log.info(f"{key}: vLLM restricted to GPU {','.join(gpus)} (CUDA_VISIBLE_DEVICES)",
-                     extra={"service": key, "device": device})
     handle.device, handle.dtype = device, dtype
     return Placement(device, dtype, gpus)

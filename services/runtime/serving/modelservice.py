@@ -77,7 +77,7 @@ class ModelService(Generic[E]):
         raise NotImplementedError
 
     def engine_kind(self, device: str) -> str:
-        """What runs the model on `device`: device.TORCH, VLLM (in this process) or VLLM_SERVER (a child);
+        """What runs the model on `device`: device.TORCH (this process) or VLLM_SERVER (a child);
         placement differs (runtime.serving.device.place)."""
         return TORCH
 
@@ -132,8 +132,22 @@ class ModelService(Generic[E]):
         finally:
             await slot.__aexit__(None, None, None)
 
+    def _engine_state(self) -> str | None:
+        """A loaded engine's own state, when it has one: a vLLM child (runtime.serving.vllm_server) can die
+        and restart after the model loaded, and its state then wins over the handle's 'ready'."""
+        engine = self.handle.engine
+        return None if engine is None else getattr(engine, "state", None)
+
     def __is_ready__(self) -> bool:
-        return self.handle.ready
+        return self.handle.ready and self._engine_state() in (None, "ready")
+
+    async def engine_metrics(self) -> str:
+        """The engine's own Prometheus text (a vLLM child's `vllm:*`), '' when it has none or is not loaded;
+        a service exposes it as its `backend_metrics` API, which the gateway merges into /metrics."""
+        engine = self.handle.engine
+        if not self.handle.ready or engine is None or not hasattr(engine, "metrics_text"):
+            return ""
+        return await engine.metrics_text()
 
     # The keys every status_info() has (a service may add its own), for the status the gateway writes itself
     # when a service is unreachable.
@@ -142,10 +156,18 @@ class ModelService(Generic[E]):
 
     def status_info(self) -> dict:
         self._record_gpu_memory()
+        info = self.handle.info()
+        engine = self.handle.engine
+        if engine is not None:
+            info["backend"] = getattr(engine, "backend", "transformers")
+            if (state := self._engine_state()) is not None:
+                info["status"] = state
+            if callable(getattr(engine, "info", None)):  # a vLLM child: pid, port, restarts, last error
+                info["engine"] = engine.info()
         sch = self.scheduler
         if sch is None:
-            return self.handle.info()
-        return {**self.handle.info(), "concurrency_limit": sch.max_concurrency, "max_batch_size": sch.max_batch_size,
+            return info
+        return {**info, "concurrency_limit": sch.max_concurrency, "max_batch_size": sch.max_batch_size,
                 "queue_limit": sch.max_queue, "queue_depth": sch.queue_depth}
 
     def _record_gpu_memory(self) -> None:

