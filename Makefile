@@ -15,7 +15,7 @@ help:
 	@echo "make demo   - serve the whole suite offline on tiny models at http://$(HOST):$(PORT) (one process)"
 	@echo "make serve  - serve real models (HF ids or QWEN_<SVC>_MODEL paths), one process per service"
 	@echo "make serve-cuda - the same on an NVIDIA host, with the engine environment (vLLM 0.30) installed"
-	@echo "make test   - install from uv.lock and run the test suite (unit + served)"
+	@echo "make test   - install from the locks and run the test suite (unit + served, then test-engines)"
 	@echo "make test-engines - the vLLM backends on vLLM 0.30's CPU build (engines/cpu), through the gateway"
 	@echo "make bench  - benchmarks (print ratios measured in one run)"
 	@echo "make smoke-real - one request per enabled model on real weights: load time, memory, latency, tokens/s"
@@ -55,8 +55,11 @@ engine-env: $(ENGINE_HOME)/.installed-cuda
 serve-cuda: venv engine-env
 	QWEN_ENGINE_HOME=$(ENGINE_HOME) .venv/bin/bentoml serve services.gateway:Gateway --host $${HOST:-0.0.0.0} --port $(PORT)
 
+# Everything: the suite on the transformers engines, then the vLLM backends on vLLM 0.30's CPU build
+# (test-engines, ~14 min more here).
 test: venv deploy-tools sysdeps
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-engines
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -132,14 +135,19 @@ $(ENGINE_CPU_HOME)/.installed-cpu: engines/cpu/uv.lock engines/install.sh | uv
 .PHONY: engine-env-cpu
 engine-env-cpu: $(ENGINE_CPU_HOME)/.installed-cpu
 
-# The same served test modules `make test` runs on transformers (ASR, captioner, OpenAI conformance) run on a
-# session whose ASR and captioner are on vLLM (QWEN_TEST_ENGINE_BACKEND=vllm), then what only vLLM has.
-ENGINE_SUITE := tests/engines tests/served/test_asr_served.py tests/served/test_captioner_served.py \
-	tests/served/test_openai_conformance.py
+# The same served test modules `make test` runs on transformers run on sessions whose ASR and captioner, then
+# VL and diagram, are vLLM servers (QWEN_TEST_ENGINE_BACKEND=vllm; two at a time: ~5 GB each here), with what
+# only vLLM has (tests/engines). ENGINE_ARGS: more pytest arguments.
+ENGINE_RUN = QWEN_ENGINE_HOME=$(ENGINE_CPU_HOME) QWEN_TEST_ENGINE_BACKEND=vllm \
+	QWEN_TEST_START_TIMEOUT=$${QWEN_TEST_START_TIMEOUT:-900} VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	VLLM_CACHE_ROOT=$(ENGINE_CPU_HOME)/cache
+ENGINE_PYTEST = $(PY) -m pytest -q -m "engines or served" --durations=10 $(ENGINE_ARGS)
 test-engines: venv engine-env-cpu sysdeps
-	QWEN_ENGINE_HOME=$(ENGINE_CPU_HOME) QWEN_TEST_ENGINE_BACKEND=vllm QWEN_TEST_START_TIMEOUT=$${QWEN_TEST_START_TIMEOUT:-900} \
-	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} VLLM_CACHE_ROOT=$(ENGINE_CPU_HOME)/cache \
-	  $(PY) -m pytest -q -m "engines or served" --durations=15 $(ENGINE_SUITE) $(ENGINE_ARGS)
+	$(ENGINE_RUN) QWEN_TEST_VLLM_SERVICES=asr,captioner $(ENGINE_PYTEST) tests/engines/test_captioner_engine.py \
+	  tests/served/test_asr_served.py tests/served/test_captioner_served.py tests/served/test_openai_conformance.py \
+	  tests/engines/test_served_engines.py
+	$(ENGINE_RUN) QWEN_TEST_VLLM_SERVICES=vl,diagram $(ENGINE_PYTEST) tests/served/test_vision_served.py \
+	  tests/served/test_openai_conformance.py tests/engines/test_served_engines.py
 
 # deploy/: offline validation of the deployment manifests (tests/deploy/test_manifests.py).
 # kubernetes-validate (dev extra) ships the Kubernetes JSON schemas. kubectl (for kustomize) comes from

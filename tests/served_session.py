@@ -237,22 +237,27 @@ def session_env(work: Path, s3_server: str) -> dict[str, str]:
         "QWEN_BODY_READ_TIMEOUT": "5",
         # A small TTS queue keeps the recurring overload test (4x capacity) short.
         "QWEN_TTS_MAX_QUEUE": "3",
-        **engine_env(os.environ.get("QWEN_TEST_ENGINE_BACKEND", "transformers")),
+        **engine_env(),
     }
 
 
-# The services vLLM can serve, and what the engine tests give their servers on this CPU (`make test-engines`
-# sets QWEN_TEST_ENGINE_BACKEND=vllm and QWEN_ENGINE_HOME: the same served tests then run on vLLM).
-VLLM_SERVICES = ("asr", "captioner")
+def vllm_services() -> tuple[str, ...]:
+    """The services the served session runs on vLLM: none, unless the engine tests ask (`make test-engines`
+    sets QWEN_TEST_ENGINE_BACKEND=vllm, QWEN_ENGINE_HOME and QWEN_TEST_VLLM_SERVICES, two at a time: each vLLM
+    server holds ~5 GB on this CPU). The same served test modules then run on vLLM."""
+    if os.environ.get("QWEN_TEST_ENGINE_BACKEND", "transformers") != "vllm":
+        return ()
+    keys = tuple(k for k in os.environ.get("QWEN_TEST_VLLM_SERVICES", "asr,captioner").split(",") if k)
+    unknown = set(keys) - {"asr", "captioner", "vl", "diagram"}
+    if unknown:
+        raise ValueError(f"QWEN_TEST_VLLM_SERVICES: {sorted(unknown)} cannot run on vLLM")
+    return keys
 
 
-def engine_env(backend: str) -> dict[str, str]:
-    if backend == "transformers":
-        return {}
-    if backend != "vllm":
-        raise ValueError(f"QWEN_TEST_ENGINE_BACKEND must be transformers or vllm, not {backend!r}")
-    env = {"QWEN_CAPTIONER_MAX_MODEL_LEN": "2048"}
-    for key in VLLM_SERVICES:
+def engine_env() -> dict[str, str]:
+    """What the engine tests give the vLLM servers on this CPU."""
+    env = {"QWEN_CAPTIONER_MAX_MODEL_LEN": "2048"} if vllm_services() else {}
+    for key in vllm_services():
         env.update({
             f"QWEN_{key.upper()}_BACKEND": "vllm",
             # CUDA graphs are a GPU feature; four sequences keep the CPU's KV cache (VLLM_CPU_KVCACHE_SPACE) small.

@@ -17,8 +17,7 @@ import bentoml
 import numpy as np
 
 from services.runtime.codecs.chunking import Chunk, plan_chunks
-from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device
-from services.runtime.serving.vllm_server import check_command, uses_vllm
+from services.runtime.serving.device import resolve_device
 from services.runtime.codecs.audio import check_duration
 from services.runtime.core.errors import InvalidRequest, QwenError
 from services.runtime.core.languages import ASR as LANGUAGES
@@ -52,16 +51,10 @@ class ASR(ModelService[ASREngine]):
         super().__init__()
         self._listeners = Listeners()  # open streams by the gateway's ticket: `leave` cancels one
 
-    def backend_for(self, device: str) -> str:
-        return "vllm" if uses_vllm(self.cfg, device, self.settings) else "transformers"
-
     def batch_size(self, device: str) -> int:
         if self.backend_for(device) == "vllm":
             return self.cfg.max_batch_size or 32  # vLLM batches on its own: hand it big batches
         return super().batch_size(device)
-
-    def engine_kind(self, device: str) -> str:
-        return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
 
     def warmup(self, engine) -> None:
         super().warmup(engine)
@@ -69,9 +62,8 @@ class ASR(ModelService[ASREngine]):
             vad.voice_activity()  # its model, loaded now rather than by the first request
 
     def check_settings(self) -> None:
+        super().check_settings()
         vllm = self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm"
-        if vllm:
-            check_command(self.cfg, self.key)
         for warning in check_budget(self.cfg, vllm=vllm):
             log.warning(warning)
 

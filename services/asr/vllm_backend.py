@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
-
-import httpx
 
 from services.runtime.core.errors import QwenError
 from services.runtime.serving import vllm_server
-from services.runtime.serving.openai_client import CHAT_PATH, SSEDecoder, upstream_error
 from services.runtime.serving.vllm_server import VLLMBackend
 
 from .engine import ASRItem, ASRResult, OnText, QwenASRText, forced_language, padded
@@ -75,7 +71,7 @@ def chat_request(model: str, item: ASRItem, language: str | None, max_tokens: in
 
 class VLLMASREngine(QwenASRText, VLLMBackend):
     """ASR engine over the ASR's vLLM server. `transcribe` runs in the scheduler's worker thread: each item
-    is a request of its own, sent at once (vLLM batches them), over one pooled synchronous client."""
+    is a request of its own, sent at once (vLLM batches them)."""
 
     def __init__(self, server, cfg, tokenizer, *, max_new_tokens: int, owns_server: bool = True):
         VLLMBackend.__init__(self, server, cfg, model=vllm_server.served_names(cfg, "asr")[0], label=BACKEND,
@@ -83,10 +79,6 @@ class VLLMASREngine(QwenASRText, VLLMBackend):
         self.tokenizer = tokenizer
         self._read_special_tokens()
         self.max_new_tokens = max_new_tokens
-        self._http = httpx.Client(base_url=server.base_url, trust_env=False,
-                                  timeout=httpx.Timeout(float(cfg.timeout), connect=5.0),
-                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-        self._pool = ThreadPoolExecutor(max_workers=max(1, cfg.vllm_max_num_seqs), thread_name_prefix="asr-vllm")
 
     @classmethod
     def start(cls, cfg, path: str, dtype: str, *, max_new_tokens: int, gpus: list[str] | None = None
@@ -106,77 +98,26 @@ class VLLMASREngine(QwenASRText, VLLMBackend):
         if not items:
             return []
         self.require_ready()
-        jobs = [self._pool.submit(self._window, i, item, on_text) for i, item in enumerate(items)]
-        errors = []
-        results = []
-        for job in jobs:  # every request finishes (or fails) before the batch returns
-            try:
-                results.append(job.result())
-            except BaseException as exc:  # noqa: BLE001 - the first failure is the batch's
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-        return results
+        return self.run_all(lambda args: self._window(*args, on_text), list(enumerate(items)))
 
     def _window(self, index: int, item: ASRItem, on_text: OnText | None) -> ASRResult:
         language = forced_language(item.language)
         steps = self.steps([language is not None], on_text is not None,
                            lambda _row, piece, tokens: on_text(index, piece, tokens))
         steps.begin(1)
-        body = chat_request(self.model, item, language, self.max_new_tokens)
         usage: dict = {}
-        events = SSEDecoder()
-        try:
-            with self._http.stream("POST", CHAT_PATH, json=body) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise upstream_error(r.status_code, _payload(r), BACKEND)
-                for line in r.iter_lines():
-                    data = events.feed(line)
-                    if data is None:
-                        continue
-                    if data.strip() == "[DONE]":
-                        break
-                    usage = self._chunk(steps, data) or usage
-        except httpx.HTTPError as exc:
-            raise self.client.unreachable(exc) from exc
+        for chunk in self.stream_chat(chat_request(self.model, item, language, self.max_new_tokens)):
+            for choice in (chunk.get("choices") or [])[:1]:
+                for entry in ((choice.get("logprobs") or {}).get("content") or []):
+                    m = TOKEN_ID.match(str(entry.get("token", "")))
+                    if m is None:
+                        raise QwenError(f"{BACKEND} sent a token without its id (return_tokens_as_token_ids)",
+                                        code="backend_error")
+                    steps.add(0, int(m.group(1)), float(entry.get("logprob") or 0.0))
+            if steps.streams is not None:
+                steps.decode()
+            usage = chunk.get("usage") or usage
         ids = steps.ids(0)
         raw = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         emit = (lambda piece, tokens: on_text(index, piece, tokens)) if on_text else None
         return self.row_result(steps, 0, ids, raw, language, int(usage.get("prompt_tokens") or 0), emit)
-
-    def _chunk(self, steps, data: str) -> dict | None:
-        """One streamed chunk: its tokens into `steps` (which streams their text); its usage, if any."""
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise QwenError(f"{BACKEND} sent a malformed event: {exc}", code="backend_error") from exc
-        if "error" in chunk and not chunk.get("choices"):
-            err = chunk["error"]
-            status = err.get("code") if isinstance(err, dict) else None
-            raise upstream_error(status if isinstance(status, int) else 500, chunk, BACKEND)
-        for choice in (chunk.get("choices") or [])[:1]:
-            for entry in ((choice.get("logprobs") or {}).get("content") or []):
-                m = TOKEN_ID.match(str(entry.get("token", "")))
-                if m is None:
-                    raise QwenError(f"{BACKEND} sent a token without its id (return_tokens_as_token_ids)",
-                                    code="backend_error")
-                steps.add(0, int(m.group(1)), float(entry.get("logprob") or 0.0))
-        if steps.streams is not None:
-            steps.decode()
-        return chunk.get("usage")
-
-    def warmup(self) -> None:
-        """Nothing to do: the server answers /health only after its own profiling and warm-up."""
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
-        await VLLMBackend.close(self)
-
-
-def _payload(r: httpx.Response):
-    try:
-        return r.json()
-    except ValueError:
-        return r.text

@@ -11,8 +11,6 @@ import numpy as np
 
 from services.runtime.core.settings import get_settings
 from services.runtime.edge.remote import guarded
-from services.runtime.serving.device import TORCH, VLLM_SERVER, resolve_device
-from services.runtime.serving.vllm_server import check_command, uses_vllm
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
 
 from .contract import GenParams
@@ -32,9 +30,6 @@ _CFG = get_settings().captioner
 class Captioner(ModelService[CaptionEngine]):
     key = "captioner"
 
-    def backend_for(self, device: str) -> str:
-        return "vllm" if uses_vllm(self.cfg, device, self.settings) else "transformers"
-
     def batch_size(self, device: str) -> int:
         return 1
 
@@ -42,14 +37,6 @@ class Captioner(ModelService[CaptionEngine]):
         # vLLM schedules max_num_seqs at once and queues the rest itself (admission stays ours); the
         # thinker runs one generation at a time.
         return self.cfg.vllm_max_num_seqs if self.backend_for(device) == "vllm" else 1
-
-    def engine_kind(self, device: str) -> str:
-        return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
-
-    def check_settings(self) -> None:
-        # Refuse a vLLM that cannot start now, not after 60 GB of weights.
-        if self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm":
-            check_command(self.cfg, self.key)
 
     def load_engine(self, path: str, device: str, dtype: str) -> CaptionEngine:
         if self.backend_for(device) == "vllm":

@@ -79,6 +79,14 @@ class Diagram(VisionService):
             log.warning("LoRA adapter not loaded: serving without it", extra={"problem": problem})
         if not adapters:
             log.warning("no LoRA adapter loaded: the base model serves every request (health: degraded)")
+        if self.backend_for(device) == "vllm":
+            from services.vl.vllm_backend import VLLMVisionEngine
+
+            if self.cfg.merge_single_adapter:
+                log.info("QWEN_DIAGRAM_MERGE_SINGLE_ADAPTER does not apply on vLLM (LoRA per request costs nothing)")
+            return VLLMVisionEngine.start(self.cfg, self.key, path, dtype, adapters=adapters,
+                                          configured_default=self.cfg.default_adapter,
+                                          gpus=self.placement.gpus if self.placement else None)
         engine = VisionLanguageEngine.load(path, device, dtype, model_class="Qwen3VLForConditionalGeneration",
                                            replicas=self.cfg.max_concurrency, adapters=adapters,
                                            default_adapter=self.cfg.default_adapter,
@@ -109,6 +117,11 @@ class Diagram(VisionService):
             info["failed_adapters"] = engine.failed
             info["default_adapter"] = engine.default_adapter
         return info
+
+    @bentoml.api
+    async def backend_metrics(self) -> str:
+        """The backend's own Prometheus text (vLLM's), merged into the gateway's /metrics."""
+        return await self.engine_metrics()
 
     @bentoml.api
     @guarded("diagram")

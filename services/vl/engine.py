@@ -113,6 +113,32 @@ def attach_adapters(model, adapters: dict[str, str]) -> tuple[Any, list[str], di
     return (peft_model if peft_model is not None else model), loaded, failed
 
 
+def resolve_adapter(engine, name: str | None) -> str | None:
+    """The adapter an item runs with on `engine` (its `adapters`, `failed`, `default_adapter`, `merged`; None:
+    the base model). ValueError for unknown names, AdapterUnavailable for a configured adapter that is not
+    served (the default one included). One rule for both engines (transformers + peft, vLLM + LoRA)."""
+    if name is None or name == "":
+        name = engine.default_adapter
+        if name is None:
+            return None
+    elif name == BASE:
+        if engine.merged:
+            raise ValueError("the base model is not available: the single adapter is merged into it")
+        return None
+    if name in engine.failed:
+        raise AdapterUnavailable(f"adapter {name!r} is not available: {engine.failed[name]}")
+    if name not in engine.adapters:
+        known = ", ".join(engine.adapters + ([] if engine.merged else [BASE])) or "none loaded"
+        raise ValueError(f"unknown adapter {name!r}; available: {known}")
+    return name
+
+
+def choose_default_adapter(configured: str | None, adapters) -> str | None:
+    """The configured default, else one named "default", else the first found; chosen among all configured
+    adapters, so a request that would have gone to a failed one is refused, never sent elsewhere."""
+    return configured or ("default" if "default" in adapters else next(iter(adapters), None))
+
+
 @dataclass
 class VLItem:
     messages: list[dict]  # chat-template messages; image parts are {"type": "image"}
@@ -191,9 +217,7 @@ class VisionLanguageEngine:
             models.append(model)
         processor = AutoProcessor.from_pretrained(path)
         merged = merge_single and len(loaded) == 1
-        # The configured default, else one named "default", else the first found; chosen among all configured
-        # adapters, so a request that would have gone to a failed one is refused, never sent elsewhere.
-        default = default_adapter or ("default" if "default" in adapters else next(iter(adapters), None))
+        default = choose_default_adapter(default_adapter, adapters)
         if default is not None and default not in loaded and default not in failed:
             failed[default] = "the configured default adapter is not among the adapters found"
         return cls(models, processor, adapters=loaded, default_adapter=default, merged=merged, failed=failed,
@@ -201,22 +225,7 @@ class VisionLanguageEngine:
 
     # -- validation -----------------------------------------------------------------------------------
     def resolve_adapter(self, name: str | None) -> str | None:
-        """The adapter an item runs with (None: the base model). ValueError for unknown names,
-        AdapterUnavailable for a configured adapter that is not served (the default one included)."""
-        if name is None or name == "":
-            name = self.default_adapter
-            if name is None:
-                return None
-        elif name == BASE:
-            if self.merged:
-                raise ValueError("the base model is not available: the single adapter is merged into it")
-            return None
-        if name in self.failed:
-            raise AdapterUnavailable(f"adapter {name!r} is not available: {self.failed[name]}")
-        if name not in self.adapters:
-            known = ", ".join(self.adapters + ([] if self.merged else [BASE])) or "none loaded"
-            raise ValueError(f"unknown adapter {name!r}; available: {known}")
-        return name
+        return resolve_adapter(self, name)
 
     # -- generation -----------------------------------------------------------------------------------
     def _prepare(self, items: Sequence[VLItem]):

@@ -26,7 +26,12 @@ class VisionService(ModelService[VisionLanguageEngine]):
     """Shared by `vl` and `diagram`: generate (batched), stream, status."""
 
     def engine_concurrency(self, device: str) -> int:
-        return self.cfg.max_concurrency  # one model replica per concurrent generation
+        return self.cfg.max_concurrency  # one model replica per concurrent generation (vLLM: batches at once)
+
+    def batch_size(self, device: str) -> int:
+        if self.backend_for(device) == "vllm":
+            return self.cfg.vllm_max_num_seqs  # vLLM batches every generation it is given at each step
+        return super().batch_size(device)
 
     def _run_batch(self, items: list[VLItem]) -> list[VisionResult]:
         return self.handle.get().generate_batch(items)
@@ -76,6 +81,11 @@ class VL(VisionService):
     key = "vl"
 
     def load_engine(self, path: str, device: str, dtype: str) -> VisionLanguageEngine:
+        if self.backend_for(device) == "vllm":
+            from .vllm_backend import VLLMVisionEngine
+
+            return VLLMVisionEngine.start(self.cfg, self.key, path, dtype,
+                                          gpus=self.placement.gpus if self.placement else None)
         return VisionLanguageEngine.load(path, device, dtype, model_class="Qwen2_5_VLForConditionalGeneration",
                                          replicas=self.cfg.max_concurrency, threads=self.settings.torch_threads,
                                          image_pixels=self.cfg.image_pixels)
@@ -83,6 +93,11 @@ class VL(VisionService):
     @bentoml.api
     async def status(self) -> dict:
         return self.status_info()
+
+    @bentoml.api
+    async def backend_metrics(self) -> str:
+        """The backend's own Prometheus text (vLLM's), merged into the gateway's /metrics."""
+        return await self.engine_metrics()
 
     @bentoml.api
     @guarded("vl")

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
+import os
+import time
 
+import httpx
 import openai
 import pytest
 from PIL import Image
@@ -145,6 +149,24 @@ def test_concurrent_chat_requests_are_batched(served):
     assert items == 4 and calls < items, (items, calls)
 
 
+@contextlib.contextmanager
+def engine_held(served, key: str):
+    """While inside, a vLLM server child of `key` is stopped (SIGSTOP): its requests wait as a slow engine's
+    would, whatever the engine's speed (vLLM on the tiny model drains a queue faster than a burst arrives).
+    Nothing to hold on the in-process engine, which is slower than the burst by itself."""
+    import signal
+
+    engine = httpx.get(served.url + "/health", timeout=30).json()["services"][key].get("engine") or {}
+    pid = engine.get("pid")
+    if pid:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_burst_beyond_the_queue_gets_429_with_retry_after(served):
     def one(i):
         with served.client() as c:
@@ -152,7 +174,12 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(served):
                           files={"image": ("a.png", png(64 + i, 64))})
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(one, range(12)))
+        with engine_held(served, "vl"):
+            futures = [pool.submit(one, i) for i in range(12)]
+            # The refusals come while the engine is held (capacity: a batch of 4 running + 4 queued).
+            concurrent.futures.wait(futures, timeout=60, return_when=concurrent.futures.FIRST_COMPLETED)
+            time.sleep(2)
+        responses = [f.result() for f in futures]
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
     for r in responses:

@@ -35,18 +35,21 @@ def settings(monkeypatch, **env) -> Settings:
 
 
 def test_make_serve_defaults_on_one_gpu_are_refused(monkeypatch):
-    """`make serve` on a one-GPU host with the engine environment: the captioner's vLLM takes 0.95 of GPU 0
-    up front and the ASR's 0.45; two vLLM servers cannot both start there, so the start is refused with
-    the settings to change; the four other models land on the same GPU without a cap."""
+    """`make serve` on a one-GPU host with the engine environment: four vLLM servers would each take their
+    share of GPU 0 up front (ASR 0.45, captioner 0.95, VL and diagram 0.9), which cannot all start there,
+    so the start is refused with the settings to change; the two torch models land there uncapped."""
     findings = colocation.check(settings(monkeypatch), ALL, ["0"])
     assert [(f.level, f.gpu) for f in findings] == [("error", "0")]
     message = findings[0].message
     assert "captioner (0.95, QWEN_CAPTIONER_VLLM_GPU_MEMORY_UTILIZATION)" in message
-    assert "asr (0.45, QWEN_ASR_VLLM_GPU_MEMORY_UTILIZATION)" in message and "1.40" in message
-    for key in ("aligner", "tts", "diagram", "vl"):
+    assert "asr (0.45, QWEN_ASR_VLLM_GPU_MEMORY_UTILIZATION)" in message and "3.20" in message
+    for key in ("vl", "diagram"):
+        assert f"{key} (0.9, QWEN_{key.upper()}_VLLM_GPU_MEMORY_UTILIZATION)" in message
+    for key in ("aligner", "tts"):
         assert f"{key} (uncapped)" in message
-    # The captioner elsewhere: the ASR's vLLM beside uncapped torch models is a warning, not a refusal.
-    findings = colocation.check(settings(monkeypatch, QWEN_CAPTIONER_DEVICE="cuda:1"), ALL, ["0", "1"])
+    # The speech services alone (QWEN_SERVICES=aligner,asr,tts): the ASR's vLLM beside uncapped torch models
+    # is a warning, not a refusal.
+    findings = colocation.check(settings(monkeypatch), ["aligner", "asr", "tts"], ["0"])
     assert [(f.level, f.gpu) for f in findings] == [("warning", "0")]
     colocation.refuse(findings)  # a warning does not refuse
 
@@ -61,7 +64,8 @@ def test_without_the_engine_environment_auto_runs_torch_and_is_judged_so(monkeyp
 
 
 def test_tensor_parallel_over_every_gpu_collides_only_where_the_others_are(monkeypatch):
-    findings = colocation.check(settings(monkeypatch, QWEN_ASR_BACKEND="transformers"), ALL, ["0", "1"])
+    torch_only = {f"QWEN_{k.upper()}_BACKEND": "transformers" for k in ("asr", "vl", "diagram")}
+    findings = colocation.check(settings(monkeypatch, **torch_only), ALL, ["0", "1"])
     assert [(f.level, f.gpu) for f in findings] == [("warning", "0")]  # GPU 1: the captioner alone
     tp1 = settings(monkeypatch, QWEN_CAPTIONER_VLLM_TENSOR_PARALLEL_SIZE="1", QWEN_CAPTIONER_DEVICE="cuda:1")
     assert [(f.gpu, "captioner" in f.message) for f in colocation.check(tp1, ALL, ["0", "1"])] == [("0", False)]
@@ -116,6 +120,12 @@ def test_the_reference_gpu_layout_has_no_collision(monkeypatch):
     assert by_service == {"captioner": ("0", "1"), "vl": ("2",), "diagram": ("2",), "aligner": ("2",),
                           "asr": ("3",), "tts": ("3",)}
     assert colocation.check(s, ALL, visible) == []
+    # Each share stands whichever backend runs it (the image's engine environment, or the fallback).
+    claimed = {c.service: c.setting for c in colocation.claims(s, ALL, visible)}
+    assert claimed["vl"] == "QWEN_VL_VLLM_GPU_MEMORY_UTILIZATION" and claimed["asr"].endswith("VLLM_GPU_MEMORY_UTILIZATION")
+    for key in ("vl", "diagram", "asr"):
+        s = settings(monkeypatch, **{f"QWEN_{key.upper()}_BACKEND": "transformers"})
+        assert colocation.check(s, ALL, visible) == []
 
 
 def test_the_gateway_refuses_an_over_committed_gpu_and_shows_warnings_in_health(monkeypatch):

@@ -12,7 +12,8 @@ import pytest
 
 from services.asr import vllm_backend as asr_vllm
 from services.captioner import vllm_backend as vb
-from services.runtime.core.settings import ASRSettings, CaptionerSettings
+from services.runtime.core.settings import ASRSettings, CaptionerSettings, DiagramSettings, VLSettings
+from services.vl import vllm_backend as vl_vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm"
@@ -59,12 +60,20 @@ def commands(dtype: str) -> dict[str, list[str]]:
     cap = CaptionerSettings(vllm_command="vllm serve", vllm_host="0.0.0.0", vllm_port=8000, vllm_tensor_parallel_size=2,
                             vllm_gpu_memory_utilization=0.9, vllm_max_num_seqs=4, max_model_len=8192,
                             aliases=["captioner", "omni"])
+    from services import tiny
+
     asr = ASRSettings(vllm_command="vllm serve", vllm_port=8001)
+    adapters = {p.name: str(p) for p in sorted((tiny.ensure("diagram") / "adapters").iterdir())}
+    pixels = {"min_pixels": 3136, "max_pixels": 1003520}
     return {"captioner": vb.build_command(cap, "/models/captioner", dtype, 8000, tensor_parallel_size=2),
-            "asr": asr_vllm.managed(asr, "/models/asr", dtype).command}
+            "asr": asr_vllm.managed(asr, "/models/asr", dtype).command,
+            "vl": vl_vllm.managed(VLSettings(vllm_command="vllm serve", vllm_port=8002), "vl", "/models/vl", dtype,
+                                  pixels=pixels).command,
+            "diagram": vl_vllm.managed(DiagramSettings(vllm_command="vllm serve", vllm_port=8003), "diagram",
+                                       "/models/diagram", dtype, adapters=adapters, pixels=pixels).command}
 
 
-@pytest.mark.parametrize("service", ["captioner", "asr"])
+@pytest.mark.parametrize("service", ["captioner", "asr", "vl", "diagram"])
 @pytest.mark.parametrize("dtype", ["auto", "float32", "float16", "bfloat16"])
 def test_every_flag_of_each_command_is_a_vllm_serve_option(service, dtype):
     cmd = commands(dtype)[service]
@@ -75,6 +84,13 @@ def test_every_flag_of_each_command_is_a_vllm_serve_option(service, dtype):
     for f in emitted:  # values of options with fixed choices are among them
         if options[f] is not None:
             assert cmd[cmd.index(f) + 1] in options[f], f
+
+
+def test_the_diagram_command_serves_its_adapters():
+    """LoRA on, so the check above covers its flags too; the rank cap is among the parser's choices."""
+    cmd = commands("auto")["diagram"]
+    assert {"--enable-lora", "--lora-modules", "--max-lora-rank", "--max-loras"} <= set(flags_of(cmd))
+    assert cmd[cmd.index("--max-lora-rank") + 1] in serve_options()["--max-lora-rank"]
 
 
 def test_every_dtype_placement_can_choose_is_a_vllm_dtype():

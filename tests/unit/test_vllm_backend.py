@@ -192,7 +192,7 @@ def test_captioner_refuses_a_missing_vllm_before_placing_or_fetching(no_vllm_any
     from services.runtime.serving import modelservice
     from services.runtime.core.settings import Settings
 
-    monkeypatch.setattr(cs, "resolve_device", lambda preference: "cuda")
+    monkeypatch.setattr(modelservice, "resolve_device", lambda preference: "cuda")
     monkeypatch.setattr(modelservice, "place", lambda *a: pytest.fail("placed"))
     svc = cs.Captioner.inner.__new__(cs.Captioner.inner)
     svc.settings = Settings()

@@ -196,7 +196,7 @@ class CaptionerSettings(VLLMServerSettings):
     aliases: CommaList = Field(default_factory=lambda: ["captioner", "qwen3-omni-captioner"])
 
 
-class VLSettings(ServiceSettings):
+class VLSettings(VLLMServerSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_VL_", extra="ignore", populate_by_name=True, frozen=True)
 
     model: str = Field("Qwen/Qwen2.5-VL-3B-Instruct", validation_alias=env("QWEN_VL_MODEL", "MODEL_NAME"))
@@ -221,10 +221,14 @@ class VLSettings(ServiceSettings):
     max_new_tokens_limit: int = Field(2048, ge=1)
     max_prompt_chars: int = Field(8000, ge=1)
     rate_limit: int = Field(10, ge=0)  # the seed's 10 per minute per client on /generate, now on every VL route
+    # vLLM backend: its context (prompt with every image's tokens + output) and images per prompt (vLLM
+    # profiles its memory for that many at the pixel budget).
+    vllm_max_model_len: int = Field(8192, ge=256)
+    vllm_max_images: int = Field(4, ge=1)
     aliases: CommaList = Field(default_factory=lambda: ["qwen2.5-vl", "vl"])
 
 
-class DiagramSettings(ServiceSettings):
+class DiagramSettings(VLLMServerSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN_DIAGRAM_", extra="ignore", populate_by_name=True,
                                       frozen=True)
 
@@ -247,6 +251,8 @@ class DiagramSettings(ServiceSettings):
     image_pixels: int = Field(1280 * 32 * 32, ge=0)
     prompt: str = ("Recognise the process diagram in the image. Return only a markdown table of its steps in "
                    "order, with the columns: № | Step | Role.")
+    vllm_max_model_len: int = Field(8192, ge=256)
+    vllm_max_images: int = Field(4, ge=1)
     aliases: CommaList = Field(default_factory=lambda: ["diagram", "qwen3-vl"])
 
 

@@ -42,9 +42,13 @@ def guarded(service: str):
 # A pooled keep-alive connection the callee closed while idle (its server's idle timeout is shorter
 # than the client's) fails on first use, before the call reached the model: seen after a burst, as an
 # aiohttp ClientOSError / ServerDisconnectedError. Model calls have no side effects, so such a failure is
-# tried once more on a fresh connection; a callee that is really gone fails again at once.
+# tried again. After a burst several pooled connections can have expired together, and the next try may
+# take another of them (seen: a retry failing the same way, a 503 to the client): up to STALE_RETRIES
+# tries, each failed connection leaving the pool. A callee that is really gone refuses the connection
+# (not one of these errors) and fails at once.
 _STALE_CONNECTION = ("ClientOSError", "ServerDisconnectedError", "ClientConnectionResetError",
                      "ConnectionResetError", "BrokenPipeError")
+STALE_RETRIES = 4
 
 
 async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[Any]], into: type[M] | None = None) -> Any:
@@ -55,11 +59,13 @@ async def call(service: str, request: Awaitable[Any] | Callable[[], Awaitable[An
     if not callable(request):
         result = await _call(service, request, retry_stale=False)
     else:
-        try:
-            result = await _call(service, request(), retry_stale=True)
-        except _StaleConnection:
-            log.info("stale connection to a model service, retrying once", extra={"service": service})
-            result = await _call(service, request(), retry_stale=False)
+        for attempt in range(STALE_RETRIES + 1):
+            try:
+                result = await _call(service, request(), retry_stale=attempt < STALE_RETRIES)
+                break
+            except _StaleConnection:
+                log.info("stale connection to a model service, retrying", extra={"service": service,
+                                                                                "attempt": attempt + 1})
     return result if into is None else _into(service, into, result)
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar, Generic, TypeVar
 
-from services.runtime.serving.device import TORCH, Placement, place
+from services.runtime.serving.device import TORCH, VLLM_SERVER, Placement, place, resolve_device
 from services.runtime.serving.lifecycle import ModelHandle
 from services.runtime.core.logging import configure as configure_logging
 from services.runtime.serving.scheduler import Scheduler
 from services.runtime.core.settings import ServiceSettings, get_settings
+from services.runtime.serving.vllm_server import check_command, uses_vllm
 
 E = TypeVar("E")
 
@@ -76,14 +77,23 @@ class ModelService(Generic[E]):
     def load_engine(self, path: str, device: str, dtype: str) -> E:
         raise NotImplementedError
 
+    def backend_for(self, device: str) -> str:
+        """What serves the model on `device`: "vllm" (a server child from the engine environment, for the
+        services whose settings have a `backend`: runtime.serving.vllm_server.uses_vllm) or "transformers"
+        (this process)."""
+        return "vllm" if uses_vllm(self.cfg, device, self.settings) else "transformers"
+
     def engine_kind(self, device: str) -> str:
         """What runs the model on `device`: device.TORCH (this process) or VLLM_SERVER (a child);
         placement differs (runtime.serving.device.place)."""
-        return TORCH
+        return VLLM_SERVER if self.backend_for(device) == "vllm" else TORCH
 
     def check_settings(self) -> None:
         """Refuse (raise) settings this model cannot serve, before anything is fetched or placed: the
-        load fails with the reason in /health."""
+        load fails with the reason in /health. A vLLM backend that cannot start here (no engine
+        environment) is refused now, not after the weights are downloaded."""
+        if self.backend_for(resolve_device(self.settings.device_for(self.key))) == "vllm":
+            check_command(self.cfg, self.key)
 
     def warmup(self, engine: E) -> None:
         engine.warmup()  # type: ignore[attr-defined]

@@ -84,11 +84,34 @@ def upstream_error(status: int, payload, name: str = "backend") -> QwenError:
     return QwenError(f"{name} error ({status}): {msg}", code="backend_error")
 
 
-def _json_or_text(r: httpx.Response):
+def json_or_text(r: httpx.Response):
     try:
         return r.json()
     except ValueError:
         return r.text
+
+
+def answer_json(r: httpx.Response, name: str) -> dict:
+    """A (not streamed) answer's JSON object; an error answer, or one that is not a JSON object, raised as ours."""
+    payload = json_or_text(r)
+    if r.status_code != 200:
+        raise upstream_error(r.status_code, payload, name)
+    if not isinstance(payload, dict):
+        raise QwenError(f"{name} answered with something that is not JSON", code="backend_error")
+    return payload
+
+
+def parse_chunk(data: str, name: str) -> dict:
+    """One streamed chunk's JSON; an error event (raised mid-stream) or malformed data raised as ours."""
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise QwenError(f"{name} sent a malformed event: {exc}", code="backend_error") from exc
+    if "error" in chunk and not chunk.get("choices"):
+        err = chunk["error"]
+        status = err.get("code") if isinstance(err, dict) else None
+        raise upstream_error(status if isinstance(status, int) else 500, chunk, name)
+    return chunk
 
 
 # -- chat completions --------------------------------------------------------------------------------------
@@ -123,14 +146,7 @@ class ChatStream:
         """One event's data -> its text deltas; None at [DONE]."""
         if data.strip() == "[DONE]":
             return None
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise QwenError(f"{self._client.name} sent a malformed event: {exc}", code="backend_error") from exc
-        if "error" in chunk and not chunk.get("choices"):  # an error raised mid-stream
-            err = chunk["error"]
-            status = err.get("code") if isinstance(err, dict) else None
-            raise upstream_error(status if isinstance(status, int) else 500, chunk, self._client.name)
+        chunk = parse_chunk(data, self._client.name)
         out: list[str] = []
         for choice in (chunk.get("choices") or [])[:1]:
             text = (choice.get("delta") or {}).get("content") or ""
@@ -149,7 +165,7 @@ class ChatStream:
             async with c.http().stream("POST", self._path, json=self._body) as r:
                 if r.status_code != 200:
                     await r.aread()
-                    raise upstream_error(r.status_code, _json_or_text(r), c.name)
+                    raise upstream_error(r.status_code, json_or_text(r), c.name)
                 async for data in aiter_sse(r.aiter_lines()):
                     texts = self.feed(data)
                     if texts is None:
@@ -191,12 +207,7 @@ class OpenAIClient:
             r = await self.http().post(path, json=body)
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from exc
-        payload = _json_or_text(r)
-        if r.status_code != 200:
-            raise upstream_error(r.status_code, payload, self.name)
-        if not isinstance(payload, dict):
-            raise QwenError(f"{self.name} answered with something that is not JSON", code="backend_error")
-        return payload
+        return answer_json(r, self.name)
 
     async def chat(self, body: dict, path: str = CHAT_PATH) -> ChatResult:
         """A chat completion (body without stream): its first choice."""

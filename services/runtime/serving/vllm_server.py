@@ -25,17 +25,21 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from services.runtime.core.logging import get_logger
 from services.runtime.core.settings import get_settings
 from services.runtime.serving import device
 from services.runtime.serving.engine_supervisor import ManagedEngine, free_port
-from services.runtime.serving.openai_client import OpenAIClient
+from services.runtime.serving.openai_client import (CHAT_PATH, OpenAIClient, SSEDecoder, answer_json, json_or_text,
+                                                    parse_chunk, upstream_error)
 
 log = get_logger("vllm")
 
@@ -201,8 +205,9 @@ def audio_data_url(audio: np.ndarray, sample_rate: int) -> str:
 # -- what every vLLM engine has ---------------------------------------------------------------------------
 class VLLMBackend:
     """The part of a service's vLLM engine that is the same for all: the managed server (`server`: state,
-    ready, error, info, metrics_text, close), an OpenAI client to it (`client`), the served name requests
-    use (`model`) and the name a client sees in errors (`label`, a 503 while the child restarts)."""
+    ready, error, info, metrics_text, close), an async OpenAI client to it (`client`), a synchronous one for
+    engines called from worker threads (`post_chat`, `stream_chat`, `run_all`), the served name requests use
+    (`model`) and the name a client sees in errors (`label`, a 503 while the child restarts)."""
 
     backend = "vllm"
 
@@ -213,6 +218,8 @@ class VLLMBackend:
         self.label = label
         self.client = OpenAIClient(server.base_url, timeout=cfg.timeout, name=label)
         self._owns_server = owns_server
+        self._http: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def state(self) -> str:
@@ -235,12 +242,70 @@ class VLLMBackend:
     def warmup(self) -> None:
         """Nothing to do: the server answers /health only after its own profiling and warm-up."""
 
+    # -- synchronous requests, for engines called in worker threads ------------------------------------------
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.server.base_url, trust_env=False,
+                                      timeout=httpx.Timeout(float(self.cfg.timeout), connect=5.0),
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        return self._http
+
+    def run_all(self, fn, args: Sequence) -> list:
+        """fn(arg) for every arg at once (one request each: vLLM batches them), results in order; every call
+        ends before this returns, and the first failure is raised."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.vllm_max_num_seqs),
+                                            thread_name_prefix=f"{self.label}-calls")
+        jobs = [self._pool.submit(fn, a) for a in args]
+        results, errors = [], []
+        for job in jobs:
+            try:
+                results.append(job.result())
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return results
+
+    def post_chat(self, body: dict) -> dict:
+        """A chat completion (not streamed): the server's JSON; its errors as ours."""
+        try:
+            r = self.http().post(CHAT_PATH, json=body)
+        except httpx.HTTPError as exc:
+            raise self.client.unreachable(exc) from exc
+        return answer_json(r, self.label)
+
+    def stream_chat(self, body: dict, cancel: threading.Event | None = None) -> Iterator[dict]:
+        """The chunks of a streamed chat completion, parsed; an error answer or event raised as ours. A set
+        `cancel` closes the request (vLLM aborts a request whose client left)."""
+        events = SSEDecoder()
+        try:
+            with self.http().stream("POST", CHAT_PATH, json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise upstream_error(r.status_code, json_or_text(r), self.label)
+                for line in r.iter_lines():
+                    if cancel is not None and cancel.is_set():
+                        return
+                    data = events.feed(line)
+                    if data is None:
+                        continue
+                    if data.strip() == "[DONE]":
+                        return
+                    yield parse_chunk(data, self.label)
+        except httpx.HTTPError as exc:
+            raise self.client.unreachable(exc) from exc
+
     async def metrics_text(self) -> str:
         """vLLM's own series (`vllm:*`) from the child's /metrics: its process_*/python_* families would
         duplicate ours in the merged exposition. '' when unreachable."""
         return await self.server.metrics_text()
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._http is not None:
+            self._http.close()
         await self.client.aclose()
         if self._owns_server:
             await asyncio.to_thread(self.server.close)
