@@ -4,6 +4,7 @@ counters), and its chat handler."""
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +19,7 @@ from services.vl.contract import VisionItem
 from services.vl.routes import chat_for, generate_one, load_image, token_budget, wire_image
 
 from .contract import SeedStats
+from .tables import complete_table, table_columns, table_constraint
 
 router = APIRouter(tags=["vision"])
 ROUTES = ("/infer", "/infer/stats")
@@ -29,6 +31,11 @@ class InferForm(BaseModel):
     adapter: str | None = Field(None, description="LoRA adapter name; 'base' for none; default: the first loaded")
     prompt: str | None = Field(None, max_length=8000, description="default: the diagram-to-table instruction")
     max_new_tokens: int | None = Field(None, ge=1)
+    format: Literal["table", "text"] = Field(
+        "table", description="table: a markdown table with `columns`, decoding held to its grammar (always "
+                             "parses; a row cut by the token budget is dropped); text: free text")
+    columns: str | None = Field(None, max_length=800,
+                                description="comma-separated table columns; default QWEN_DIAGRAM_TABLE_COLUMNS")
 
 
 @router.post("/infer", summary="Diagram image -> markdown table of its steps (multipart `file`)",
@@ -45,14 +52,20 @@ async def infer(request: Request, gw=Depends(gateway)) -> Response:
     req = validate(InferForm, form_fields(form, "file"))
     data = await read_upload(upload, max_bytes=cfg.max_image_bytes, param="file")
     t0 = time.perf_counter()
+    columns = table_columns(req.columns.split(",") if req.columns else None, cfg.table_columns, "columns") \
+        if req.format == "table" else None
     img = await load_image(gw, cfg, data=data, url=None, param="file", url_param="file")
     item = VisionItem.prompt(req.prompt or cfg.prompt, [wire_image(img)],
-                             max_new_tokens=token_budget(cfg, req.max_new_tokens), adapter=req.adapter)
+                             max_new_tokens=token_budget(cfg, req.max_new_tokens), adapter=req.adapter,
+                             constraint=table_constraint(columns) if columns else None)
     out = await generate_one(gw, "diagram", item)
+    text = complete_table(out.text, columns) if columns else out.text
     status = await gw.service_status("diagram")
     return JSONResponse({
-        "description": out.text,
+        "description": text,
         "metadata": {
+            "format": req.format,
+            **({"columns": columns} if columns else {}),
             "inference_time": round(time.perf_counter() - t0, 4),
             "generation_time": out.generate_seconds,
             "image_size": list(img.original_size),
@@ -72,4 +85,4 @@ async def stats(gw=Depends(gateway)) -> JSONResponse:
     return JSONResponse(stats.model_dump(exclude_unset=True))
 
 
-CHAT = ChatHandler(handle=chat_for("diagram"))
+CHAT = ChatHandler(handle=chat_for("diagram"), structured=True)

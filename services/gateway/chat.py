@@ -17,14 +17,16 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.gateway.deps import gateway
 from services.gateway.registry import model_key
+from services.diagram.tables import table_columns, table_constraint
+from services.runtime.core.errors import InvalidRequest
 from services.runtime.core.logging import get_logger
 from services.runtime.edge import remote
 from services.runtime.edge.http import read_json_object, validate
-from services.runtime.serving.generation import Completion, Delta
+from services.runtime.serving.generation import Completion, Constraint, Delta
 
 log = get_logger("chat")
 
@@ -52,6 +54,49 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    """OpenAI's response_format.json_schema."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format (text, json_object, json_schema), and `table`, an extension: a markdown
+    table with `columns` (default: the diagram model's configured ones), held to its grammar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema", "table"]
+    json_schema: JSONSchemaFormat | None = None
+    columns: list[str] | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only there")
+        if self.columns is not None and self.type != "table":
+            raise ValueError("columns go with type table")
+        return self
+
+    def constraint(self, default_columns: list[str] | None) -> Constraint | None:
+        """The decoding constraint it asks for (None: free text). A schema-less json_schema or json_object
+        is any JSON object."""
+        if self.type == "text":
+            return None
+        if self.type == "table":
+            return table_constraint(self.columns_for(default_columns))
+        schema = (self.json_schema.schema_ if self.json_schema else None) or {"type": "object"}
+        return Constraint(kind="json_schema", spec=json.dumps(schema))
+
+    def columns_for(self, default_columns: list[str] | None) -> list[str]:
+        return table_columns(self.columns, default_columns, "response_format.columns")
+
+
 class ChatRequest(BaseModel):
     """OpenAI's fields in OpenAI's order; `top_k` and `truncate_audio` are extensions."""
 
@@ -69,6 +114,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     truncate_audio: bool = Field(False, description="captioner: cut audio to the limit instead of a 413")
+    response_format: ResponseFormat | None = None
 
     @property
     def token_limit(self) -> int | None:
@@ -78,6 +124,7 @@ class ChatRequest(BaseModel):
 @dataclass
 class ChatHandler:
     handle: Callable[[Any, ChatRequest], Awaitable[Response]]  # (gateway, request) -> Response
+    structured: bool = False  # takes response_format json_object / json_schema / table
 
 
 def new_id() -> str:
@@ -147,6 +194,10 @@ def make_router(settings, handlers: dict[str, ChatHandler]) -> APIRouter:
     async def chat(request: Request, gw=Depends(gateway)) -> Response:
         req = validate(ChatRequest, await read_json_object(request))
         key = model_key(settings, handlers, req.model)
+        fmt = req.response_format
+        if fmt is not None and fmt.type != "text" and not handlers[key].structured:
+            raise InvalidRequest(f"response_format {fmt.type!r} is not supported for model {req.model!r} (text only)",
+                                 param="response_format", code="unsupported_parameter")
         await gw.rate_limit(key, request)  # the model's per-client limit, whatever the door
         return await handlers[key].handle(gw, req)
 

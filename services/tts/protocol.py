@@ -26,3 +26,6 @@ class SpeechRequest(BaseModel):
         None, description="stream while synthesising: raw audio bytes, or SSE speech.audio.delta events")
     stream: bool = Field(False, description="alias of stream_format=audio")
     language: str | None = Field(None, description="output language (auto when omitted); overrides the model suffix")
+    timestamps: bool = Field(False, description="word timings by the forced aligner (extension): with stream_format "
+                                                "sse, speech.audio.words events; not streamed, a JSON answer with "
+                                                "the audio (base64) and its words")

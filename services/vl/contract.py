@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.runtime.serving.generation import Completion
+from services.runtime.serving.generation import Completion, Constraint
 
 
 class Part(BaseModel):
@@ -50,6 +50,7 @@ class VisionItem(BaseModel):
     top_p: float | None = None
     top_k: int | None = None  # None, 0 or -1: off
     adapter: str | None = None  # diagram: a LoRA adapter, "base", or None (the default adapter)
+    constraint: Constraint | None = None  # structured generation (a table grammar, a JSON schema); None: free text
 
     @model_validator(mode="after")
     def _one_image_per_image_part(self) -> "VisionItem":

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from services.runtime.serving.generation import Usage
+from services.runtime.serving.generation import Constraint, Usage, xgrammar
 
 from .contract import VisionItem, VisionResult
 
@@ -139,6 +139,22 @@ def choose_default_adapter(configured: str | None, adapters) -> str | None:
     return configured or ("default" if "default" in adapters else next(iter(adapters), None))
 
 
+class GrammarCache:
+    """xgrammar's compiler for one model's vocabulary (the logits' width, which Qwen pads past the
+    tokenizer's length; the model's stop ids end a finished grammar); it caches what it compiled."""
+
+    def __init__(self, tokenizer, model, stop_ids):
+        xgr = xgrammar()
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab, stop_token_ids=sorted(stop_ids))
+        self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+
+    def compile(self, constraint: Constraint):
+        if constraint.kind == "ebnf":
+            return self._compiler.compile_grammar(constraint.spec)
+        return self._compiler.compile_json_schema(constraint.spec, any_whitespace=False)
+
+
 @dataclass
 class VLItem:
     messages: list[dict]  # chat-template messages; image parts are {"type": "image"}
@@ -148,6 +164,7 @@ class VLItem:
     top_p: float | None = None
     top_k: int | None = None  # None, 0 or -1: off
     adapter: str | None = None  # diagram: adapter name, BASE, or None (the engine's default)
+    constraint: Constraint | None = None  # structured generation (VisionItem.constraint)
 
     @property
     def cost(self) -> int:
@@ -161,7 +178,8 @@ class VLItem:
         from services.runtime.codecs.images import from_wire
 
         return cls(item.template_messages(), [from_wire(a) for a in item.images], max_new_tokens=item.max_new_tokens,
-                   temperature=item.temperature, top_p=item.top_p, top_k=item.top_k, adapter=item.adapter)
+                   temperature=item.temperature, top_p=item.top_p, top_k=item.top_k, adapter=item.adapter,
+                   constraint=item.constraint)
 
 
 class VisionLanguageEngine:
@@ -188,6 +206,8 @@ class VisionLanguageEngine:
         eos = gen_cfg.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.convert_tokens_to_ids("<|im_end|>")}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos_ids)
+        self._grammar_cache: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()  # replicas' worker threads may ask for it at once
 
     @classmethod
     def load(cls, path: str, device: str, dtype: str, *, model_class: str, replicas: int = 1,
@@ -235,6 +255,17 @@ class VisionLanguageEngine:
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True,
                               padding_side="left", **self.image_kwargs)
 
+    def _constraint(self, model, constraint: Constraint | None) -> dict:
+        """generate's logits processor holding decoding to `constraint` (xgrammar; a new processor per call:
+        it keeps each row's matcher state), {} for free text."""
+        if constraint is None:
+            return {}
+        with self._grammar_lock:
+            if self._grammar_cache is None:
+                self._grammar_cache = GrammarCache(self.processor.tokenizer, model, self.eos_ids)
+            compiled = self._grammar_cache.compile(constraint)
+        return {"logits_processor": [xgrammar().contrib.hf.LogitsProcessor(compiled)]}
+
     def _sampling(self, item: VLItem) -> dict:
         return sampling_kwargs(item.temperature, item.top_p, item.top_k)
 
@@ -258,12 +289,12 @@ class VisionLanguageEngine:
         groups: dict[tuple, list[int]] = {}
         resolved = [self.resolve_adapter(it.adapter) for it in items]
         for i, it in enumerate(items):
-            key = (resolved[i], tuple(sorted(self._sampling(it).items(), key=lambda kv: kv[0])))
+            key = (resolved[i], it.constraint, tuple(sorted(self._sampling(it).items(), key=lambda kv: kv[0])))
             groups.setdefault(key, []).append(i)
         out: list[VisionResult | None] = [None] * len(items)
         model = self._free.get()
         try:
-            for (adapter, _), idx in groups.items():
+            for (adapter, _constraint, _), idx in groups.items():
                 group = [items[i] for i in idx]
                 for i, r in zip(idx, self._generate_group(model, group, adapter)):
                     out[i] = r
@@ -280,7 +311,7 @@ class VisionLanguageEngine:
         t0 = time.perf_counter()
         with torch.inference_mode(), self._adapter_ctx(model, adapter):
             ids = model.generate(**inputs, max_new_tokens=budget, pad_token_id=self.pad_id,
-                                 **self._sampling(group[0]))
+                                 **self._constraint(model, group[0].constraint), **self._sampling(group[0]))
         dt = time.perf_counter() - t0
         results = []
         tok = self.processor.tokenizer
@@ -306,7 +337,8 @@ class VisionLanguageEngine:
             def run(streamer, criteria):
                 with self._torch.inference_mode(), self._adapter_ctx(model, adapter):
                     return model.generate(**inputs, max_new_tokens=item.max_new_tokens, pad_token_id=self.pad_id,
-                                          streamer=streamer, stopping_criteria=criteria, **self._sampling(item))
+                                          streamer=streamer, stopping_criteria=criteria,
+                                          **self._constraint(model, item.constraint), **self._sampling(item))
 
             ids = stream_generate(run, self.processor.tokenizer, emit, cancel)
         finally:

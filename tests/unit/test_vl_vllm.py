@@ -55,6 +55,10 @@ def test_server_flags_carry_the_pixel_budget_and_image_limit():
     assert json.loads(flag(cmd, "--limit-mm-per-prompt")) == {"image": 3, "video": 0}
     assert json.loads(flag(cmd, "--mm-processor-kwargs")) == {"min_pixels": 3136, "max_pixels": 1003520}
     assert flag(cmd, "--max-model-len") == "8192" and "--enable-lora" not in cmd
+    # constraints compiled as on transformers: xgrammar, JSON without free whitespace (vLLM refuses that
+    # option with its default backend "auto")
+    assert json.loads(flag(cmd, "--structured-outputs-config")) == {"backend": "xgrammar",
+                                                                    "disable_any_whitespace": True}
     i = cmd.index("--served-model-name")
     assert cmd[i + 1:i + 4] == ["Qwen/Qwen2.5-VL-3B-Instruct", "qwen2.5-vl", "vl"]
 
@@ -80,6 +84,23 @@ def test_chat_request_keeps_the_turns_images_and_decoding():
                                           top_k=20), stream=True)
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 20)
     assert sampled["stream_options"] == {"include_usage": True}
+    assert "structured_outputs" not in sampled and "response_format" not in sampled
+
+
+def test_a_constraint_travels_as_structured_outputs():
+    """vLLM >= 0.12 reads `structured_outputs` (the old guided_* fields are silently ignored)."""
+    from services.diagram.tables import table_constraint
+    from services.runtime.serving.generation import Constraint
+
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "t"}]}]
+    table = table_constraint(["a", "b"])
+    body = vb.chat_request("m", VLItem(msgs, [], max_new_tokens=3, constraint=table), stream=False)
+    assert body["structured_outputs"] == {"grammar": table.spec}
+    schema = {"type": "object", "properties": {"x": {"enum": [1, 2]}}, "required": ["x"]}
+    body = vb.chat_request("m", VLItem(msgs, [], max_new_tokens=3,
+                                       constraint=Constraint(kind="json_schema", spec=json.dumps(schema))),
+                           stream=True)
+    assert body["structured_outputs"] == {"json": schema}
 
 
 @pytest.fixture

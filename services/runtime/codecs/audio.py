@@ -102,3 +102,39 @@ def decode_audio(
         samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
     np.clip(samples, -1.0, 1.0, out=samples)
     return DecodedAudio(samples, sample_rate)
+
+
+class Resampler:
+    """Mono float32 from one rate to another, chunk by chunk (ffmpeg's resampler through PyAV, the decoder's
+    own): for audio that arrives in pieces (synthesized speech, a realtime stream). `flush()` gives the
+    resampler's last samples."""
+
+    def __init__(self, rate: int, to_rate: int):
+        import av
+
+        self.rate, self.to_rate = rate, to_rate
+        self._r = None if rate == to_rate else av.AudioResampler(format="flt", layout="mono", rate=to_rate)
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+        if self._r is None or samples.size == 0:
+            return samples
+        import av
+
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        return self._out(self._r.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        return np.zeros(0, np.float32) if self._r is None else self._out(self._r.resample(None))
+
+    @staticmethod
+    def _out(frames) -> np.ndarray:
+        parts = [f.to_ndarray().reshape(-1) for f in frames]
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """Whole mono float32 audio at `to_rate`."""
+    r = Resampler(rate, to_rate)
+    return np.concatenate([r.feed(samples), r.flush()])

@@ -251,6 +251,9 @@ class DiagramSettings(VLLMServerSettings):
     image_pixels: int = Field(1280 * 32 * 32, ge=0)
     prompt: str = ("Recognise the process diagram in the image. Return only a markdown table of its steps in "
                    "order, with the columns: № | Step | Role.")
+    # /infer answers a markdown table with these columns by default (decoding held to its grammar, so the
+    # answer always parses); a request's `columns` replaces them, `format=text` asks for free text.
+    table_columns: CommaList = Field(default_factory=lambda: ["№", "Step", "Role"])
     vllm_max_model_len: int = Field(8192, ge=256)
     vllm_max_images: int = Field(4, ge=1)
     aliases: CommaList = Field(default_factory=lambda: ["diagram", "qwen3-vl"])
