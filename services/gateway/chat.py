@@ -98,7 +98,7 @@ class ResponseFormat(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """OpenAI's fields in OpenAI's order; `top_k` and `truncate_audio` are extensions."""
+    """OpenAI's fields in OpenAI's order; `top_k`, `truncate_audio` and `caption_windows` are extensions."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -114,6 +114,8 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
     truncate_audio: bool = Field(False, description="captioner: cut audio to the limit instead of a 413")
+    caption_windows: bool = Field(False, description="captioner: audio past the limit as a timeline of "
+                                                     "windows, one caption each")
     response_format: ResponseFormat | None = None
 
     @property

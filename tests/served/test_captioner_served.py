@@ -90,6 +90,28 @@ def test_longer_audio_is_413_or_truncated_on_request(oai, served):
     assert cut.usage.prompt_tokens - ten.usage.prompt_tokens < 13 * (45 - 12) - 13 * 5
 
 
+def test_long_audio_as_a_timeline_whole_and_streamed(oai, served):
+    """caption_windows (extension): the 45 s file is two windows (≤ 30 s, cut at a quiet point), each
+    captioned as its own clip: the SDK's response carries the timeline beside the text, and the stream
+    one delta per window, in order, with the same text."""
+    url = {"type": "audio_url", "audio_url": {"url": f"{served.media_url}/long.mp3"}}
+    r = oai.chat.completions.create(model="captioner", messages=audio_msg(url), max_tokens=3,
+                                    extra_body={"caption_windows": True})
+    timeline = r.choices[0].message.timeline  # the SDK keeps fields it does not know
+    assert [e["index"] for e in timeline] == [0, 1] and timeline[0]["start"] == 0
+    assert timeline[0]["end"] == timeline[1]["start"] and 44 < timeline[1]["end"] <= 45.5
+    assert all(0 < e["end"] - e["start"] <= 30 for e in timeline)
+    assert r.choices[0].message.content.startswith("[0:00.0–") and r.choices[0].message.content.count("\n\n[") == 1
+    assert r.usage.completion_tokens <= 2 * 3 and r.usage.prompt_tokens > 13 * 40  # every window's audio
+    chunks = list(oai.chat.completions.create(model="captioner", messages=audio_msg(url), max_tokens=3, stream=True,
+                                              stream_options={"include_usage": True},
+                                              extra_body={"caption_windows": True}))
+    windows = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.model_extra.get("window")]
+    assert [d.model_extra["window"]["index"] for d in windows] == [0, 1]
+    assert [d.model_extra["window"]["end"] for d in windows] == [e["end"] for e in timeline]
+    assert chunks[-1].usage.completion_tokens <= 6
+
+
 @pytest.mark.parametrize("messages, code", [
     ([{"role": "user", "content": "describe this"}], "text_not_supported"),
     ([{"role": "system", "content": "You are helpful"}, {"role": "user", "content": [{"type": "input_audio",

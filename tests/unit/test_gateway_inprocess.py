@@ -843,3 +843,75 @@ def test_speech_timestamps_are_refused_where_they_cannot_be_given():
     assert no_aligner.status_code == 400 and no_aligner.json()["error"]["code"] == "timestamps_unavailable"
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "timestamps"
     assert services["tts"].calls == [] and both["tts"].calls == []
+
+
+def gapped_tone(seconds: float, gaps: list[float], rate: int = 16000) -> bytes:
+    """A loud tone with 1-s silences starting at `gaps` (seconds), as 16-bit wav."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.5 * np.sin(2 * np.pi * 330 * t)
+    for g in gaps:
+        x[int(g * rate):int((g + 1) * rate)] = 0
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((x * 32767).astype(np.int16).tobytes())
+    return buf.getvalue()
+
+
+def test_long_audio_becomes_a_timeline_of_windows_cut_at_quiet_points():
+    """caption_windows: 75 s with silences at 24-25 s and 47-48 s -> three windows cut inside the silences,
+    each captioned as its own clip (at most window_concurrency at once, and really two at once), answered
+    in order as text and as `timeline`, usage summed; streamed, one delta per window with its times."""
+    import asyncio
+
+    running, most = 0, 0
+
+    async def complete(audio, params: GenParams):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05 * (1 + len(audio) % 3))  # windows finish out of order
+        running -= 1
+        return Completion(text=f" {len(audio)} samples ", finish_reason="length" if len(audio) < 380000 else "stop",
+                          usage=Usage(prompt_tokens=10, completion_tokens=2)).model_dump()
+
+    cap = Fake(complete=complete)
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(gapped_tone(75, [24, 47])).decode(),
+                                                    "format": "wav"}}
+    body = {"model": "captioner", "caption_windows": True, "messages": [{"role": "user", "content": [part]}]}
+    with client({"captioner": cap}) as c:
+        r = c.post("/v1/chat/completions", json=body)
+        s = c.post("/v1/chat/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+        plain = c.post("/v1/chat/completions", json={k: v for k, v in body.items() if k != "caption_windows"})
+    assert r.status_code == 200, r.text
+    timeline = r.json()["choices"][0]["message"]["timeline"]
+    assert [e["index"] for e in timeline] == [0, 1, 2]
+    assert timeline[0]["start"] == 0 and timeline[-1]["end"] == 75.0
+    assert all(a["end"] == b["start"] for a, b in zip(timeline, timeline[1:]))  # contiguous, in order
+    assert 24 <= timeline[0]["end"] <= 25 and 47 <= timeline[1]["end"] <= 48  # cut where it is quiet
+    assert all(e["end"] - e["start"] <= 30 for e in timeline)
+    sizes = [len(k["audio"]) for name, k in cap.calls[:3]]
+    assert [e["text"] for e in timeline] == [f"{n} samples" for n in sizes]  # each window its own clip
+    assert sum(sizes) == 75 * 16000 and most == 2  # two windows at once, never more
+    content = r.json()["choices"][0]["message"]["content"]
+    assert content.split("\n\n")[0] == f"[0:00.0–{timeline[0]['end'] // 60:.0f}:{timeline[0]['end'] % 60:04.1f}] " \
+                                        f"{sizes[0]} samples"
+    assert r.json()["usage"] == {"prompt_tokens": 30, "completion_tokens": 6, "total_tokens": 36}
+    assert r.json()["choices"][0]["finish_reason"] == "length"  # the middle window was cut
+    events = sse_events(s)
+    windows_ = [e["choices"][0]["delta"] for e in events if e["choices"] and "window" in e["choices"][0]["delta"]]
+    assert [d["window"]["index"] for d in windows_] == [0, 1, 2]
+    assert "".join(d["content"] for d in windows_) == content
+    assert events[-1]["usage"]["total_tokens"] == 36 and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert plain.status_code == 413 and plain.json()["error"]["code"] == "audio_too_long"
+
+
+def test_a_timeline_has_its_own_length_cap():
+    cap = captioner()
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav(12.0)).decode(), "format": "wav"}}
+    with client({"captioner": cap}, Settings(services=["captioner"], captioner={"max_windowed_seconds": 10})) as c:
+        r = c.post("/v1/chat/completions", json={"model": "captioner", "caption_windows": True,
+                                                 "messages": [{"role": "user", "content": [part]}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long" and cap.calls == []

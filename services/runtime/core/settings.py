@@ -178,6 +178,11 @@ class CaptionerSettings(VLLMServerSettings):
     # The model card is the authority: detail perception is best up to 30 s. Longer audio is a 413
     # unless the request asks for truncation explicitly (`truncate_audio: true`).
     max_audio_seconds: float = Field(30.0, gt=0)
+    # Longer audio when the request asks for a timeline (`caption_windows: true`): cut into windows of at
+    # most max_audio_seconds at quiet points, one caption each, up to this length in all; at most
+    # window_concurrency windows of one request are captioned at once (others' requests interleave).
+    max_windowed_seconds: float = Field(600.0, gt=0)
+    window_concurrency: int = Field(2, ge=1)
     # The seed's request defaults; max_tokens is also capped by the context left after the prompt.
     temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
