@@ -144,8 +144,8 @@ ENGINE_RUN = QWEN_ENGINE_HOME=$(ENGINE_CPU_HOME) QWEN_TEST_ENGINE_BACKEND=vllm \
 ENGINE_PYTEST = $(PY) -m pytest -q -m "engines or served" --durations=10 $(ENGINE_ARGS)
 test-engines: venv engine-env-cpu sysdeps
 	$(ENGINE_RUN) QWEN_TEST_VLLM_SERVICES=asr,captioner $(ENGINE_PYTEST) tests/engines/test_captioner_engine.py \
-	  tests/served/test_asr_served.py tests/served/test_captioner_served.py tests/served/test_openai_conformance.py \
-	  tests/engines/test_served_engines.py
+	  tests/served/test_asr_served.py tests/served/test_realtime_served.py tests/served/test_captioner_served.py \
+	  tests/served/test_openai_conformance.py tests/engines/test_served_engines.py
 	$(ENGINE_RUN) QWEN_TEST_VLLM_SERVICES=vl,diagram $(ENGINE_PYTEST) tests/served/test_vision_served.py \
 	  tests/served/test_openai_conformance.py tests/engines/test_served_engines.py
 

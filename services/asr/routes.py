@@ -22,11 +22,13 @@ from services.runtime.core.logging import get_logger
 from services.runtime.edge import remote
 from services.runtime.serving import vad
 
+from . import realtime
 from .contract import TextDelta, TranscribeOptions
 from .contract import events as asr_events
 from .protocol import Segment, TranscriptionRequest, TranscriptionVerbose, Word, compression_ratio, segment_tokens
 
 router = APIRouter(tags=["audio"], route_class=FormRoute)
+router.include_router(realtime.router)  # WebSocket /v1/realtime?intent=transcription
 log = get_logger("asr")
 
 Ctx = tuple[TranscriptionRequest, bytes]
@@ -155,5 +157,5 @@ async def _stream(gw, ctx: Ctx) -> Response:
     return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-ROUTES = ("/v1/audio/transcriptions",) + add_task_routes(
+ROUTES = ("/v1/audio/transcriptions",) + realtime.ROUTES + add_task_routes(
     router, path="/v1/audio/transcriptions", kind="transcription", parse=_parse_task, run=_run, render=_render)

@@ -25,6 +25,7 @@ class GatewayState:
         self.services = dict(services)
         self.enabled = list(self.services)
         self.placement = list(placement)
+        self.realtime_sessions = 0  # open realtime WebSocket sessions (services.asr.realtime)
         url = settings.state_url.get_secret_value() if settings.state_url else None
         self.store = open_store(url, timeout=settings.state_timeout)
         self.tasks = TaskStore(self.store, ttl=settings.task_ttl_seconds, max_tasks=settings.max_tasks,

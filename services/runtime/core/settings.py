@@ -135,6 +135,17 @@ class ASRSettings(VLLMServerSettings):
     # Longest `prompt` (the model's context), in tokens; longer is a 400. With the vLLM backend every
     # window must fit vllm_max_model_len (template + prompt + audio + output): checked at load.
     max_prompt_tokens: int = Field(1024, ge=0)
+    # Realtime transcription (WebSocket /v1/realtime?intent=transcription), per gateway process: sessions
+    # open at once (more: 429 at the handshake), a session's length, the longest turn (server VAD commits
+    # a turn at this length; a manual buffer cannot grow past it), how fast audio may arrive (times real
+    # time, over a burst of realtime_burst_seconds), and turns transcribing at once per session (beyond
+    # it the socket is not read: the client's sends wait).
+    realtime_max_sessions: int = Field(16, ge=1)
+    realtime_max_session_seconds: float = Field(1800.0, gt=0)
+    realtime_max_turn_seconds: float = Field(60.0, gt=1)
+    realtime_audio_rate: float = Field(4.0, gt=0)
+    realtime_burst_seconds: float = Field(30.0, gt=0)
+    realtime_max_pending: int = Field(2, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.45, gt=0, le=1)  # the seed shared one T4 with TTS
     vllm_max_model_len: int = Field(4096, ge=512)
     vllm_max_num_seqs: int = Field(32, ge=1)

@@ -67,7 +67,9 @@ class EdgeMiddleware:
         self._public = frozenset(p for p in public if not p.endswith("/*"))
         self._public_prefixes = tuple(p[:-1] for p in public if p.endswith("/*"))
 
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+    def _authorized(self, headers: dict[bytes, bytes], subprotocols: list[str] = ()) -> bool:
+        """The key from X-API-Key or Authorization: Bearer; on a WebSocket also from the subprotocol browsers
+        send it in (they cannot set headers): `openai-insecure-api-key.<key>`, as OpenAI's clients do."""
         if self._key is None:
             return True
         presented = headers.get(b"x-api-key")
@@ -75,6 +77,9 @@ class EdgeMiddleware:
             auth = headers.get(b"authorization", b"")
             if auth[:7].lower() == b"bearer ":
                 presented = auth[7:].strip()
+        if presented is None:
+            presented = next((p[len(KEY_SUBPROTOCOL):].encode() for p in subprotocols
+                              if p.startswith(KEY_SUBPROTOCOL)), None)
         if not presented:
             return False
         return hmac.compare_digest(presented, self._key)
@@ -87,6 +92,8 @@ class EdgeMiddleware:
         return self._docs_public and (path in DOC_PATHS or path.startswith(DOC_PREFIXES))
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -173,6 +180,34 @@ class EdgeMiddleware:
             request_id_var.reset(token)
 
 
+    async def _websocket(self, scope, receive, send):
+        """A WebSocket handshake: the same key rule as every route (401 before the socket opens), a request
+        id, and the session counted under its route (in flight while open; one request when it ends)."""
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        route = _route_label(path, self._routes)
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        token = request_id_var.set(rid if _RID_OK.match(rid) else uuid.uuid4().hex)
+        m = metrics()
+        try:
+            if not self._is_open(path) and not self._authorized(headers, list(scope.get("subprotocols") or [])):
+                m.requests.labels(route, "WEBSOCKET", "401").inc()
+                return await deny_websocket(scope, receive, send, Unauthorized(
+                    "missing or invalid API key: send Authorization: Bearer, X-API-Key, or the subprotocol "
+                    f"{KEY_SUBPROTOCOL}<key>"))
+            m.in_flight.labels(route).inc()
+            t0 = time.perf_counter()
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                dt = time.perf_counter() - t0
+                m.in_flight.labels(route).dec()
+                m.requests.labels(route, "WEBSOCKET", "101").inc()
+                m.latency.labels(route, "WEBSOCKET").observe(dt)
+                log.info("websocket session", extra={"route": route, "duration_ms": round(dt * 1000, 1)})
+        finally:
+            request_id_var.reset(token)
+
     def _refuse_body(self, headers: dict[bytes, bytes]) -> QwenError | None:
         """413 for a declared length over the cap, before a byte of the body is read."""
         declared = headers.get(b"content-length")
@@ -209,6 +244,27 @@ class EdgeMiddleware:
             return message
 
         return timed, state
+
+
+# The WebSocket subprotocol that carries an API key (browsers cannot set headers on a WebSocket).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+async def deny_websocket(scope, receive, send, err: QwenError) -> None:
+    """Refuse a WebSocket handshake with `err`'s status and envelope (ASGI's websocket.http.response, which
+    uvicorn offers), or, on a server without it, close it with 1008 (policy) / 1013 (try again later)."""
+    message = await receive()  # websocket.connect: the handshake request, answered below
+    if message.get("type") != "websocket.connect":
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        raw = json.dumps(err.envelope()).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+        hdrs += [(k.lower().encode(), v.encode()) for k, v in err.headers().items()]
+        await send({"type": "websocket.http.response.start", "status": err.status, "headers": hdrs})
+        await send({"type": "websocket.http.response.body", "body": raw})
+    else:
+        await send({"type": "websocket.close", "code": 1013 if err.status in (429, 503) else 1008,
+                    "reason": err.message[:120]})
 
 
 async def send_json(send, status: int, body: dict, extra_headers: list | None = None) -> None:
