@@ -1,4 +1,5 @@
-// The playground: four panels over the gateway's public API, plain browser JavaScript (no build, no CDN).
+// The playground: a panel per service over the gateway's public API, plain browser JavaScript (no build,
+// no CDN).
 // Every call sends the key typed in the header as X-API-Key; errors are the gateway's one envelope,
 // {"error": {"message", "type", "param", "code"}}, shown in the panel that made the call.
 "use strict";
@@ -125,9 +126,70 @@ function objectUrl(slot, blob) {
   return url;
 }
 
+// The image picked in `input` shown in `preview` (an <img>), or the audio in a player: at once, locally.
+function showPicked(input, preview, slot) {
+  input.addEventListener("change", () => {
+    if (!input.files[0]) return;
+    preview.src = objectUrl(slot, input.files[0]);
+    preview.hidden = false;
+  });
+}
+
 function playQuietly(audio) {
   // Browsers may refuse autoplay; the controls are there.
   audio.play().catch(() => {});
+}
+
+// ---------------------------------------------------------------- words lighting up as audio plays
+
+const clock = (t) => `${Math.floor(t / 60)}:${(t % 60).toFixed(1).padStart(4, "0")}`;
+
+// `words` ({word, start, end} in seconds of `player`'s audio) as spans; the one being said is lit and those
+// said are marked as `player` plays (or is seeked); clicking a word plays from it. `container.dataset.now`
+// is the index of the lit word (-1: none) for tests.
+function showWords(container, words, player) {
+  container.replaceChildren(...words.map((w, i) => {
+    const span = document.createElement("span");
+    span.className = "word";
+    span.dataset.testid = "word";
+    span.dataset.index = i;
+    span.dataset.start = w.start;
+    span.dataset.end = w.end;
+    span.title = `${clock(w.start)} – ${clock(w.end)}`;
+    span.textContent = w.word;
+    return span;
+  }).flatMap((span, i) => (i ? [" ", span] : [span])));
+  container.dataset.now = -1;
+  const update = () => {
+    const t = player.currentTime;
+    let now = -1;
+    for (const span of container.querySelectorAll(".word")) {
+      const start = Number(span.dataset.start);
+      const said = start <= t;
+      span.classList.toggle("spoken", said);
+      const lit = said && t < Math.max(Number(span.dataset.end), start + 0.05);
+      span.classList.toggle("now", lit);
+      if (lit) now = Number(span.dataset.index);
+    }
+    container.dataset.now = now;
+  };
+  if (!player.dataset.wordsWired) {
+    player.dataset.wordsWired = "1";
+    const tick = () => {
+      player.wordsUpdate?.();
+      if (!player.paused && !player.ended) requestAnimationFrame(tick);
+    };
+    for (const event of ["timeupdate", "seeked", "loadedmetadata"]) player.addEventListener(event, () => player.wordsUpdate?.());
+    player.addEventListener("play", () => requestAnimationFrame(tick));
+    container.addEventListener("click", (event) => {
+      const span = event.target.closest(".word");
+      if (!span) return;
+      player.currentTime = Number(span.dataset.start);
+      playQuietly(player);
+    });
+  }
+  player.wordsUpdate = update;
+  update();
 }
 
 // ---------------------------------------------------------------- alignment: karaoke lyrics
@@ -273,6 +335,8 @@ function setupAlign() {
 
 // ---------------------------------------------------------------- speech
 
+const MEDIA_TYPES = { mp3: "audio/mpeg", wav: "audio/wav", opus: "audio/ogg", flac: "audio/flac" };
+
 async function loadVoices() {
   const select = $("#tts-voice");
   const body = await (await api("/v1/audio/voices")).json();
@@ -298,12 +362,25 @@ function setupSpeech() {
       const format = $("#tts-format").value;
       need(input.trim(), "type some text first");
       need(voice, "no voice to choose: use your API key first");
+      const timed = $("#tts-timed").checked && Boolean(config.services.aligner);
       const response = await api("/v1/audio/speech", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ model: config.services.tts.model, input, voice, response_format: format }),
+        body: JSON.stringify({ model: config.services.tts.model, input, voice, response_format: format,
+          ...(timed ? { timestamps: true } : {}) }),
       });
-      const blob = await response.blob();
+      const words = $("#tts-words");
+      words.replaceChildren();
+      let blob;
+      if (timed) {  // JSON: the audio (base64) and its words
+        const body = await response.json();
+        need(typeof body.audio === "string" && Array.isArray(body.words), "unexpected answer: no audio or words");
+        const bytes = Uint8Array.from(atob(body.audio), (c) => c.charCodeAt(0));
+        blob = new Blob([bytes], { type: MEDIA_TYPES[format] || "application/octet-stream" });
+        showWords(words, body.words, audio);
+      } else {
+        blob = await response.blob();
+      }
       audio.src = objectUrl("speech", blob);
       playQuietly(audio);
       const download = $("#tts-download");
@@ -346,6 +423,20 @@ async function* sseEvents(response) {
   }
 }
 
+// A streamed chat completion: `onDelta(delta)` for each choice delta; the finish reason and usage at the end.
+async function readChat(response, onDelta) {
+  let finish = null;
+  let usage = null;
+  for await (const chunk of sseEvents(response)) {
+    const choice = (chunk.choices || [])[0];
+    if (choice?.delta) onDelta(choice.delta);
+    if (choice?.finish_reason) finish = choice.finish_reason;
+    if (chunk.usage) usage = chunk.usage;
+  }
+  need(finish, "the stream ended early");
+  return { finish, usage };
+}
+
 function setupCaption() {
   const panel = $("#panel-caption");
   const output = $("#caption-text");
@@ -365,20 +456,32 @@ function setupCaption() {
           model: config.services.captioner.model,
           stream: true,
           stream_options: { include_usage: true },
+          ...($("#caption-windows").checked ? { caption_windows: true } : {}),
           messages: [{ role: "user", content: [
             { type: "input_audio", input_audio: { data: await readDataUrl(file), format: extension.toLowerCase() } },
           ] }],
         }),
       });
-      let finish = null;
-      let usage = null;
-      for await (const chunk of sseEvents(response)) {
-        const choice = (chunk.choices || [])[0];
-        if (choice?.delta?.content) output.textContent += choice.delta.content;
-        if (choice?.finish_reason) finish = choice.finish_reason;
-        if (chunk.usage) usage = chunk.usage;
-      }
-      need(finish, "the caption stream ended early");
+      const timeline = $("#caption-timeline");
+      timeline.replaceChildren();
+      const { finish, usage } = await readChat(response, (delta) => {
+        if (delta.window) {  // caption_windows: one delta per window, with its times
+          const li = document.createElement("li");
+          li.dataset.testid = "caption-window";
+          li.dataset.start = delta.window.start;
+          li.dataset.end = delta.window.end;
+          const span = document.createElement("span");
+          span.className = "span";
+          span.textContent = `${clock(delta.window.start)} – ${clock(delta.window.end)}`;
+          const text = document.createElement("span");
+          text.className = "text";
+          text.textContent = String(delta.content || "").replace(/^\s*\[[^\]]*\]\s*/, "").trim();
+          li.append(span, text);
+          timeline.append(li);
+        } else if (delta.content) {
+          output.textContent += delta.content;
+        }
+      });
       meta.textContent = [`finish: ${finish}`, usage && `${usage.completion_tokens} tokens`].filter(Boolean).join(" · ");
     });
   });
@@ -430,14 +533,9 @@ function renderTable({ header, rows }) {
 function setupDiagram() {
   const panel = $("#panel-diagram");
   const input = $("#diagram-file");
-  const preview = $("#diagram-preview");
   const result = $("#diagram-result");
   const meta = $("#diagram-meta");
-  input.addEventListener("change", () => {
-    if (!input.files[0]) return;
-    preview.src = objectUrl("diagram", input.files[0]);
-    preview.hidden = false;
-  });
+  showPicked(input, $("#diagram-preview"), "diagram");
   $("#diagram-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runPanel(panel, async () => {
@@ -464,6 +562,215 @@ function setupDiagram() {
       const m = body.metadata || {};
       meta.textContent = [m.adapter && `adapter ${m.adapter}`, m.device,
         typeof m.inference_time === "number" && `${m.inference_time.toFixed(2)} s`].filter(Boolean).join(" · ");
+    });
+  });
+}
+
+// ---------------------------------------------------------------- transcription: a file, or the microphone
+
+function setupTranscription() {
+  const panel = $("#panel-asr");
+  const input = $("#asr-audio");
+  const player = $("#asr-player");
+  const output = $("#asr-text");
+  const words = $("#asr-words");
+  const meta = $("#asr-meta");
+  showPicked(input, player, "transcribed");
+  $("#asr-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runPanel(panel, async () => {
+      const file = input.files[0];
+      need(file, "choose an audio file first (or record)");
+      output.textContent = "";
+      words.replaceChildren();
+      meta.textContent = "";
+      const form = (fields) => {
+        const f = new FormData();
+        f.append("file", file);
+        f.append("model", config.services.asr.model);
+        for (const [k, v] of Object.entries(fields)) f.append(k, v);
+        return f;
+      };
+      // The text as it is decoded: OpenAI's transcription stream.
+      const response = await api("/v1/audio/transcriptions", { method: "POST", body: form({ stream: "true" }) });
+      let usage = null;
+      for await (const event of sseEvents(response)) {
+        if (event.type === "transcript.text.delta") output.textContent += event.delta;
+        if (event.type === "transcript.text.done") {
+          output.textContent = event.text;
+          usage = event.usage;
+        }
+      }
+      need(usage, "the transcription stream ended early");
+      meta.textContent = `${usage.input_tokens} tokens in · ${usage.output_tokens} out`;
+      if ($("#asr-timed").checked && config.services.aligner) {  // then each word with its time
+        const body = await (await api("/v1/audio/transcriptions", { method: "POST", body: form({
+          response_format: "verbose_json", "timestamp_granularities[]": "word" }) })).json();
+        showWords(words, body.words || [], player);
+        meta.textContent += ` · ${(body.words || []).length} words timed`;
+      }
+    });
+  });
+  $("#asr-record").addEventListener("click", () => (recorder.socket ? stopRecording() : startRecording()));
+}
+
+// Recording: the microphone at 24 kHz (the browser resamples), 16-bit PCM sent to the realtime endpoint
+// in OpenAI's Realtime events, turns cut by the server's VAD; each turn's text appears as it is decoded.
+const recorder = { socket: null, context: null, stream: null, pending: 0 };
+
+function realtimeUrl() {
+  const url = new URL("/v1/realtime?intent=transcription", location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+function turnItem(list, id) {
+  let li = list.querySelector(`li[data-item="${CSS.escape(id)}"]`);
+  if (!li) {
+    li = document.createElement("li");
+    li.dataset.testid = "asr-turn";
+    li.dataset.item = id;
+    li.className = "pending";
+    const span = document.createElement("span");
+    span.className = "span";
+    const text = document.createElement("span");
+    text.className = "text";
+    li.append(span, text);
+    list.append(li);
+  }
+  return li;
+}
+
+function int16Base64(floats) {
+  const pcm = new Int16Array(floats.length);
+  for (let i = 0; i < floats.length; i++) pcm[i] = Math.max(-1, Math.min(1, floats[i])) * 0x7fff;
+  const bytes = new Uint8Array(pcm.buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+async function startRecording() {
+  const panel = $("#panel-asr");
+  const button = $("#asr-record");
+  const list = $("#asr-turns");
+  const errorBox = $(".error", panel);
+  errorBox.hidden = true;
+  try {
+    need(navigator.mediaDevices?.getUserMedia, "this page cannot use a microphone here (it needs https or localhost)");
+    recorder.stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+  } catch (err) {
+    showError(errorBox, err instanceof ApiError ? err : new ApiError(`microphone: ${err.message}`));
+    return;
+  }
+  list.replaceChildren();
+  panel.dataset.turns = 0;
+  const protocols = ["realtime", ...(apiKey() ? [`openai-insecure-api-key.${apiKey()}`] : [])];
+  const socket = new WebSocket(realtimeUrl(), protocols);
+  recorder.socket = socket;
+  button.textContent = "Stop";
+  button.classList.add("on");
+  panel.dataset.recording = "on";
+  socket.onopen = () => {
+    socket.send(JSON.stringify({ type: "session.update", session: { type: "transcription", audio: { input: {
+      format: { type: "audio/pcm", rate: 24000 }, transcription: { model: config.services.asr.model },
+      turn_detection: { type: "server_vad", threshold: 0.5, silence_duration_ms: 600, prefix_padding_ms: 300 } } } } }));
+    recorder.context = new AudioContext({ sampleRate: 24000 });
+    const source = recorder.context.createMediaStreamSource(recorder.stream);
+    const tap = recorder.context.createScriptProcessor(4096, 1, 1);
+    tap.onaudioprocess = (e) => {
+      if (socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({ type: "input_audio_buffer.append", audio: int16Base64(e.inputBuffer.getChannelData(0)) }));
+      }
+    };
+    source.connect(tap);
+    tap.connect(recorder.context.destination);  // a processor only runs when connected; it writes silence
+  };
+  socket.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    if (event.type === "input_audio_buffer.speech_started") {
+      turnItem(list, event.item_id).querySelector(".span").textContent = clock(event.audio_start_ms / 1000);
+    } else if (event.type === "input_audio_buffer.committed") {
+      recorder.pending++;
+      turnItem(list, event.item_id);
+    } else if (event.type === "conversation.item.input_audio_transcription.delta") {
+      turnItem(list, event.item_id).querySelector(".text").textContent += event.delta;
+    } else if (event.type === "conversation.item.input_audio_transcription.completed"
+               || event.type === "conversation.item.input_audio_transcription.failed") {
+      const li = turnItem(list, event.item_id);
+      li.classList.remove("pending");
+      if (event.transcript !== undefined) li.querySelector(".text").textContent = event.transcript;
+      if (event.error) li.querySelector(".text").textContent = `(failed: ${event.error.message})`;
+      recorder.pending--;
+      panel.dataset.turns = Number(panel.dataset.turns || 0) + 1;
+      if (!recorder.stream && recorder.pending <= 0) socket.close();  // stopped, and nothing left to hear
+    } else if (event.type === "error") {
+      showError(errorBox, new ApiError(event.error.message, { type: event.error.type, code: event.error.code,
+        param: event.error.param }));
+    }
+  };
+  socket.onclose = (event) => {
+    if (event.code !== 1000 && event.code !== 1005 && recorder.socket === socket && recorder.stream) {
+      showError(errorBox, new ApiError(`the realtime connection closed (${event.code}${event.reason ? ": " + event.reason : ""}); is the key right?`, { type: "network_error" }));
+    }
+    if (recorder.socket === socket) finishRecording();
+  };
+}
+
+function stopMicrophone() {
+  recorder.stream?.getTracks().forEach((t) => t.stop());
+  recorder.stream = null;
+  recorder.context?.close().catch(() => {});
+  recorder.context = null;
+}
+
+// Stop listening; the socket stays open until the turns already committed are transcribed.
+function stopRecording() {
+  const socket = recorder.socket;
+  stopMicrophone();
+  $("#asr-record").disabled = true;
+  if (!socket || socket.readyState !== WebSocket.OPEN || recorder.pending <= 0) socket?.close();
+}
+
+function finishRecording() {
+  stopMicrophone();
+  recorder.socket = null;
+  recorder.pending = 0;
+  const button = $("#asr-record");
+  button.textContent = "Record";
+  button.classList.remove("on");
+  button.disabled = false;
+  $("#panel-asr").dataset.recording = "off";
+}
+
+// ---------------------------------------------------------------- ask about an image (VL, streamed)
+
+function setupVision() {
+  const panel = $("#panel-vl");
+  const input = $("#vl-file");
+  const answer = $("#vl-answer");
+  const meta = $("#vl-meta");
+  showPicked(input, $("#vl-preview"), "vl");
+  $("#vl-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runPanel(panel, async () => {
+      const file = input.files[0];
+      const question = $("#vl-question").value.trim();
+      need(question, "type a question first");
+      answer.textContent = "";
+      meta.textContent = "";
+      const content = [{ type: "text", text: question }];
+      if (file) content.unshift({ type: "image_url", image_url: { url: await readDataUrl(file) } });
+      const response = await api("/v1/chat/completions", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ model: config.services.vl.model, stream: true, stream_options: { include_usage: true },
+          messages: [{ role: "user", content }] }),
+      });
+      const { finish, usage } = await readChat(response, (delta) => {
+        if (delta.content) answer.textContent += delta.content;
+      });
+      meta.textContent = [`finish: ${finish}`, usage && `${usage.completion_tokens} tokens`].filter(Boolean).join(" · ");
     });
   });
 }
@@ -512,7 +819,9 @@ async function start() {
     showError($("#global-error"), err);
     return;
   }
-  const setups = { aligner: setupAlign, tts: setupSpeech, captioner: setupCaption, diagram: setupDiagram };
+  const setups = { aligner: setupAlign, asr: setupTranscription, tts: setupSpeech, captioner: setupCaption,
+    diagram: setupDiagram, vl: setupVision };
+  for (const option of document.querySelectorAll("[data-needs]")) option.hidden = !config.services[option.dataset.needs];
   let shown = 0;
   for (const panel of document.querySelectorAll(".panel")) {
     const service = panel.dataset.service;

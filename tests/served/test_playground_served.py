@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.audio_fixtures import encode, song
+from tests.audio_fixtures import encode, song, speech
 from tests.served_session import API_KEY
 
 pytestmark = pytest.mark.served
@@ -46,7 +46,7 @@ def test_root_redirects_and_page_is_public_but_api_is_not(served):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert "default-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
-        for testid in ("api-key", "align-panel", "tts-panel", "caption-panel", "diagram-panel"):
+        for testid in ("api-key", "align-panel", "asr-panel", "tts-panel", "caption-panel", "diagram-panel", "vl-panel"):
             assert f'data-testid="{testid}"' in r.text
         for asset, ctype in (("app.js", "text/javascript"), ("style.css", "text/css"), ("icon.svg", "image/svg+xml")):
             r = c.get(f"/playground/{asset}")
@@ -82,14 +82,25 @@ def test_root_redirects_and_page_is_public_but_api_is_not(served):
 
 # ---------------------------------------------------------------- the browser
 
+MIC_SENTENCES = ["Good morning everyone.", "Let us begin the meeting now."]
+
+
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} not installed (make sysdeps installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
+    # The microphone: Chromium's fake capture device playing espeak-ng speech (two sentences between
+    # silences, looped), permission granted without a prompt.
+    gap = np.zeros(16000, np.float32)
+    voice = np.concatenate([gap] + [np.concatenate([speech(t), gap]) for t in MIC_SENTENCES])
+    mic = tmp_path_factory.mktemp("mic") / "mic.wav"
+    mic.write_bytes(encode(voice, 16000, "wav"))
+    args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-audio-capture={mic}"]
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=args)
         yield b
         b.close()
 
@@ -200,7 +211,7 @@ def test_key_is_asked_for_and_kept_for_the_session(page):
     status = "[data-testid=key-status]"
     page.wait_for_selector(f"{status}[data-checks]")
     assert page.get_attribute(status, "data-state") == "missing"
-    for panel in ("align", "tts", "caption", "diagram"):  # every service this page drives is enabled
+    for panel in ("align", "asr", "tts", "caption", "diagram", "vl"):  # every service this page drives is enabled
         assert page.locator(f"[data-testid={panel}-panel]").is_visible()
     use_key(page, API_KEY)
     page.reload()
@@ -362,13 +373,17 @@ def diagram_png(path: Path) -> Path:
     return path
 
 
-def test_diagram_panel_shows_a_table_or_the_raw_text(page, tmp_path):
+def test_diagram_panel_shows_the_parsed_table(page, tmp_path):
+    """/infer's answers are held to the table grammar: even the tiny model's random weights give a table,
+    which the page shows parsed, with the configured columns."""
     use_key(page, API_KEY)
     page.set_input_files("[data-testid=diagram-file]", str(diagram_png(tmp_path / "diagram.png")))
     page.wait_for_selector("[data-testid=diagram-preview]:not([hidden])")
     submit(page, "diagram")
-    shown = page.locator("[data-testid=diagram-table], [data-testid=diagram-raw]")
-    assert shown.count() == 1 and shown.is_visible()
+    table = page.locator("[data-testid=diagram-table]")
+    assert table.count() == 1 and table.is_visible() and page.locator("[data-testid=diagram-raw]").count() == 0
+    assert table.locator("th").all_inner_texts() == ["№", "Step", "Role"]
+    assert all(len(r.locator("td").all()) == 3 for r in table.locator("tbody tr").all())
     assert "adapter" in page.inner_text("[data-testid=diagram-meta]")
     shoot(page, tmp_path / "diagram-shot.png", "diagram", ink="[data-testid=diagram-result]")
 
@@ -427,3 +442,129 @@ def test_errors_are_shown_from_the_envelope(page, served, tmp_path):
     page.set_input_files("[data-testid=caption-audio]", str(clip))
     shown = submit(page, "caption", expect="error")
     assert "HTTP 401" in shown and unauthorized in shown
+
+
+def speech_wav(path: Path, *sentences: str) -> Path:
+    gap = np.zeros(8000, np.float32)
+    path.write_bytes(encode(np.concatenate([gap] + [np.concatenate([speech(t), gap]) for t in sentences]), 16000, "wav"))
+    return path
+
+
+def test_transcription_panel_streams_the_text_then_times_the_words(page, served, tmp_path):
+    """A file: the text appears from the transcription stream, then each word with its time (verbose_json
+    through the aligner). What the page shows is what the API answers for the same file (the tiny ASR is
+    greedy: deterministic). The words light up as the file plays by the code the speech panel's test
+    checks (showWords)."""
+    use_key(page, API_KEY)
+    wav = speech_wav(tmp_path / "talk.wav", "Hello there, this is the playground.")
+    page.set_input_files("[data-testid=asr-audio]", str(wav))
+    submit(page, "asr")
+    with served.client() as c:
+        whole = c.post("/v1/audio/transcriptions", files={"file": ("talk.wav", wav.read_bytes())},
+                       data={"model": "whisper-1", "response_format": "verbose_json",
+                             "timestamp_granularities[]": "word"}).json()
+    shown = page.inner_text("[data-testid=asr-text]")
+    assert shown.strip() and shown.strip() == whole["text"].strip()
+    words = page.locator("[data-testid=asr-words] [data-testid=word]")
+    assert words.count() == len(whole["words"]) > 0
+    assert [float(words.nth(i).get_attribute("data-start")) for i in range(words.count())] == \
+        [w["start"] for w in whole["words"]]
+    assert re.search(r"\d+ words timed", page.inner_text("[data-testid=asr-meta]"))
+    shoot(page, tmp_path / "asr.png", "asr", ink="[data-testid=asr-text]")
+
+
+def test_transcription_panel_records_through_the_realtime_endpoint(page, tmp_path):
+    """The microphone (Chromium's fake device playing speech) streams to /v1/realtime over a WebSocket that
+    carries the key as a subprotocol; the server's VAD cuts turns and each turn's text appears."""
+    use_key(page, API_KEY)
+    panel = "[data-testid=asr-panel]"
+    page.click("[data-testid=asr-record]")
+    page.wait_for_selector(f"{panel}[data-recording=on]")
+    assert page.inner_text("[data-testid=asr-record]") == "Stop"
+    page.wait_for_function("s => Number(document.querySelector(s).dataset.turns || 0) >= 2", arg=panel,
+                           timeout=WAIT_MS)
+    page.click("[data-testid=asr-record]")
+    page.wait_for_selector(f"{panel}[data-recording=off]", timeout=WAIT_MS)
+    turns = page.locator("[data-testid=asr-turn]")
+    assert turns.count() >= 2
+    items = [turns.nth(i).get_attribute("data-item") for i in range(turns.count())]
+    assert all(i.startswith("item_") for i in items) and len(set(items)) == len(items)
+    done = page.locator("[data-testid=asr-turn]:not(.pending)")
+    assert done.count() >= 2
+    starts = [turns.nth(i).locator(".span").inner_text() for i in range(2)]
+    assert all(re.fullmatch(r"\d+:\d\d\.\d", t) for t in starts)
+    assert not page.locator("[data-testid=asr-error]").is_visible()
+    shoot(page, tmp_path / "asr-mic.png", "asr", ink="[data-testid=asr-turns]")
+
+
+def test_speech_panel_lights_each_word_as_it_is_spoken(page, tmp_path):
+    """The page asks for timestamps; the tiny aligner's times are random (often all at the end), so the real
+    answer is re-timed on its way to the page (words spread over the audio, as the karaoke test does);
+    its audio and words are the server's."""
+    sent = {}
+
+    def retime(route):
+        req = route.request
+        body = json.loads(req.post_data)
+        sent.update(body)
+        r = httpx.post(req.url, headers={"X-API-Key": API_KEY}, json=body, timeout=WAIT_MS / 1000)
+        answer = r.json()
+        for i, w in enumerate(answer.get("words", [])):
+            w["start"], w["end"] = round(0.2 + 0.4 * i, 3), round(0.5 + 0.4 * i, 3)
+        route.fulfill(status=r.status_code, json=answer)
+
+    page.route("**/v1/audio/speech", retime)
+    use_key(page, API_KEY)
+    page.wait_for_function("() => document.querySelector('#tts-voice').value !== ''")
+    assert page.is_checked("[data-testid=tts-timed]")
+    page.fill("[data-testid=tts-input]", "Hello from the playground. It speaks.")
+    submit(page, "tts")
+    assert sent["timestamps"] is True and sent["input"] == "Hello from the playground. It speaks."
+    page.wait_for_function("() => document.querySelector('#tts-audio').readyState >= 1")
+    words = page.locator("[data-testid=tts-words] [data-testid=word]")
+    assert words.all_inner_texts() == ["Hello", "from", "the", "playground", "It", "speaks"]  # one per word
+    starts = [float(words.nth(i).get_attribute("data-start")) for i in range(words.count())]
+    duration = page.evaluate("() => document.querySelector('#tts-audio').duration")
+    assert starts == sorted(starts) and 0 <= starts[0] and float(words.nth(5).get_attribute("data-end")) <= duration + 0.05
+    k = 3
+    page.evaluate("t => { document.querySelector('#tts-audio').currentTime = t }", starts[k] + 0.2)
+    page.wait_for_function("k => document.querySelector('#tts-words').dataset.now === String(k)", arg=k)
+    lit = page.locator("[data-testid=tts-words] .word.now")
+    assert lit.count() == 1 and lit.inner_text() == "playground"
+    assert page.locator("[data-testid=tts-words] .word.spoken").count() == k + 1  # the words said so far
+    words.nth(1).click()  # a click plays from that word
+    page.wait_for_function("() => { const a = document.querySelector('#tts-audio'); return !a.paused || a.ended }")
+    page.evaluate("() => document.querySelector('#tts-audio').pause()")
+    assert abs(page.evaluate("() => document.querySelector('#tts-audio').currentTime") - starts[1]) < 1.0
+    pixels = shoot(page, tmp_path / "tts-words.png", "tts", ink="[data-testid=tts-words]")
+    colour = rgb(lit.first.evaluate("e => getComputedStyle(e).backgroundColor"))
+    assert colour_share(pixels, lit.first.bounding_box(), colour, inset=1) > 0.3, "the lit word is not painted"
+
+
+def test_caption_panel_shows_a_timeline_for_long_audio(page, tmp_path):
+    use_key(page, API_KEY)
+    clip = tmp_path / "long.wav"
+    clip.write_bytes(encode(song(45.0, sr=16000), 16000, "wav"))
+    page.set_input_files("[data-testid=caption-audio]", str(clip))
+    page.check("[data-testid=caption-windows]")
+    submit(page, "caption")
+    windows = page.locator("[data-testid=caption-window]")
+    assert windows.count() == 2
+    spans = [(float(windows.nth(i).get_attribute("data-start")), float(windows.nth(i).get_attribute("data-end")))
+             for i in range(2)]
+    assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and 44 < spans[1][1] <= 45.5
+    assert all(re.fullmatch(r"\d+:\d\d\.\d – \d+:\d\d\.\d", windows.nth(i).locator(".span").inner_text())
+               for i in range(2))
+    assert re.search(r"finish: (stop|length)", page.inner_text("[data-testid=caption-meta]"))
+    shoot(page, tmp_path / "caption-timeline.png", "caption", ink="[data-testid=caption-timeline]")
+
+
+def test_vision_panel_streams_an_answer_about_an_image(page, tmp_path):
+    use_key(page, API_KEY)
+    page.set_input_files("[data-testid=vl-file]", str(diagram_png(tmp_path / "picture.png")))
+    page.wait_for_selector("[data-testid=vl-preview]:not([hidden])")
+    page.fill("[data-testid=vl-question]", "What is in this picture?")
+    submit(page, "vl")
+    meta = page.inner_text("[data-testid=vl-meta]")
+    assert re.search(r"finish: (stop|length)", meta) and re.search(r"\d+ tokens", meta), meta
+    shoot(page, tmp_path / "vl.png", "vl")
