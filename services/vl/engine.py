@@ -139,6 +139,9 @@ def choose_default_adapter(configured: str | None, adapters) -> str | None:
     return configured or ("default" if "default" in adapters else next(iter(adapters), None))
 
 
+GRAMMAR_CACHE_BYTES = 64 * 1024 * 1024
+
+
 class GrammarCache:
     """xgrammar's compiler for one model's vocabulary (the logits' width, which Qwen pads past the
     tokenizer's length; the model's stop ids end a finished grammar); it caches what it compiled."""
@@ -147,7 +150,8 @@ class GrammarCache:
         xgr = xgrammar()
         vocab = int(model.get_output_embeddings().weight.shape[0])
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab, stop_token_ids=sorted(stop_ids))
-        self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+        # Clients send their own schemas: the cache of compiled grammars is bounded (xgrammar evicts).
+        self._compiler = xgr.GrammarCompiler(info, max_threads=2, cache_limit_bytes=GRAMMAR_CACHE_BYTES)
 
     def compile(self, constraint: Constraint):
         if constraint.kind == "ebnf":

@@ -100,3 +100,40 @@ def test_raw_websocket_refusals_and_error_events(served):
             kinds.append(json.loads(ws.recv())["type"])
         assert kinds[:2] == ["input_audio_buffer.committed", "conversation.item.added"]
         assert kinds[-1] == "conversation.item.input_audio_transcription.completed"
+
+
+def test_turns_of_concurrent_sessions_are_batched_together(served):
+    """Four SDK sessions commit a turn at once (manual turn detection, a barrier before the commit): the
+    ASR runs the four turns in fewer generate calls than four (qwen_batch_size's sum and count), and every
+    session gets its own turn's events back."""
+    import concurrent.futures
+    import threading
+
+    pcm = pcm16_24k(speech("Four people talk at once."))
+    barrier = threading.Barrier(4)
+    before = served.batches("asr")
+
+    def session(i: int) -> tuple[str, str]:
+        with served.openai().realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            assert conn.recv().type == "session.created"
+            conn.session.update(session={"type": "transcription", "audio": {"input": {"turn_detection": None}}})
+            assert conn.recv().type == "session.updated"
+            for k in range(0, len(pcm), 9600):
+                conn.input_audio_buffer.append(audio=base64.b64encode(pcm[k:k + 9600]).decode())
+            barrier.wait(timeout=120)
+            conn.input_audio_buffer.commit()
+            committed = None
+            while True:
+                event = conn.recv()
+                assert event.type != "error", event
+                if event.type == "input_audio_buffer.committed":
+                    committed = event.item_id
+                if event.type == "conversation.item.input_audio_transcription.completed":
+                    return committed, event.item_id
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(session, range(4)))
+    assert all(committed == done for committed, done in results) and len({r[0] for r in results}) == 4
+    after = served.batches("asr")
+    items, calls = after[0] - before[0], after[1] - before[1]
+    assert items == 4 and calls < 4, (items, calls)
