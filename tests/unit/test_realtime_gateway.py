@@ -251,3 +251,16 @@ def test_a_session_past_its_pending_turns_stops_reading_until_one_is_transcribed
     kinds = [e["type"] for e in seen]
     first_done = kinds.index("conversation.item.input_audio_transcription.completed")
     assert kinds.index("input_audio_buffer.cleared") > first_done
+
+
+def test_a_session_ends_at_its_maximum_length_with_an_error_event():
+    from starlette.websockets import WebSocketDisconnect
+
+    settings = Settings(services=["asr"], asr={"realtime_max_session_seconds": 0.5})
+    with client({"asr": fake_asr()}, settings) as c, c.websocket_connect(URL) as ws:
+        assert ws.receive_json()["type"] == "session.created"
+        err = ws.receive_json()  # nothing sent: the session's time runs out
+        assert err["type"] == "error" and err["error"]["code"] == "session_expired"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1000
