@@ -54,15 +54,30 @@ class Word(BaseModel):
     text: str
     start: float
     end: float
+    # How sure the aligner is of this unit's times (0-1), and whether both are its own predictions (False:
+    # placed by the repair of non-monotonic predictions). None from an engine without scores. review.py.
+    confidence: float | None = None
+    aligned: bool | None = None
 
 
 class Segment(BaseModel):
-    """One input line with its time span and its units' times (none for a line without units)."""
+    """One input line with its time span and its units' times (none for a line without units), how sure
+    the aligner is of it, and whether a person should check it (the reasons in `review`)."""
 
     text: str
     start: float
     end: float
     words: list[Word]
+    confidence: float | None = None
+    needs_review: bool = False
+    review: list[str] = Field(default_factory=list)
+
+
+class ReviewSummary(BaseModel):
+    lines: int
+    needs_review: int
+    lines_to_review: list[int]  # indices into segments
+    mean_confidence: float | None
 
 
 class Alignment(BaseModel):
@@ -70,6 +85,7 @@ class Alignment(BaseModel):
     language: str  # ISO code
     duration: float  # seconds of audio
     chunks: int  # aligner passes the audio took
+    review: ReviewSummary | None = None
 
 
 def check_lyrics(lines: Sequence[str], cfg: AlignerSettings) -> None:

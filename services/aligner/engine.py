@@ -10,7 +10,7 @@ class x timestamp_segment_time ms), batched over chunks and requests. Everything
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -29,14 +29,24 @@ class AlignJob:
         return len(self.audio) / SAMPLE_RATE
 
 
+class UnitTime(NamedTuple):
+    """One unit's times (seconds, relative to its job's audio), how sure the model is of them, and whether
+    both are its own predictions (False: placed by the repair of non-monotonic predictions). review.py."""
+
+    start: float
+    end: float
+    confidence: float | None = None
+    aligned: bool | None = None
+
+
 class AlignerEngine(Protocol):
     max_seconds: float  # longest audio one pass can time (classes x segment time)
 
     def units(self, text: str, language: str) -> list[str]:
         """The aligner's units for `text` (what gets one start/end pair)."""
 
-    def align(self, jobs: Sequence[AlignJob]) -> list[list[tuple[float, float]]]:
-        """(start, end) seconds per unit of each job, relative to the job's audio."""
+    def align(self, jobs: Sequence[AlignJob]) -> list[list[UnitTime]]:
+        """Each unit's times (relative to the job's audio) and scores, per job."""
 
 
 class QwenForcedAlignerEngine:
@@ -68,9 +78,11 @@ class QwenForcedAlignerEngine:
     def units(self, text: str, language: str) -> list[str]:
         return list(self.wrapper.aligner_processor.encode_timestamp(text, language)[0])
 
-    def align(self, jobs: Sequence[AlignJob]) -> list[list[tuple[float, float]]]:
+    def align(self, jobs: Sequence[AlignJob]) -> list[list[UnitTime]]:
+        from .review import peak_mass, unit_scores
+
         torch = self._torch
-        out: list[list[tuple[float, float]] | None] = [None] * len(jobs)
+        out: list[list[UnitTime] | None] = [None] * len(jobs)
         live = [i for i, j in enumerate(jobs) if j.units]
         for i, j in enumerate(jobs):
             if not j.units:
@@ -91,15 +103,20 @@ class QwenForcedAlignerEngine:
             inputs = w.processor(text=texts, audio=audios, return_tensors="pt", padding=True)
             inputs = inputs.to(w.model.device).to(w.model.dtype)
             logits = w.model.thinker(**inputs).logits
-            classes = logits.argmax(dim=-1)
+            rows = []
+            for row in range(len(live)):  # only the timestamp positions, as probabilities over time classes
+                mask = inputs["input_ids"][row] == w.timestamp_token_id
+                rows.append(torch.softmax(logits[row][mask].float(), dim=-1).to("cpu").numpy())
         for row, i in enumerate(live):
-            mask = inputs["input_ids"][row] == w.timestamp_token_id
-            ms = (classes[row][mask] * self.segment_ms).to("cpu").numpy()
+            classes, mass = peak_mass(rows[row])
+            ms = classes * self.segment_ms
             # qwen_asr's repair of non-monotonic predictions (longest increasing run + interpolation).
             fixed = w.aligner_processor.fix_timestamp(ms)
             n = len(jobs[i].units)
-            fixed = (list(fixed) + [fixed[-1] if fixed else 0] * (2 * n))[: 2 * n]
-            out[i] = [(fixed[2 * k] / 1000.0, fixed[2 * k + 1] / 1000.0) for k in range(n)]
+            fixed = (list(fixed) + [fixed[-1] if len(fixed) else 0] * (2 * n))[: 2 * n]
+            raw = (list(ms) + [-1.0] * (2 * n))[: 2 * n]  # a missing prediction is not the model's
+            scores = unit_scores((list(mass) + [0.0] * (2 * n))[: 2 * n], raw, fixed)
+            out[i] = [UnitTime(fixed[2 * k] / 1000.0, fixed[2 * k + 1] / 1000.0, *scores[k]) for k in range(n)]
         return out  # type: ignore[return-value]
 
     def warmup(self) -> None:

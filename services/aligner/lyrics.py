@@ -98,20 +98,23 @@ def assign_lines(unit_counts: Sequence[int], weights: Sequence[float]) -> list[t
 def rebuild_segments(
     lines: Sequence[str],
     line_units: Sequence[Sequence[str]],
-    unit_times: Sequence[tuple[float, float]],
+    unit_times: Sequence[tuple],
     duration: float,
 ) -> list[dict]:
-    """Segments (one per input line, same order) from the flat list of unit times."""
+    """Segments (one per input line, same order) from the flat list of unit times: (start, end) pairs, or
+    engine.UnitTime with the unit's confidence and whether it was aligned (then kept on each word)."""
     assert sum(len(u) for u in line_units) == len(unit_times), "one time pair per unit"
     segs: list[dict] = []
     pos = 0
     for text, units in zip(lines, line_units):
         times = unit_times[pos : pos + len(units)]
         pos += len(units)
-        words = [
-            {"text": u, "start": _r(min(max(s, 0.0), duration)), "end": _r(min(max(e, s, 0.0), duration))}
-            for u, (s, e) in zip(units, times)
-        ]
+        words = []
+        for u, (s, e, *scores) in zip(units, times):
+            word = {"text": u, "start": _r(min(max(s, 0.0), duration)), "end": _r(min(max(e, s, 0.0), duration))}
+            if scores and scores[0] is not None:
+                word["confidence"], word["aligned"] = scores[0], scores[1]
+            words.append(word)
         segs.append({"text": text, "start": None, "end": None, "words": words})
     # Monotonic word times across the whole song (chunk borders included).
     last = 0.0

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 
-from .contract import Segment
+from .contract import ReviewSummary, Segment
 
-AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced"]
+AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced", "ttml", "ass"]
 
 
 class LyricsMetadata(BaseModel):
@@ -38,7 +38,8 @@ class AlignRequest(BaseModel):
     lyrics: list[str] = Field(
         ..., description="Lyric lines in order. A single string is split on newlines. Blank lines are kept."
     )
-    format: AlignFormat = Field("lrc", description="lrc | json | srt | vtt | lrc_enhanced")
+    format: AlignFormat = Field("lrc", description="lrc | json | srt | vtt | lrc_enhanced | ttml (word-timed, "
+                                                  "Apple style) | ass (karaoke \\k tags)")
     language: str | None = Field(
         None, description=f"ISO code or name ({' '.join(LANGUAGES.codes)}); detected from the lyrics if omitted"
     )
@@ -63,3 +64,17 @@ class AlignResponse(BaseModel):
     segments: list[Segment]
     language: str
     duration: float
+    review: ReviewSummary | None = None  # which lines to check (services/aligner/review.py)
+
+
+class ConvertRequest(BaseModel):
+    """POST /api/v1/align/convert: an alignment already made (the JSON answer, maybe edited) in another format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    segments: list[Segment] = Field(..., min_length=1, max_length=5000)
+    format: AlignFormat
+    language: str | None = Field(None, max_length=20)
+    duration: float | None = Field(None, ge=0)
+    metadata: LyricsMetadata | None = None
+    review: ReviewSummary | None = None  # accepted (a JSON answer as it came) and kept in json

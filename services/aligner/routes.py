@@ -17,7 +17,7 @@ from services.gateway.tasks import add_task_routes
 
 from . import formats
 from .contract import AlignLines, Alignment, check_lyrics
-from .protocol import AlignRequest, AlignResponse
+from .protocol import AlignRequest, AlignResponse, ConvertRequest
 
 router = APIRouter(tags=["alignment"])
 
@@ -113,6 +113,21 @@ async def align(ctx: Ctx = Depends(_parse_checked), gw=Depends(gateway)) -> Resp
     return _render(ctx, await _run(gw, ctx))
 
 
-ROUTES = ("/api/v1/align",) + add_task_routes(
+@router.post("/api/v1/align/convert", summary="An alignment (the JSON answer, maybe edited) in another format",
+             responses=_RESPONSES)
+async def convert(request: Request) -> Response:
+    """No model runs: the segments given are written as `format` asks (LRC, TTML, ASS...), so a page or an
+    editor gets every format from one alignment."""
+    req = validate(ConvertRequest, await read_json_object(request))
+    segments = [seg.model_dump() for seg in req.segments]
+    if req.format == "json":
+        return JSONResponse({"segments": segments, "language": req.language, "duration": req.duration,
+                             "review": req.review.model_dump() if req.review else None})
+    body = formats.render(req.format, segments, language=req.language, duration=req.duration,
+                          metadata=req.metadata.model_dump() if req.metadata else None)
+    return Response(body, media_type=formats.MEDIA_TYPES[req.format])
+
+
+ROUTES = ("/api/v1/align", "/api/v1/align/convert") + add_task_routes(
     router, path="/api/v1/align", kind="align", parse=_parse_checked, run=_run, render=_render,
     openapi_extra=_BODY_DOC)

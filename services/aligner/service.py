@@ -22,9 +22,9 @@ from services.runtime.serving.modelservice import ModelService, resources, threa
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
 
-from . import lyrics
+from . import lyrics, review
 from .contract import EMPTY_LYRICS, AlignLines, Alignment, AlignSpans, check_audio, check_lyrics
-from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine
+from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine, UnitTime
 
 _CFG = get_settings().aligner
 
@@ -42,7 +42,7 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
     def load_engine(self, path: str, device: str, dtype: str) -> QwenForcedAlignerEngine:
         return QwenForcedAlignerEngine.load(path, device, dtype, threads=self.settings.torch_threads)
 
-    def _run_batch(self, jobs: list[AlignJob]) -> list[list[tuple[float, float]]]:
+    def _run_batch(self, jobs: list[AlignJob]) -> list[list[UnitTime]]:
         return self.handle.get().align(jobs)
 
     @bentoml.api
@@ -108,7 +108,15 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
             raise Unprocessable("no alignable words in the text (only blank lines or punctuation)",
                                 param="lyrics", code=EMPTY_LYRICS)
         per_job = await self.scheduler.run(jobs)
-        unit_times = [(s + off, e + off) for off, times in zip(offsets, per_job) for s, e in times]
+        unit_times = [t._replace(start=t.start + off, end=t.end + off) for off, times in zip(offsets, per_job)
+                      for t in times]
         segments = lyrics.rebuild_segments(all_lines, all_units, unit_times, duration)
+        summary = review.review_segments(segments, self.review_rules)
         return Alignment(segments=segments, language=LANGUAGES.code(lang), duration=round(duration, 3),
-                         chunks=len(jobs))
+                         chunks=len(jobs), review=summary)
+
+    @property
+    def review_rules(self) -> review.ReviewRules:
+        return review.ReviewRules(min_confidence=self.cfg.review_min_confidence,
+                                  min_unit_seconds=self.cfg.review_min_word_seconds,
+                                  max_unit_seconds=self.cfg.review_max_word_seconds)

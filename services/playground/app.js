@@ -208,6 +208,10 @@ function renderLine(segment, index) {
   li.dataset.index = index;
   li.dataset.start = segment.start;
   li.dataset.end = segment.end;
+  if (segment.needs_review) {  // the aligner's own doubt: shown on the line, with the reasons
+    li.classList.add("review");
+    li.title = `check this line: ${segment.review.join(", ").replaceAll("_", " ")}`;
+  }
   const time = document.createElement("span");
   time.className = "time";
   time.textContent = `[${lrcTime(segment.start)}]`;
@@ -223,6 +227,11 @@ function renderLine(segment, index) {
     const span = document.createElement("span");
     span.className = "word";
     span.dataset.start = word.start;
+    if (typeof word.confidence === "number") {
+      span.dataset.confidence = word.confidence;
+      if (word.confidence < 0.5 || word.aligned === false) span.classList.add("unsure");
+      span.title = `confidence ${word.confidence.toFixed(2)}${word.aligned === false ? " · interpolated" : ""}`;
+    }
     span.textContent = word.text;
     text.append(span);
     cursor = at + word.text.length;
@@ -280,12 +289,54 @@ function followPlayback() {
   requestAnimationFrame(tick);
 }
 
-// The .lrc download, written from the JSON answer shown (same lines as format=lrc: [length:], then one
-// [mm:ss.xx] line each; a blank lyric line stays, untexted, to clear the display).
-function lrcText(body) {
-  const out = typeof body.duration === "number" ? [`[length:${lrcTime(body.duration).replace(/\.\d\d$/, "")}]`] : [];
-  for (const seg of body.segments) out.push(`[${lrcTime(seg.start)}]${seg.text.trim() ? " " + seg.text.trim() : ""}`);
-  return out.join("\n") + "\n";
+// Every format of the alignment shown, written by the server from its JSON answer (POST
+// /api/v1/align/convert: no model runs), as downloads named after the song.
+const ALIGN_FORMATS = [["lrc", "lrc"], ["lrc_enhanced", "lrc"], ["srt", "srt"], ["vtt", "vtt"], ["ttml", "ttml"],
+  ["ass", "ass"], ["json", "json"]];
+
+async function alignDownloads(body, stem) {
+  const links = await Promise.all(ALIGN_FORMATS.map(async ([format, extension]) => {
+    const response = await api("/api/v1/align/convert", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ segments: body.segments, language: body.language, duration: body.duration,
+        review: body.review, format }),
+    });
+    const a = document.createElement("a");
+    a.className = "download";
+    a.dataset.testid = `align-download-${format}`;
+    a.dataset.format = format;
+    a.href = objectUrl(`align-${format}`, await response.blob());
+    a.download = `${stem}${format === "lrc_enhanced" ? ".enhanced" : ""}.${extension}`;
+    a.textContent = format === "lrc_enhanced" ? "enhanced lrc" : format;
+    return a;
+  }));
+  return links;
+}
+
+// Lines a person should check (the aligner's review), as a list of links to them.
+function showReview(box, body, list) {
+  const review = body.review;
+  box.replaceChildren();
+  if (!review) return;
+  const head = document.createElement("strong");
+  head.textContent = review.needs_review
+    ? `${review.needs_review} of ${review.lines} lines to check`
+    : `all ${review.lines} lines look right`;
+  box.append(head);
+  if (typeof review.mean_confidence === "number") box.append(` · mean confidence ${review.mean_confidence.toFixed(2)}`);
+  for (const index of review.lines_to_review) {
+    const seg = body.segments[index];
+    const link = document.createElement("button");
+    link.type = "button";
+    link.className = "review-item";
+    link.dataset.testid = "align-review-item";
+    link.dataset.index = index;
+    link.textContent = `${index + 1}: ${seg.text.trim() || "♪"} (${seg.review.join(", ").replaceAll("_", " ")})`;
+    link.addEventListener("click", () => list.children[index]?.click());
+    box.append(link);
+  }
+  box.dataset.count = review.needs_review;
 }
 
 function setupAlign() {
@@ -299,6 +350,8 @@ function setupAlign() {
     karaoke.segments = []; // lines of another song are not shown over this one
     list.replaceChildren();
     $("#align-download").hidden = true;
+    $("#align-downloads").replaceChildren();
+    $("#align-review").replaceChildren();
   });
   for (const event of ["timeupdate", "seeked", "loadedmetadata"]) player.addEventListener(event, updateHighlight);
   player.addEventListener("play", followPlayback);
@@ -325,9 +378,13 @@ function setupAlign() {
       karaoke.active = -2;
       list.replaceChildren(...body.segments.map(renderLine));
       updateHighlight();
-      const download = $("#align-download");
-      download.href = objectUrl("lrc", new Blob([lrcText(body)], { type: "text/plain" }));
-      download.download = `${file.name.replace(/\.[^.]+$/, "") || "lyrics"}.lrc`;
+      showReview($("#align-review"), body, list);
+      const stem = file.name.replace(/\.[^.]+$/, "") || "lyrics";
+      const links = await alignDownloads(body, stem);
+      $("#align-downloads").replaceChildren("Download: ", ...links);
+      const download = $("#align-download");  // the .lrc, also on its own
+      download.href = links[0].href;
+      download.download = `${stem}.lrc`;
       download.hidden = false;
     });
   });

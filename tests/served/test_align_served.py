@@ -102,6 +102,21 @@ def test_json_segments_and_words(client, wav):
     segs = check_json(r.json(), len(LYRICS), 12.0)
     assert r.json()["language"] == "en"
     assert [len(s["words"]) for s in segs] == [5, 0, 7, 0, 5, 4]  # units: words, one per CJK char
+    # Confidence and review flags on every line and word (values: random on the tiny model; the decisions
+    # are unit-tested on constructed scores, tests/unit/test_align_review.py).
+    for seg in segs:
+        assert isinstance(seg["needs_review"], bool) and isinstance(seg["review"], list)
+        assert seg["needs_review"] is bool(seg["review"])
+        assert set(seg["review"]) <= {"low_confidence", "interpolated", "too_fast", "too_slow"}
+        if seg["words"]:  # both branches run: the lyrics have lines with words and blank ones (above)
+            assert 0 <= seg["confidence"] <= 1
+            assert all(0 <= w["confidence"] <= 1 and isinstance(w["aligned"], bool) for w in seg["words"])
+        else:
+            assert seg["confidence"] is None and not seg["needs_review"]
+    review = r.json()["review"]
+    assert review["lines"] == len(LYRICS)
+    assert review["lines_to_review"] == [i for i, seg in enumerate(segs) if seg["needs_review"]]
+    assert review["needs_review"] == len(review["lines_to_review"])
 
 
 def test_srt_vtt_and_enhanced_lrc(client, wav):
@@ -127,6 +142,33 @@ def test_srt_vtt_and_enhanced_lrc(client, wav):
     for line in word_lines:
         tags = re.findall(r"<(\d{2,}:\d{2}\.\d{2})>", line)
         assert len(tags) >= 2 and tags == sorted(tags)
+
+
+def test_ttml_and_ass_read_back_in_an_independent_library(client, wav):
+    """The served song in the formats players and editors read: pysubs2 parses both, one cue per sung line
+    in order; ASS's karaoke syllables fill each line; TTML's word spans are the JSON answer's words."""
+    import xml.etree.ElementTree as ET
+
+    import pysubs2
+
+    shown = [x for x in LYRICS if x.strip()]
+    segments = post_upload(client, wav, format="json").json()["segments"]
+    r = post_upload(client, wav, format="ass")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/x-ssa")
+    ass = pysubs2.SSAFile.from_string(r.text)
+    assert len(ass.events) == len(shown) and [e.start for e in ass.events] == sorted(e.start for e in ass.events)
+    for e in ass.events:
+        ks = [int(k) for k in re.findall(r"\\k(\d+)", e.text)]
+        assert sum(ks) * 10 == e.end - e.start or not ks  # a line without units has no syllables
+    r = post_upload(client, wav, format="ttml")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/ttml+xml")
+    ttml = pysubs2.SSAFile.from_string(r.text, format_="ttml")
+    assert len(ttml.events) == len(shown)
+    ns = {"tt": "http://www.w3.org/ns/ttml"}
+    paragraphs = ET.fromstring(r.text.encode()).findall(".//tt:p", ns)
+    sung = [s["words"] for s in segments if s["words"]]  # lines with units ("..." has none: no spans)
+    assert [[s.text for s in p.findall("tt:span", ns)] for p in paragraphs if p.findall("tt:span", ns)] == \
+        [[w["text"] for w in ws] for ws in sung]
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "flac", "m4a", "ogg"])

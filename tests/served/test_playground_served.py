@@ -254,6 +254,34 @@ def test_align_panel_renders_the_aligned_lines(page, served, tmp_path):
         lrc = c.post("/api/v1/align", files={"audio": ("song.mp3", (tmp_path / "song.mp3").read_bytes())},
                      data={"lyrics": json.dumps(LYRICS), "format": "lrc"})
     assert lrc.status_code == 200 and Path(dl.value.path()).read_text() == lrc.text
+    # Every format, from the same answer (the server writes them: /api/v1/align/convert), each readable.
+    import xml.etree.ElementTree as ET
+
+    import pysubs2
+
+    files = {}
+    for fmt in ("lrc", "lrc_enhanced", "srt", "vtt", "ttml", "ass", "json"):
+        with page.expect_download() as dl:
+            page.click(f"[data-testid=align-download-{fmt}]")
+        files[fmt] = Path(dl.value.path()).read_text()
+    assert files["lrc"] == lrc.text
+    answer = json.loads(files["json"])
+    assert [s["text"] for s in answer["segments"]] == LYRICS
+    spoken = [x for x in LYRICS if x.strip()]
+    for fmt in ("srt", "vtt", "ass"):
+        assert len(pysubs2.SSAFile.from_string(files[fmt]).events) == len(spoken), fmt
+    assert len(pysubs2.SSAFile.from_string(files["ttml"], format_="ttml").events) == len(spoken)
+    assert len(ET.fromstring(files["ttml"].encode()).findall(".//{http://www.w3.org/ns/ttml}p")) == len(spoken)
+    # The review: the lines the aligner doubts are marked and listed (which ones: random on the tiny model).
+    flagged = answer["review"]["lines_to_review"]
+    assert [lines.nth(i).evaluate("e => e.classList.contains('review')") for i in range(len(LYRICS))] == \
+        [i in flagged for i in range(len(LYRICS))]
+    items = page.locator("[data-testid=align-review-item]")
+    assert [int(items.nth(k).get_attribute("data-index")) for k in range(items.count())] == flagged
+    assert re.search(rf"(\d+ of {len(LYRICS)} lines to check|all {len(LYRICS)} lines look right)",
+                     page.inner_text("[data-testid=align-review]"))
+    unsure = [w for s in answer["segments"] for w in s["words"] if w["confidence"] < 0.5 or not w["aligned"]]
+    assert page.locator("[data-testid=align-lines] .word.unsure").count() == len(unsure)
     assert 8.5 < page.evaluate("() => document.querySelector('#align-player').duration") < 9.6
     # Clicking a line seeks the song to it.
     lines.nth(0).click()

@@ -260,11 +260,13 @@ def test_align_json_sends_the_decoded_audio_and_lines():
         r = c.post("/api/v1/align", files={"audio": ("a.wav", wav(0.5), "audio/wav")},
                    data={"lyrics": '["one", "two"]', "format": "json"})
     assert r.status_code == 200, r.text
-    assert r.json() == {"segments": [{"text": "one", "start": 0.0, "end": 0.25, "words": [
-                            {"text": "one", "start": 0.0, "end": 0.25}]},
-                                     {"text": "two", "start": 0.25, "end": 0.5, "words": [
-                            {"text": "two", "start": 0.25, "end": 0.5}]}],
-                        "language": "en", "duration": 0.5}
+    # (the fake aligner gives no scores: confidence null, nothing flagged, no review summary)
+    unscored = {"confidence": None, "needs_review": False, "review": []}
+    assert r.json() == {"segments": [{"text": "one", "start": 0.0, "end": 0.25, **unscored, "words": [
+                            {"text": "one", "start": 0.0, "end": 0.25, "confidence": None, "aligned": None}]},
+                                     {"text": "two", "start": 0.25, "end": 0.5, **unscored, "words": [
+                            {"text": "two", "start": 0.25, "end": 0.5, "confidence": None, "aligned": None}]}],
+                        "language": "en", "duration": 0.5, "review": None}
     ((name, kwargs),) = aligner.calls
     assert name == "align" and kwargs["text"] == AlignLines(lines=["one", "two"]) and len(kwargs["audio"]) == 8000
 
@@ -915,3 +917,27 @@ def test_a_timeline_has_its_own_length_cap():
         r = c.post("/v1/chat/completions", json={"model": "captioner", "caption_windows": True,
                                                  "messages": [{"role": "user", "content": [part]}]})
     assert r.status_code == 413 and r.json()["error"]["code"] == "audio_too_long" and cap.calls == []
+
+
+def test_an_alignment_converts_to_every_format_without_the_model():
+    """POST /api/v1/align/convert writes the segments given (a JSON answer, maybe edited) in any format; the
+    aligner is not called; malformed input is a 400 in the envelope."""
+    aligner = fake("aligner")
+    segments = [{"text": "Hello big world", "start": 1.0, "end": 2.5, "words": [
+        {"text": "Hello", "start": 1.0, "end": 1.4}, {"text": "big", "start": 1.5, "end": 1.9},
+        {"text": "world", "start": 2.0, "end": 2.5}]}, {"text": "", "start": 2.5, "end": 3.0, "words": []}]
+    with client({"aligner": aligner}) as c:
+        out = {fmt: c.post("/api/v1/align/convert", json={"segments": segments, "format": fmt, "language": "en",
+                                                         "duration": 4.0, "metadata": {"title": "T"}})
+               for fmt in ("lrc", "lrc_enhanced", "srt", "vtt", "ttml", "ass", "json")}
+        bad = [c.post("/api/v1/align/convert", json=body) for body in (
+            {"segments": segments, "format": "docx"}, {"segments": [], "format": "lrc"},
+            {"segments": [{"text": "x"}], "format": "lrc"}, {"segments": segments, "format": "lrc", "extra": 1})]
+    assert {f: r.status_code for f, r in out.items()} == dict.fromkeys(out, 200)
+    assert out["lrc"].text.splitlines()[:3] == ["[ti:T]", "[length:00:04]", "[00:01.00] Hello big world"]
+    assert out["ass"].headers["content-type"].startswith("text/x-ssa") and "{\\k40}Hello" in out["ass"].text
+    assert out["ttml"].headers["content-type"].startswith("application/ttml+xml")
+    assert out["json"].json()["segments"][0]["words"][2]["text"] == "world"
+    assert [r.status_code for r in bad] == [400] * 4
+    assert all(r.json()["error"]["type"] == "invalid_request_error" for r in bad)
+    assert aligner.calls == []

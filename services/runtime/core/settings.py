@@ -111,6 +111,11 @@ class AlignerSettings(ServiceSettings):
     max_lyrics_chars: int = Field(20000, gt=0)
     max_lines: int = Field(2000, gt=0)
     default_language: str | None = None
+    # A line needs review (services/aligner/review.py) when its words' mean confidence is under
+    # review_min_confidence, or it has under review_min_word_seconds / over review_max_word_seconds per word.
+    review_min_confidence: float = Field(0.5, ge=0, le=1)
+    review_min_word_seconds: float = Field(0.08, ge=0)
+    review_max_word_seconds: float = Field(4.0, gt=0)
 
 
 class ASRSettings(VLLMServerSettings):
