@@ -71,6 +71,15 @@ class Segment(BaseModel):
     confidence: float | None = None
     needs_review: bool = False
     review: list[str] = Field(default_factory=list)
+    found: bool | None = None  # with verify: whether the ASR heard the line where it was placed
+
+
+class ExtraAudio(BaseModel):
+    """Something sung (heard by the ASR) that no lyric line accounts for."""
+
+    start: float
+    end: float
+    text: str
 
 
 class ReviewSummary(BaseModel):
@@ -86,6 +95,7 @@ class Alignment(BaseModel):
     duration: float  # seconds of audio
     chunks: int  # aligner passes the audio took
     review: ReviewSummary | None = None
+    extra_audio: list[ExtraAudio] | None = None  # with verify
 
 
 def check_lyrics(lines: Sequence[str], cfg: AlignerSettings) -> None:

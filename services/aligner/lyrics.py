@@ -143,3 +143,34 @@ def _r(t: float) -> float:
 
 def units_for_lines(lines: Sequence[str], language: str, units_fn: Callable[[str, str], list[str]]) -> list[list[str]]:
     return [units_fn(line, language) if line.strip() else [] for line in lines]
+
+
+def split_lines(segments: Sequence[dict], *, max_units: int = 10, min_gap: float = 0.6) -> list[dict]:
+    """Heard text as lyric lines: each timed segment (a sentence) is cut before a word that follows a pause
+    of `min_gap` seconds, and after `max_units` words. A line's text is the slice of the segment's text
+    from its first word to the next line's first word (punctuation and spacing kept); its words keep
+    their times and scores. Segments without words are dropped (nothing was heard to place)."""
+    out: list[dict] = []
+    for seg in segments:
+        words = list(seg.get("words") or [])
+        if not words:
+            continue
+        groups: list[list[dict]] = [[]]
+        for w in words:
+            cur = groups[-1]
+            if cur and (len(cur) >= max_units or w["start"] - cur[-1]["end"] >= min_gap):
+                groups.append([])
+            groups[-1].append(w)
+        text, cursor, starts = seg["text"], 0, []
+        for g in groups:  # where each group's first word is in the text
+            at = text.find(g[0]["text"], cursor)
+            at = cursor if at < 0 else at
+            starts.append(at)
+            for w in g:
+                found = text.find(w["text"], cursor)
+                cursor = found + len(w["text"]) if found >= 0 else cursor
+        starts.append(len(text))
+        for k, g in enumerate(groups):
+            line = text[starts[k]:starts[k + 1]].strip() or " ".join(w["text"] for w in g)
+            out.append({"text": line, "start": g[0]["start"], "end": g[-1]["end"], "words": g})
+    return out

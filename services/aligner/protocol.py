@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 
-from .contract import ReviewSummary, Segment
+from .contract import ExtraAudio, ReviewSummary, Segment
 
 AlignFormat = Literal["lrc", "json", "srt", "vtt", "lrc_enhanced", "ttml", "ass"]
 
@@ -35,8 +35,9 @@ class AlignRequest(BaseModel):
     audio_url: str | None = Field(
         None, description="http(s):// URL or s3://bucket/key of the song (JSON requests; multipart sends `audio`)"
     )
-    lyrics: list[str] = Field(
-        ..., description="Lyric lines in order. A single string is split on newlines. Blank lines are kept."
+    lyrics: list[str] | None = Field(
+        None, description="Lyric lines in order. A single string is split on newlines. Blank lines are kept. "
+                          "Omitted: the ASR service hears the vocals and the aligner times what it heard."
     )
     format: AlignFormat = Field("lrc", description="lrc | json | srt | vtt | lrc_enhanced | ttml (word-timed, "
                                                   "Apple style) | ass (karaoke \\k tags)")
@@ -44,6 +45,8 @@ class AlignRequest(BaseModel):
         None, description=f"ISO code or name ({' '.join(LANGUAGES.codes)}); detected from the lyrics if omitted"
     )
     metadata: LyricsMetadata | None = None
+    verify: bool = Field(False, description="also compare the lyrics with what the ASR hears: lines nobody sang "
+                                            "are flagged not_found, sung stretches the lyrics lack are extra_audio")
 
     @field_validator("lyrics", mode="before")
     @classmethod
@@ -54,8 +57,8 @@ class AlignRequest(BaseModel):
 
     @field_validator("lyrics")
     @classmethod
-    def _lines(cls, v: list[str]) -> list[str]:
-        return [line.rstrip("\r") for line in v]
+    def _lines(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [line.rstrip("\r") for line in v]
 
 
 class AlignResponse(BaseModel):
@@ -65,6 +68,7 @@ class AlignResponse(BaseModel):
     language: str
     duration: float
     review: ReviewSummary | None = None  # which lines to check (services/aligner/review.py)
+    extra_audio: list[ExtraAudio] | None = None  # with verify: sung stretches the lyrics lack
 
 
 class ConvertRequest(BaseModel):

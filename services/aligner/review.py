@@ -14,7 +14,8 @@ A line **needs review** for any of these reasons, each named in `review`:
 - `low_confidence`: its words' mean confidence is under `min_confidence`;
 - `interpolated`: at least half of its words were placed by the repair, not by the model;
 - `too_fast`: under `min_unit_seconds` per word (a line squeezed into a gap, or into nothing);
-- `too_slow`: over `max_unit_seconds` per word (a line stretched over an instrumental).
+- `too_slow`: over `max_unit_seconds` per word (a line stretched over an instrumental);
+- `not_found` (with `verify`, verify.py): the ASR did not hear the line where it was placed.
 A line without words (blank, punctuation) is never flagged: it has no time of its own.
 """
 
@@ -60,16 +61,13 @@ def unit_scores(mass: np.ndarray, raw_ms: np.ndarray, fixed_ms: np.ndarray) -> l
 def review_segments(segments: list[dict], rules: ReviewRules) -> dict:
     """Adds `confidence`, `needs_review` and `review` (reasons) to each segment (words carry `confidence`
     and `aligned` already, when the aligner gave them); returns the summary."""
-    flagged: list[int] = []
-    confidences: list[float] = []
-    for i, seg in enumerate(segments):
+    for seg in segments:
         words = seg.get("words") or []
         scored = [w for w in words if w.get("confidence") is not None]
         seg["confidence"] = round(float(np.mean([w["confidence"] for w in scored])), 3) if scored else None
         reasons: list[str] = []
         if words:
             if seg["confidence"] is not None:
-                confidences.append(seg["confidence"])
                 if seg["confidence"] < rules.min_confidence:
                     reasons.append("low_confidence")
             if sum(w.get("aligned") is False for w in words) * 2 >= len(words):
@@ -81,7 +79,19 @@ def review_segments(segments: list[dict], rules: ReviewRules) -> dict:
                 reasons.append("too_slow")
         seg["needs_review"] = bool(reasons)
         seg["review"] = reasons
-        if reasons:
-            flagged.append(i)
+    return summarize(segments)
+
+
+def summarize(segments: list[dict]) -> dict:
+    """The review summary of segments already marked (by review_segments, and verify.verify after it)."""
+    flagged = [i for i, seg in enumerate(segments) if seg.get("needs_review")]
+    confidences = [seg["confidence"] for seg in segments if seg.get("words") and seg.get("confidence") is not None]
     return {"lines": len(segments), "needs_review": len(flagged), "lines_to_review": flagged,
             "mean_confidence": round(float(np.mean(confidences)), 3) if confidences else None}
+
+
+def review_rules(settings) -> ReviewRules:
+    """The rules of QWEN_ALIGNER_REVIEW_* (the aligner service and the gateway's no-lyrics mode)."""
+    cfg = settings.aligner
+    return ReviewRules(min_confidence=cfg.review_min_confidence, min_unit_seconds=cfg.review_min_word_seconds,
+                       max_unit_seconds=cfg.review_max_word_seconds)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.gateway.deps import gateway
+from services.gateway.pipelines import transcribe_align
 from services.runtime.edge import remote
 from services.runtime.core.errors import InvalidRequest, UnsupportedMedia
 from services.runtime.edge.http import form_fields, inline_schema, read_form, read_json_object, validate
@@ -17,6 +18,7 @@ from services.gateway.tasks import add_task_routes
 
 from . import formats
 from .contract import AlignLines, Alignment, check_lyrics
+from .review import review_rules
 from .protocol import AlignRequest, AlignResponse, ConvertRequest
 
 router = APIRouter(tags=["alignment"])
@@ -29,13 +31,15 @@ _BODY_DOC = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["audio", "lyrics"],
+                    "required": ["audio"],
                     "properties": {
                         "audio": {"type": "string", "format": "binary"},
-                        "lyrics": {"type": "string", "description": "JSON array or newline-separated lines"},
+                        "lyrics": {"type": "string", "description": "JSON array or newline-separated lines; "
+                                                                   "omitted: heard by the ASR"},
                         "format": {"type": "string", "enum": list(formats.FORMATS)},
                         "language": {"type": "string"},
                         "metadata": {"type": "string", "description": "JSON object: title, artist, album, by"},
+                        "verify": {"type": "boolean", "description": "compare with what the ASR hears"},
                     },
                 }
             },
@@ -86,7 +90,15 @@ async def _parse_checked(request: Request, gw=Depends(gateway)) -> Ctx:
     """Everything a client can get wrong is refused here, before any work (or task) starts."""
     await gw.rate_limit("aligner", request)
     req, data = await _parse(request, gw)
-    check_lyrics(req.lyrics, gw.settings.aligner)
+    if req.verify and (req.lyrics is None or "asr" not in gw.enabled):
+        raise InvalidRequest("verify compares the lyrics with what the ASR hears: it needs lyrics and the ASR "
+                             "service (QWEN_SERVICES)", param="verify", code="verify_unavailable")
+    if req.lyrics is None:
+        if "asr" not in gw.enabled:
+            raise InvalidRequest("send the lyrics: without them the ASR service hears the vocals, and it is not "
+                                 "enabled here (QWEN_SERVICES)", param="lyrics", code="lyrics_required")
+    else:
+        check_lyrics(req.lyrics, gw.settings.aligner)
     return req, data
 
 
@@ -94,6 +106,10 @@ async def _run(gw, ctx: Ctx) -> Alignment:
     req, data = ctx
     audio = await load_audio(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url",
                              max_seconds=gw.settings.aligner.max_audio_seconds)
+    if req.lyrics is None:  # no lyrics: heard by the ASR, timed by the aligner
+        return await transcribe_align.lyrics_from_audio(gw, audio.samples, req.language, review_rules(gw.settings))
+    if req.verify:
+        return await transcribe_align.verified(gw, audio.samples, req.lyrics, req.language)
     return await remote.call("aligner", lambda: gw.aligner.to_async.align(
         audio=audio.samples, text=AlignLines(lines=req.lyrics, language=req.language)), into=Alignment)
 

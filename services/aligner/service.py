@@ -111,12 +111,8 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
         unit_times = [t._replace(start=t.start + off, end=t.end + off) for off, times in zip(offsets, per_job)
                       for t in times]
         segments = lyrics.rebuild_segments(all_lines, all_units, unit_times, duration)
-        summary = review.review_segments(segments, self.review_rules)
+        summary = review.review_segments(segments, review.review_rules(self.settings))
         return Alignment(segments=segments, language=LANGUAGES.code(lang), duration=round(duration, 3),
                          chunks=len(jobs), review=summary)
 
-    @property
-    def review_rules(self) -> review.ReviewRules:
-        return review.ReviewRules(min_confidence=self.cfg.review_min_confidence,
-                                  min_unit_seconds=self.cfg.review_min_word_seconds,
-                                  max_unit_seconds=self.cfg.review_max_word_seconds)
+

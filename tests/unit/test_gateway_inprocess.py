@@ -261,12 +261,12 @@ def test_align_json_sends_the_decoded_audio_and_lines():
                    data={"lyrics": '["one", "two"]', "format": "json"})
     assert r.status_code == 200, r.text
     # (the fake aligner gives no scores: confidence null, nothing flagged, no review summary)
-    unscored = {"confidence": None, "needs_review": False, "review": []}
+    unscored = {"confidence": None, "needs_review": False, "review": [], "found": None}
     assert r.json() == {"segments": [{"text": "one", "start": 0.0, "end": 0.25, **unscored, "words": [
                             {"text": "one", "start": 0.0, "end": 0.25, "confidence": None, "aligned": None}]},
                                      {"text": "two", "start": 0.25, "end": 0.5, **unscored, "words": [
                             {"text": "two", "start": 0.25, "end": 0.5, "confidence": None, "aligned": None}]}],
-                        "language": "en", "duration": 0.5, "review": None}
+                        "language": "en", "duration": 0.5, "review": None, "extra_audio": None}
     ((name, kwargs),) = aligner.calls
     assert name == "align" and kwargs["text"] == AlignLines(lines=["one", "two"]) and len(kwargs["audio"]) == 8000
 
@@ -941,3 +941,47 @@ def test_an_alignment_converts_to_every_format_without_the_model():
     assert [r.status_code for r in bad] == [400] * 4
     assert all(r.json()["error"]["type"] == "invalid_request_error" for r in bad)
     assert aligner.calls == []
+
+
+def test_without_lyrics_the_asr_hears_them_and_the_aligner_times_them():
+    """lyrics omitted: the ASR transcribes the song window by window, the aligner times each window's
+    sentences inside it, and the heard text comes back as timed lines in any format (here LRC and JSON);
+    without the ASR enabled it is a 400 before any model runs."""
+    c, services = speech_in("asr", "aligner")
+    with c:
+        lrc = c.post("/api/v1/align", files={"audio": ("song.wav", wav(3.0), "audio/wav")}, data={"format": "lrc"})
+        js = c.post("/api/v1/align", files={"audio": ("song.wav", wav(3.0), "audio/wav")}, data={"format": "json"})
+    assert lrc.status_code == 200, lrc.text
+    assert [line.split("] ", 1)[1] for line in lrc.text.splitlines()[1:]] == ["hello there."] * 3
+    segs = js.json()["segments"]
+    assert [(s["start"], s["end"]) for s in segs] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]  # each in its window
+    assert js.json()["review"]["lines"] == 3 and all("needs_review" in s for s in segs)
+    asr_calls = [name for name, _ in services["asr"].calls]
+    assert asr_calls == ["transcribe", "transcribe"]
+    assert [name for name, _ in services["aligner"].calls] == ["align_spans", "align_spans"]
+    c, only = speech_in("aligner")
+    with c:
+        refused = c.post("/api/v1/align", files={"audio": ("song.wav", wav(1.0), "audio/wav")}, data={"format": "lrc"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "lyrics_required"
+    assert only["aligner"].calls == []
+
+
+def test_verify_flags_a_line_nobody_sang():
+    """verify: the lyrics aligned and, at the same time, the song heard by the ASR and timed; a lyric line
+    with none of its words heard where it was placed is not_found (the decision itself: test_align_verify)."""
+    c, services = speech_in("asr", "aligner")
+    with c:
+        r = c.post("/api/v1/align", files={"audio": ("song.wav", wav(3.0), "audio/wav")},
+                   data={"lyrics": '["hello there", "never sung words", "hello there"]', "format": "json",
+                         "verify": "true"})
+    assert r.status_code == 200, r.text
+    segs = r.json()["segments"]
+    assert [s["found"] for s in segs] == [True, False, True]
+    assert [s["review"] for s in segs] == [[], ["not_found"], []]
+    assert r.json()["review"]["lines_to_review"] == [1] and r.json()["extra_audio"] == []
+    assert sorted(name for name, _ in services["aligner"].calls) == ["align", "align_spans"]
+    c, _ = speech_in("aligner")
+    with c:
+        refused = c.post("/api/v1/align", files={"audio": ("song.wav", wav(1.0), "audio/wav")},
+                         data={"lyrics": '["a"]', "verify": "true"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "verify_unavailable"

@@ -131,3 +131,48 @@ def test_audio_limit_allows_the_decoders_slack_and_no_more():
     with pytest.raises(PayloadTooLarge) as e:
         check_audio(np.zeros(int((10 + DURATION_SLACK_SECONDS) * 16000) + 1, np.float32), cfg)
     assert (e.value.status, e.value.param, e.value.code) == (413, "audio", "audio_too_long")
+
+
+def test_a_chorus_sung_three_times_in_a_ten_minute_song_is_placed_on_each_occurrence():
+    """A 10-minute song (windows of 120 s) with verses and the same chorus line sung at 100 s, 330 s and
+    560 s: the windows are cut between sung lines, each occurrence of the chorus goes to the window where
+    it is sung, and the rebuilt segments keep each occurrence's own time (not the first one's three times)."""
+    sr = 16000
+    chorus = "Shine on me tonight"
+    sung = [(20.0 + 40 * k, f"Verse line number {k} here") for k in range(15)]  # 4-word lines every 40 s
+    sung = [(t, text) for t, text in sung if all(abs(t - c) > 8 for c in (100.0, 330.0, 560.0))]
+    sung += [(c, chorus) for c in (100.0, 330.0, 560.0)]
+    sung.sort()
+    audio = np.zeros(600 * sr, np.float32)
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(4 * sr) / sr).astype(np.float32)
+    for t, _ in sung:
+        audio[int(t * sr):int(t * sr) + len(tone)] += tone
+    lines = [text for _, text in sung]
+    units = [line.split() for line in lines]
+    chunks = plan_chunks(audio, sr, 120.0)
+    assert len(chunks) >= 5
+    ranges = lyrics.assign_lines([len(u) for u in units], lyrics.voiced_weights(audio, chunks, sr))
+    where = {}
+    for chunk, (a, b) in zip(chunks, ranges):
+        for i in range(a, b):
+            where[i] = chunk
+    for i, (t, _) in enumerate(sung):  # every line in the window where it is sung
+        assert where[i].start <= t * sr < where[i].end, (i, t, where[i])
+    # Each chorus occurrence keeps its own times through the rebuild (the aligner's times given here).
+    times = [(t + 0.9 * k, t + 0.9 * k + 0.8) for (t, _), u in zip(sung, units) for k in range(len(u))]
+    segs = lyrics.rebuild_segments(lines, units, times, duration=600.0)
+    assert [s["start"] for s in segs if s["text"] == chorus] == [100.0, 330.0, 560.0]
+
+
+def test_heard_text_is_cut_into_lines_at_pauses_and_every_few_words():
+    words = [{"text": w, "start": t, "end": t + 0.3} for w, t in
+             [("one", 0.0), ("two", 0.4), ("three", 0.8), ("four", 2.0), ("five", 2.4), ("six", 2.8)]]
+    segs = [{"text": "One, two three... four five six!", "start": 0.0, "end": 3.1, "words": words},
+            {"text": "la", "start": 3.1, "end": 3.2, "words": []}]
+    lines = lyrics.split_lines(segs, max_units=10, min_gap=0.6)
+    assert [line["text"] for line in lines] == ["One, two three...", "four five six!"]  # the pause at 1.1-2.0 s
+    assert [(line["start"], round(line["end"], 3)) for line in lines] == [(0.0, 1.1), (2.0, 3.1)]
+    assert [len(line["words"]) for line in lines] == [3, 3]
+    short = lyrics.split_lines(segs, max_units=2, min_gap=5.0)
+    assert [len(line["words"]) for line in short] == [2, 2, 2]
+    assert "".join(line["text"] for line in short).replace(" ", "") == "One,twothree...fourfivesix!"

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.aligner.contract import Alignment, AlignSpans, Segment, TextSpan, Word
+from services.aligner import lyrics, review, verify
+from services.aligner.contract import AlignLines, Alignment, AlignSpans, Segment, TextSpan, Word
 from services.asr.contract import TranscribeOptions, Transcription
-from services.runtime.core.errors import InvalidRequest
+from services.runtime.core.errors import InvalidRequest, Unprocessable
 from services.runtime.core.languages import ALIGNER as ALIGNER_LANGUAGES
 from services.runtime.edge import remote
 
@@ -81,10 +82,7 @@ async def align(gw, samples: np.ndarray, result: Transcription) -> tuple[list[Se
         return ([Segment(text=s.text, start=s.start, end=s.end, words=[]) for _, s in spans],
                 [(i, 0, len(s.text)) for i, s in spans])
     lines = [(i, split_sentences(s.text)) for i, s in spans]
-    text = AlignSpans(spans=[TextSpan(start=s.start, end=s.end, lines=ls) for (_, s), (_, ls) in zip(spans, lines)],
-                      language=ALIGNER_LANGUAGES.code(result.language))  # None: the aligner detects it
-    aligned = await remote.call("aligner", lambda: gw.aligner.to_async.align_spans(audio=samples, text=text),
-                                into=Alignment)
+    aligned = await align_sentences(gw, samples, result, lines)
     sources = []
     for i, sentences in lines:  # the aligner answers one segment per line, in order
         cursor, span_text = 0, result.spans[i].text
@@ -94,3 +92,53 @@ async def align(gw, samples: np.ndarray, result: Transcription) -> tuple[list[Se
             cursor = a + len(sentence)
             sources.append((i, a, cursor))
     return aligned.segments, sources
+
+
+async def align_sentences(gw, samples: np.ndarray, result: Transcription,
+                          lines: list[tuple[int, list[str]]]) -> Alignment:
+    """The aligner's timing of each listed ASR window's sentences inside that window (one segment per
+    sentence, in order; confidence and review flags included)."""
+    text = AlignSpans(spans=[TextSpan(start=result.spans[i].start, end=result.spans[i].end, lines=ls)
+                             for i, ls in lines],
+                      language=ALIGNER_LANGUAGES.code(result.language))  # None: the aligner detects it
+    return await remote.call("aligner", lambda: gw.aligner.to_async.align_spans(audio=samples, text=text),
+                             into=Alignment)
+
+
+async def heard_lines(gw, samples: np.ndarray, language: str | None) -> tuple[Alignment | None, list[dict]]:
+    """What the ASR hears in the song, timed by the aligner and cut into lines (lyrics.split_lines): (the
+    aligner's answer, the lines); (None, []) when nothing with words was heard."""
+    result = await remote.call("asr", lambda: gw.asr.to_async.transcribe(
+        audio=samples, options=TranscribeOptions(language=language)), into=Transcription)
+    heard = [(i, split_sentences(s.text)) for i, s in enumerate(result.spans) if s.text and has_words(s.text)]
+    if not heard:
+        return None, []
+    aligned = await align_sentences(gw, samples, result, heard)
+    return aligned, lyrics.split_lines([seg.model_dump() for seg in aligned.segments])
+
+
+async def lyrics_from_audio(gw, samples: np.ndarray, language: str | None, rules: review.ReviewRules) -> Alignment:
+    """No lyrics at hand: the heard lines are the lyrics, each with its confidence and review flags. 422
+    `no_lyrics_heard` when nothing with words was heard."""
+    aligned, lines = await heard_lines(gw, samples, language)
+    if aligned is None:
+        raise Unprocessable("no sung words were heard in the audio: send the lyrics", param="lyrics",
+                            code="no_lyrics_heard")
+    summary = review.review_segments(lines, rules)
+    return aligned.model_copy(update={"segments": [Segment.model_validate(seg) for seg in lines],
+                                      "review": summary})
+
+
+async def verified(gw, samples: np.ndarray, lines: list[str], language: str | None) -> Alignment:
+    """The lyrics aligned, and compared with what the ASR hears (verify.py): lines nobody sang are marked
+    `not_found`, sung stretches the lyrics lack are `extra_audio`. The two run at once."""
+    import asyncio
+
+    aligned, (_, heard) = await asyncio.gather(
+        remote.call("aligner", lambda: gw.aligner.to_async.align(
+            audio=samples, text=AlignLines(lines=lines, language=language)), into=Alignment),
+        heard_lines(gw, samples, language))
+    segments = [seg.model_dump() for seg in aligned.segments]
+    extra = verify.verify(segments, heard, verify.VerifyRules())
+    return aligned.model_copy(update={"segments": [Segment.model_validate(seg) for seg in segments],
+                                      "review": review.summarize(segments), "extra_audio": extra})
