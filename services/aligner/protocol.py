@@ -6,9 +6,11 @@ fields (`lyrics` as a JSON array or newline-separated text, `metadata` as JSON).
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 
@@ -71,6 +73,9 @@ class AlignResponse(BaseModel):
     extra_audio: list[ExtraAudio] | None = None  # with verify: sung stretches the lyrics lack
 
 
+MAX_SECONDS = 86400.0
+
+
 class ConvertRequest(BaseModel):
     """POST /api/v1/align/convert: an alignment already made (the JSON answer, maybe edited) in another format."""
 
@@ -82,3 +87,13 @@ class ConvertRequest(BaseModel):
     duration: float | None = Field(None, ge=0)
     metadata: LyricsMetadata | None = None
     review: ReviewSummary | None = None  # accepted (a JSON answer as it came) and kept in json
+
+    @model_validator(mode="after")
+    def _times_are_times(self) -> "ConvertRequest":
+        """Every time a finite number of seconds from 0 to a day (JSON parsers accept NaN and Infinity)."""
+        for i, seg in enumerate(self.segments):
+            for where, t in [("start", seg.start), ("end", seg.end)] + [
+                    (f"words[{k}].{e}", getattr(w, e)) for k, w in enumerate(seg.words) for e in ("start", "end")]:
+                if not (math.isfinite(t) and 0 <= t <= MAX_SECONDS):
+                    raise ValueError(f"segments[{i}].{where}: {t} is not a time from 0 to {MAX_SECONDS:g} s")
+        return self

@@ -114,5 +114,3 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
         summary = review.review_segments(segments, review.review_rules(self.settings))
         return Alignment(segments=segments, language=LANGUAGES.code(lang), duration=round(duration, 3),
                          chunks=len(jobs), review=summary)
-
-

@@ -34,7 +34,7 @@ def wav(media_dir):
 
 
 def post_upload(client, audio: bytes, lyrics=LYRICS, filename="song.wav", **fields):
-    data = {"lyrics": json.dumps(lyrics), **fields}
+    data = {**({"lyrics": json.dumps(lyrics)} if lyrics is not None else {}), **fields}
     return client.post("/api/v1/align", files={"audio": (filename, audio, "application/octet-stream")}, data=data)
 
 
@@ -43,7 +43,7 @@ def lrc_seconds(m):
 
 
 def check_json(body, n_lines, duration):
-    assert set(body) == {"segments", "language", "duration"}
+    assert set(body) == {"segments", "language", "duration", "review", "extra_audio"}
     assert abs(body["duration"] - duration) < 0.1
     segs = body["segments"]
     assert [s["text"] for s in segs] == LYRICS[:n_lines] if n_lines == len(LYRICS) else len(segs) == n_lines
@@ -361,3 +361,72 @@ def test_concurrent_alignments_are_batched(served, wav):
     items, calls = after[0] - before[0], after[1] - before[1]
     assert codes == [200] * 4
     assert items >= 4 and calls < items, (items, calls)
+
+
+def synthetic_song() -> tuple[bytes, list[str], float]:
+    """espeak-ng lines over a tone and noise at known offsets: a line, a second, the first again (a
+    repeated chorus), an extra spoken line the lyrics lack; the lyrics also hold a line never sung."""
+    import numpy as np
+
+    from tests.audio_fixtures import SPEECH_SR, speech, tone_and_noise
+
+    sung = [(1.0, "The river runs to the sea"), (6.0, "And carries all my dreams"),
+            (11.0, "The river runs to the sea"), (16.0, "Somebody shouts an extra line here")]
+    seconds = 22.0
+    audio = 0.3 * tone_and_noise(seconds)
+    for t, text in sung:
+        voice = speech(text)
+        a = int(t * SPEECH_SR)
+        audio[a:a + len(voice)] += voice[: len(audio) - a]
+    audio = np.clip(audio, -1, 1).astype(np.float32)
+    lyrics = ["The river runs to the sea", "And carries all my dreams", "This line is never sung",
+              "The river runs to the sea"]
+    return encode(audio, SPEECH_SR, "wav"), lyrics, seconds
+
+
+def test_a_synthetic_song_with_verify_in_every_format(client):
+    """Structure, flags and ordering through the gateway (the tiny models' times and words are random:
+    which lines are flagged is proven in tests/unit/test_align_verify.py and test_align_review.py)."""
+    import xml.etree.ElementTree as ET
+
+    import pysubs2
+
+    data, lyrics, seconds = synthetic_song()
+    r = post_upload(client, data, lyrics=lyrics, format="json", verify="true", language="en")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    segs = body["segments"]
+    assert [s["text"] for s in segs] == lyrics and abs(body["duration"] - seconds) < 0.1
+    assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
+    for s in segs:
+        assert isinstance(s["found"], bool) and 0 <= s["confidence"] <= 1
+        assert s["needs_review"] is bool(s["review"]) and ("not_found" in s["review"]) is (not s["found"])
+    assert body["review"]["lines_to_review"] == [i for i, s in enumerate(segs) if s["needs_review"]]
+    extra = body["extra_audio"]
+    assert isinstance(extra, list) and all(0 <= e["start"] <= e["end"] <= seconds + 0.1 and e["text"] for e in extra)
+    assert [e["start"] for e in extra] == sorted(e["start"] for e in extra)
+    for fmt in ("lrc", "lrc_enhanced", "srt", "vtt", "ass", "ttml"):
+        r = post_upload(client, data, lyrics=lyrics, format=fmt, language="en")
+        assert r.status_code == 200, (fmt, r.text)
+        if fmt == "ttml":
+            assert len(ET.fromstring(r.text.encode()).findall(".//{http://www.w3.org/ns/ttml}p")) == len(lyrics)
+            assert len(pysubs2.SSAFile.from_string(r.text, format_="ttml").events) == len(lyrics)
+        elif fmt.startswith("lrc"):
+            timed = [line for line in r.text.splitlines() if LRC_LINE.match(line.split(" <")[0])]
+            assert len(timed) == len(lyrics)
+        else:
+            assert len(pysubs2.SSAFile.from_string(r.text).events) == len(lyrics), fmt
+
+
+def test_no_lyrics_gives_timed_lines_heard_by_the_asr(client):
+    data, _, seconds = synthetic_song()
+    r = post_upload(client, data, lyrics=None, format="json", language="en")
+    assert r.status_code == 200, r.text
+    segs = r.json()["segments"]
+    assert segs and all(s["text"].strip() and s["words"] for s in segs)  # every heard line has its words
+    assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
+    assert all(0 <= s["start"] <= s["end"] <= seconds + 0.1 and len(s["words"]) <= 10 for s in segs)
+    assert r.json()["review"]["lines"] == len(segs)
+    lrc = post_upload(client, data, lyrics=None, format="lrc", language="en")
+    assert lrc.status_code == 200
+    assert len([line for line in lrc.text.splitlines() if LRC_LINE.match(line)]) == len(segs)

@@ -933,12 +933,15 @@ def test_an_alignment_converts_to_every_format_without_the_model():
         bad = [c.post("/api/v1/align/convert", json=body) for body in (
             {"segments": segments, "format": "docx"}, {"segments": [], "format": "lrc"},
             {"segments": [{"text": "x"}], "format": "lrc"}, {"segments": segments, "format": "lrc", "extra": 1})]
+        not_a_time = c.post("/api/v1/align/convert", content=b'{"format": "ass", "segments": [{"text": "a", '
+                            b'"start": 0, "end": Infinity, "words": []}]}', headers={"content-type": "application/json"})
     assert {f: r.status_code for f, r in out.items()} == dict.fromkeys(out, 200)
     assert out["lrc"].text.splitlines()[:3] == ["[ti:T]", "[length:00:04]", "[00:01.00] Hello big world"]
     assert out["ass"].headers["content-type"].startswith("text/x-ssa") and "{\\k40}Hello" in out["ass"].text
     assert out["ttml"].headers["content-type"].startswith("application/ttml+xml")
     assert out["json"].json()["segments"][0]["words"][2]["text"] == "world"
     assert [r.status_code for r in bad] == [400] * 4
+    assert not_a_time.status_code == 400 and "segments[0].end" in not_a_time.json()["error"]["message"]
     assert all(r.json()["error"]["type"] == "invalid_request_error" for r in bad)
     assert aligner.calls == []
 
