@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.gateway.deps import gateway
-from services.gateway.pipelines import speech_words
+from services.gateway.pipelines import speech_words, transcribe_align
 from services.gateway.registry import resolve_model
 from services.runtime.edge import remote
 from services.runtime.codecs.audio_encode import MEDIA_TYPES, StreamingEncoder, encode_audio
@@ -63,7 +63,7 @@ async def speech(request: Request, gw=Depends(gateway)) -> Response:
     fmt = req.response_format
     stream_format = req.stream_format or ("audio" if req.stream else None)
     if req.timestamps:
-        speech_words.check(gw)
+        transcribe_align.check(gw, words=True, param="timestamps")  # before anything is synthesized
         if stream_format == "audio":
             raise InvalidRequest("timestamps need stream_format sse (words as events) or a whole answer (JSON); a "
                                  "raw audio stream has no place for them", param="timestamps", code="invalid_value")

@@ -223,7 +223,6 @@ def test_audio_faster_than_allowed_is_refused_chunk_by_chunk():
         assert err["type"] == "error" and err["error"]["code"] == "audio_rate_exceeded"
         ws.send_json({"type": "input_audio_buffer.commit"})
         assert ws.receive_json()["type"] == "input_audio_buffer.committed"
-    # (the kept second of audio was committed; the fake ASR saw 1 s)
 
 
 def test_a_session_past_its_pending_turns_stops_reading_until_one_is_transcribed():

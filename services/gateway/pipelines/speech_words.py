@@ -1,6 +1,7 @@
 """Speech with word timings: what the TTS synthesized, timed word by word by the forced aligner.
 
-POST /v1/audio/speech with `timestamps: true` (an extension, off by default):
+POST /v1/audio/speech with `timestamps: true` (an extension, off by default; the aligner must be enabled:
+transcribe_align.check):
 - streamed (`stream_format: "sse"`): the input is spoken one sentence at a time, in order, through one
   encoder (one continuous audio stream); when a sentence's audio is complete, the aligner times its words
   inside that sentence's audio while the next sentence streams, and a `speech.audio.words` event carries
@@ -21,20 +22,12 @@ import numpy as np
 
 from services.aligner.contract import Alignment, AlignSpans, TextSpan
 from services.runtime.codecs.audio import resample
-from services.runtime.core.errors import InvalidRequest
 from services.runtime.core.languages import ALIGNER as ALIGNER_LANGUAGES
 from services.runtime.edge import remote
 
 from .transcribe_align import has_words, split_sentences
 
 ALIGNER_RATE = 16000
-
-
-def check(gw) -> None:
-    """Word timings need the aligner: refused (400) before anything is synthesized."""
-    if "aligner" not in gw.enabled:
-        raise InvalidRequest("word timestamps need the aligner service, which is not enabled (QWEN_SERVICES)",
-                             param="timestamps", code="timestamps_unavailable")
 
 
 def sentences(text: str) -> list[str]:

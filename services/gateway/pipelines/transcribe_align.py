@@ -53,11 +53,12 @@ def has_words(text: str) -> bool:
     return any(ch == "'" or unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
-def check(gw, *, words: bool) -> None:
-    """Refuse what this gateway cannot do, before any model runs: word timestamps need the aligner."""
+def check(gw, *, words: bool, param: str = "timestamp_granularities") -> None:
+    """Refuse what this gateway cannot do, before any model runs: word timestamps (transcripts', speech's)
+    need the aligner; `param` names the field that asked for them."""
     if words and "aligner" not in gw.enabled:
         raise InvalidRequest("word timestamps need the aligner service, which is not enabled (QWEN_SERVICES)",
-                             param="timestamp_granularities", code="timestamps_unavailable")
+                             param=param, code="timestamps_unavailable")
 
 
 async def transcribe(gw, samples: np.ndarray, options: TranscribeOptions, *, timed: bool, words: bool) -> Transcript:
