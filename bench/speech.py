@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.inprocess import service  # noqa: E402
+
 TTS_FRAMES = 40  # QWEN_TTS_MAX_FRAMES for the child: 40 x 80 ms = 3.2 s of audio per stream
 CONCURRENCY = (1, 4, 8)
 ASR_TOKENS = 16
@@ -57,20 +59,12 @@ TARGETS = {  # figure: (comparison, bound)
 }
 
 
-def _service(cls):
-    svc = cls()
-    inner = svc() if callable(svc) and not hasattr(svc, "handle") else svc
-    if not inner.handle.wait(600):
-        raise SystemExit(f"model failed: {inner.handle.error}")
-    return inner
-
-
 def child_tts(rounds: int) -> dict:
     from services.runtime.edge.remote import open_stream
     from services.tts.contract import Finish, StreamHeader, Utterance, records
     from services.tts.service import TTS
 
-    tts = _service(TTS)
+    tts = service(TTS)
     loop = tts.handle.get().loop
     utterance = Utterance(text=TEXT, voice="ryan", language="english")
 
@@ -126,7 +120,7 @@ def child_asr(rounds: int) -> dict:
     from services.asr.service import ASR
     from services.runtime.serving import vad
 
-    asr = _service(ASR)
+    asr = service(ASR)
     sched = asr.scheduler
     batches: list[list[float]] = []  # seconds of audio of each item of each batch the scheduler formed
     run_batch = sched._run_batch

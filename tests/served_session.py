@@ -210,6 +210,8 @@ def session_env(work: Path, s3_server: str) -> dict[str, str]:
         "QWEN_S3_SECRET_ACCESS_KEY": S3_SECRET,
         "QWEN_S3_REGION": "us-east-1",
         "QWEN_ALIGNER_MAX_AUDIO_SECONDS": "660",
+        # Vocal separation on (off by default): in tiny mode any name loads the tiny Demucs.
+        "QWEN_ALIGNER_SEPARATOR": "htdemucs",
         # The tiny ASR never emits EOS (the real stop ids are hard-coded): every window runs to this.
         "QWEN_ASR_MAX_NEW_TOKENS": "24",
         # The tiny talker never emits EOS either: every synthesis is this many 80 ms frames.

@@ -49,6 +49,8 @@ class AlignRequest(BaseModel):
     metadata: LyricsMetadata | None = None
     verify: bool = Field(False, description="also compare the lyrics with what the ASR hears: lines nobody sang "
                                             "are flagged not_found, sung stretches the lyrics lack are extra_audio")
+    separate: bool = Field(False, description="separate the vocals from the music first (Demucs), for songs whose "
+                                              "accompaniment drowns the voice; needs QWEN_ALIGNER_SEPARATOR")
 
     @field_validator("lyrics", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -13,12 +14,13 @@ from services.gateway.pipelines import transcribe_align
 from services.runtime.edge import remote
 from services.runtime.core.errors import InvalidRequest, UnsupportedMedia
 from services.runtime.edge.http import form_fields, inline_schema, read_form, read_json_object, validate
-from services.runtime.edge.media import load_audio, read_upload
+from services.runtime.edge.media import audio_bytes, load_audio, read_upload
 from services.gateway.tasks import add_task_routes
 
 from . import formats
 from .contract import AlignLines, Alignment, check_lyrics
 from .review import review_rules
+from .separation import fit_length
 from .protocol import AlignRequest, AlignResponse, ConvertRequest
 
 router = APIRouter(tags=["alignment"])
@@ -40,6 +42,7 @@ _BODY_DOC = {
                         "language": {"type": "string"},
                         "metadata": {"type": "string", "description": "JSON object: title, artist, album, by"},
                         "verify": {"type": "boolean", "description": "compare with what the ASR hears"},
+                        "separate": {"type": "boolean", "description": "separate the vocals first (Demucs)"},
                     },
                 }
             },
@@ -93,6 +96,9 @@ async def _parse_checked(request: Request, gw=Depends(gateway)) -> Ctx:
     if req.verify and (req.lyrics is None or "asr" not in gw.enabled):
         raise InvalidRequest("verify compares the lyrics with what the ASR hears: it needs lyrics and the ASR "
                              "service (QWEN_SERVICES)", param="verify", code="verify_unavailable")
+    if req.separate and not gw.settings.aligner.separator:
+        raise InvalidRequest("vocal separation is not enabled here: set QWEN_ALIGNER_SEPARATOR (a Demucs model)",
+                             param="separate", code="separation_unavailable")
     if req.lyrics is None:
         if "asr" not in gw.enabled:
             raise InvalidRequest("send the lyrics: without them the ASR service hears the vocals, and it is not "
@@ -104,14 +110,19 @@ async def _parse_checked(request: Request, gw=Depends(gateway)) -> Ctx:
 
 async def _run(gw, ctx: Ctx) -> Alignment:
     req, data = ctx
-    audio = await load_audio(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url",
-                             max_seconds=gw.settings.aligner.max_audio_seconds)
+    data, param = await audio_bytes(gw.settings, data=data, url=req.audio_url, param="audio", url_param="audio_url")
+    samples = (await load_audio(gw.settings, data=data, param=param, url_param="audio_url",
+                                max_seconds=gw.settings.aligner.max_audio_seconds)).samples
+    if req.separate:  # everything below hears the vocals: the aligner, and the ASR of no-lyrics and verify
+        encoded = np.frombuffer(data, dtype=np.uint8)
+        vocals = await remote.call("aligner", lambda: gw.aligner.to_async.separate(audio=encoded))
+        samples = fit_length(np.asarray(vocals, dtype=np.float32).reshape(-1), len(samples))
     if req.lyrics is None:  # no lyrics: heard by the ASR, timed by the aligner
-        return await transcribe_align.lyrics_from_audio(gw, audio.samples, req.language, review_rules(gw.settings))
+        return await transcribe_align.lyrics_from_audio(gw, samples, req.language, review_rules(gw.settings))
     if req.verify:
-        return await transcribe_align.verified(gw, audio.samples, req.lyrics, req.language)
+        return await transcribe_align.verified(gw, samples, req.lyrics, req.language)
     return await remote.call("aligner", lambda: gw.aligner.to_async.align(
-        audio=audio.samples, text=AlignLines(lines=req.lyrics, language=req.language)), into=Alignment)
+        audio=samples, text=AlignLines(lines=req.lyrics, language=req.language)), into=Alignment)
 
 
 def _render(ctx: Ctx, result: Alignment) -> Response:

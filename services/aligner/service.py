@@ -19,12 +19,14 @@ from services.runtime.core.errors import InvalidRequest, Unprocessable
 from services.runtime.core.languages import ALIGNER as LANGUAGES
 from services.runtime.serving import vad
 from services.runtime.serving.modelservice import ModelService, resources, thread_envs, traffic
+from services.runtime.serving.scheduler import Scheduler
 from services.runtime.edge.remote import guarded
 from services.runtime.core.settings import get_settings
 
 from . import lyrics, review
 from .contract import EMPTY_LYRICS, AlignLines, Alignment, AlignSpans, check_audio, check_lyrics
 from .engine import SAMPLE_RATE, AlignJob, QwenForcedAlignerEngine, UnitTime
+from .separation import VocalSeparator
 
 _CFG = get_settings().aligner
 
@@ -38,9 +40,30 @@ _CFG = get_settings().aligner
 )
 class Aligner(ModelService[QwenForcedAlignerEngine]):
     key = "aligner"
+    separator: VocalSeparator | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Separation has its own queue and slots: an alignment never waits behind a song being separated.
+        self.separations = Scheduler(
+            "separator", self.cfg.separator, self._run_separation, max_batch_size=1,
+            max_concurrency=self.cfg.separator_concurrency, max_queue=self.cfg.max_queue, timeout=self.cfg.timeout,
+        ) if self.cfg.separator else None
 
     def load_engine(self, path: str, device: str, dtype: str) -> QwenForcedAlignerEngine:
-        return QwenForcedAlignerEngine.load(path, device, dtype, threads=self.settings.torch_threads)
+        engine = QwenForcedAlignerEngine.load(path, device, dtype, threads=self.settings.torch_threads)
+        if self.cfg.separator:  # the service is ready when both are loaded
+            from services.runtime.serving.sources import resolve_model_path
+
+            self.handle.phase = "fetching separator weights"
+            sep = resolve_model_path(self.settings, "separator", self.cfg.separator, self.cfg.separator_revision,
+                                     report=lambda text: setattr(self.handle, "phase", text))
+            self.separator = VocalSeparator.load(sep, device)
+        return engine
+
+    def _run_separation(self, files: list[bytes]) -> list[np.ndarray]:
+        assert self.separator is not None
+        return [self.separator.vocals_of_file(data, max_seconds=self.cfg.max_audio_seconds) for data in files]
 
     def _run_batch(self, jobs: list[AlignJob]) -> list[list[UnitTime]]:
         return self.handle.get().align(jobs)
@@ -71,6 +94,18 @@ class Aligner(ModelService[QwenForcedAlignerEngine]):
             check_audio(audio[start:end], self.cfg)
         lang = self._language(text.language, [line for g in groups for line in g[2]])
         return (await self._align_spans(audio, groups, lang)).model_dump()
+
+    @bentoml.api
+    @guarded("aligner")
+    async def separate(self, audio: np.ndarray) -> np.ndarray:
+        """The vocals of an encoded audio file (its bytes, as uint8) as 16 kHz mono float32: what `align` and
+        the ASR then take. The file is decoded here at the separation model's rate and channels."""
+        if self.separations is None:
+            raise InvalidRequest("vocal separation is not enabled here (QWEN_ALIGNER_SEPARATOR)", param="separate",
+                                 code="separation_unavailable")
+        self.handle.get()  # 503 with the state while loading or failed
+        data = np.asarray(audio, dtype=np.uint8).tobytes()
+        return (await self.separations.run([data]))[0]
 
     def _language(self, language: str | None, lines: list[str]) -> str:
         try:

@@ -26,6 +26,8 @@ FAMILIES: dict[str, str] = {
     "captioner": "captioner",
     "diagram": "diagram",
     "vl": "vl",
+    # Not a service: the aligner's optional vocal separation (QWEN_ALIGNER_SEPARATOR), Demucs.
+    "separator": "separator",
 }
 
 _MARKER = ".tiny-fingerprint"

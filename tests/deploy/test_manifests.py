@@ -789,3 +789,9 @@ def test_fetch_models_skips_local_folders_and_refuses_unknown_services(tmp_path)
     assert res.returncode == 0 and "tiny" in res.stdout
     res = run_fetch(["vl"], {"QWEN_VL_MODEL": "/does/not/exist"})
     assert res.returncode == 1 and "does not exist" in res.stderr
+    # The aligner's vocal separator is fetched with it (here: a local folder, so nothing to fetch; a path that
+    # does not exist is refused, naming it).
+    res = run_fetch(["aligner"], {"QWEN_ALIGNER_MODEL": str(tmp_path), "QWEN_ALIGNER_SEPARATOR": str(tmp_path)})
+    assert res.returncode == 0 and res.stdout.count("local folder") == 2 and "aligner separator" in res.stdout
+    res = run_fetch(["aligner"], {"QWEN_ALIGNER_MODEL": str(tmp_path), "QWEN_ALIGNER_SEPARATOR": "/no/demucs"})
+    assert res.returncode == 1 and "aligner separator: model path '/no/demucs'" in res.stderr

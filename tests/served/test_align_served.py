@@ -430,3 +430,40 @@ def test_no_lyrics_gives_timed_lines_heard_by_the_asr(client):
     lrc = post_upload(client, data, lyrics=None, format="lrc", language="en")
     assert lrc.status_code == 200
     assert len([line for line in lrc.text.splitlines() if LRC_LINE.match(line)]) == len(segs)
+
+
+def test_separate_with_verify_hears_the_vocals_in_every_step(served, client):
+    """separate + verify: the song separated once (the tiny Demucs), then aligned and heard by the ASR;
+    one separation per request in the separator's own batches."""
+    data, lyrics, seconds = synthetic_song()
+    before = served.batches("separator")
+    r = post_upload(client, data, lyrics=lyrics, format="json", separate="true", verify="true")
+    assert r.status_code == 200, r.text
+    segs = r.json()["segments"]
+    assert [s["text"] for s in segs] == lyrics and abs(r.json()["duration"] - seconds) < 0.1
+    assert all(isinstance(s["found"], bool) and 0 <= s["confidence"] <= 1 for s in segs)
+    after = served.batches("separator")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_an_alignment_is_not_held_behind_a_song_being_separated(served, client, wav):
+    """A 2-minute song being separated (seconds of CPU on the tiny model) holds the separator's slot, not the
+    aligner's: a short alignment sent meanwhile answers while the separation is still running."""
+    import concurrent.futures
+
+    long_song = encode(song(120.0, sr=16000), 16000, "wav")
+
+    def separated():
+        with served.client(timeout=300) as c:
+            return post_upload(c, long_song, lyrics=["la la la"] * 8, format="json", separate="true")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(separated)
+        deadline = time.monotonic() + 60
+        while served.metric("qwen_inference_active", "separator").get("qwen_inference_active", 0) < 1:
+            assert time.monotonic() < deadline and not pending.done(), "the separation never started"
+            time.sleep(0.05)
+        short = post_upload(client, wav)
+        still_separating = not pending.done()
+        assert short.status_code == 200 and still_separating
+        assert pending.result().status_code == 200

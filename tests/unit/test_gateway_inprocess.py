@@ -988,3 +988,36 @@ def test_verify_flags_a_line_nobody_sang():
         refused = c.post("/api/v1/align", files={"audio": ("song.wav", wav(1.0), "audio/wav")},
                          data={"lyrics": '["a"]', "verify": "true"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "verify_unavailable"
+
+
+def test_separate_sends_the_file_to_the_separator_and_everything_after_hears_the_vocals(monkeypatch):
+    """separate: the uploaded bytes go to the aligner's `separate` (it decodes them at the model's own rate and
+    channels); the vocals it answers, fitted to the decoded length, are what the aligner and, without lyrics,
+    the ASR then receive. Without QWEN_ALIGNER_SEPARATOR it is a 400 before any model runs."""
+    monkeypatch.setenv("QWEN_ALIGNER_SEPARATOR", "htdemucs")
+    c, services = speech_in("asr", "aligner")
+    sent = wav(2.0)
+
+    async def separate(audio):
+        assert bytes(np.asarray(audio, np.uint8)) == sent
+        return np.full(32000 - 3, 0.5, np.float32)  # a resampler's few samples short
+
+    services["aligner"].to_async.separate = separate
+    with c:
+        timed = c.post("/api/v1/align", files={"audio": ("song.wav", sent, "audio/wav")},
+                       data={"lyrics": '["hello there"]', "format": "json", "separate": "true"})
+        heard = c.post("/api/v1/align", files={"audio": ("song.wav", sent, "audio/wav")},
+                       data={"format": "json", "separate": "true"})
+    assert timed.status_code == 200 and heard.status_code == 200, (timed.text, heard.text)
+    calls = services["aligner"].calls + services["asr"].calls
+    assert [name for name, _ in calls] == ["align", "align_spans", "transcribe"]  # lyrics; then none
+    for audio in [kw["audio"] for _, kw in calls]:
+        assert len(audio) == 32000 and audio[:-3].min() == 0.5 == audio[:-3].max() and not audio[-3:].any()
+
+    monkeypatch.delenv("QWEN_ALIGNER_SEPARATOR")
+    c, services = speech_in("aligner")
+    with c:
+        refused = c.post("/api/v1/align", files={"audio": ("song.wav", sent, "audio/wav")},
+                         data={"lyrics": '["a"]', "separate": "true"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "separation_unavailable"
+    assert refused.json()["error"]["param"] == "separate" and services["aligner"].calls == []

@@ -3,7 +3,8 @@
     python fetch_models.py [SERVICE ...]     # default: QWEN_SERVICES, else every service
 
 Run from the source root (the image's /home/bentoml/bento/src, or the repo): it reads the suite's own
-settings, so QWEN_<SVC>_MODEL / _REVISION / QWEN_MODEL_CACHE mean exactly what they mean to the service.
+settings, so QWEN_<SVC>_MODEL / _REVISION / QWEN_MODEL_CACHE mean exactly what they mean to the service
+(and QWEN_ALIGNER_SEPARATOR / _SEPARATOR_REVISION: the aligner's vocal separator, fetched with it when set).
 A service whose model is a local folder (or QWEN_MODELS=tiny) needs nothing. Idempotent: files already in
 the cache are not downloaded again (huggingface_hub locks per file, so replicas starting together are safe).
 Used by the Kubernetes init container, the compose `fetch-models` service and the systemd install note.
@@ -33,17 +34,18 @@ def main(argv: list[str]) -> int:
         print("QWEN_MODELS=tiny: nothing to fetch")
         return 0
     for key in keys:
-        cfg = settings.service(key)
-        if Path(os.path.expanduser(cfg.model)).is_dir():
-            print(f"{key}: local folder {cfg.model}, nothing to fetch")
-            continue
-        if cfg.model.startswith(("/", "./", "../")):
-            print(f"{key}: model path {cfg.model!r} does not exist", file=sys.stderr)
-            return 1
-        from huggingface_hub import snapshot_download
+        for what, model, revision in settings.service(key).weights():  # the model, the aligner's separator
+            name = key if what == "model" else f"{key} {what}"
+            if Path(os.path.expanduser(model)).is_dir():
+                print(f"{name}: local folder {model}, nothing to fetch")
+                continue
+            if model.startswith(("/", "./", "../")):
+                print(f"{name}: model path {model!r} does not exist", file=sys.stderr)
+                return 1
+            from huggingface_hub import snapshot_download
 
-        path = snapshot_download(repo_id=cfg.model, revision=cfg.revision, cache_dir=settings.model_cache)
-        print(f"{key}: {cfg.model}@{cfg.revision or 'main'} -> {path}")
+            path = snapshot_download(repo_id=model, revision=revision, cache_dir=settings.model_cache)
+            print(f"{name}: {model}@{revision or 'main'} -> {path}")
     return 0
 
 

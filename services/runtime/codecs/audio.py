@@ -32,7 +32,7 @@ def check_duration(seconds: float, max_seconds: float, *, param: str) -> None:
 
 @dataclass
 class DecodedAudio:
-    samples: np.ndarray  # float32, mono, [-1, 1]
+    samples: np.ndarray  # float32 in [-1, 1]: (n,) mono, or (n, channels)
     sample_rate: int
 
     @property
@@ -42,10 +42,10 @@ class DecodedAudio:
 
 def decode_audio(
     data: bytes, *, sample_rate: int = 16000, max_seconds: float | None = None, param: str = "file",
-    truncate: bool = False,
+    truncate: bool = False, channels: int = 1,
 ) -> DecodedAudio:
-    """Mono float32 at `sample_rate`. Past `max_seconds`: a 413, or with `truncate` the first
-    `max_seconds` (decoding stops there)."""
+    """Mono float32 at `sample_rate` (with `channels=2`: stereo, shape (n, 2), a mono file duplicated). Past
+    `max_seconds`: a 413, or with `truncate` the first `max_seconds` (decoding stops there)."""
     import av
 
     if not data:
@@ -70,8 +70,9 @@ def decode_audio(
                 declared = container.duration / 1_000_000
             if declared is not None and not truncate:
                 check_duration(declared / HEADER_TOLERANCE, max_seconds, param=param)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        limit = None if max_seconds is None else int(max_seconds * sample_rate)
+        resampler = av.AudioResampler(format="flt", layout={1: "mono", 2: "stereo"}[channels], rate=sample_rate)
+        # Counted in samples of all channels (packed: one row of n x channels values per frame).
+        limit = None if max_seconds is None else int(max_seconds * sample_rate * channels)
         chunks: list[np.ndarray] = []
         total = 0
         try:
@@ -83,7 +84,7 @@ def decode_audio(
                 if limit is not None and total > limit:
                     if truncate:
                         break
-                    check_duration(total / sample_rate, max_seconds, param=param)
+                    check_duration(total / channels / sample_rate, max_seconds, param=param)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as exc:
@@ -92,10 +93,12 @@ def decode_audio(
                                      param=param, code="corrupt_audio") from None
             # A damaged tail after good audio: keep what decoded (players do the same).
     samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    if channels > 1:
+        samples = samples[: samples.size // channels * channels].reshape(-1, channels)
     if truncate and max_seconds is not None:
         samples = samples[: int(max_seconds * sample_rate)]
     elif max_seconds is not None:
-        check_duration(samples.size / sample_rate, max_seconds, param=param)
+        check_duration(len(samples) / sample_rate, max_seconds, param=param)
     if samples.size == 0:
         raise InvalidRequest(f"{param}: no audio samples could be decoded", param=param, code="corrupt_audio")
     if not np.isfinite(samples).all():

@@ -65,6 +65,11 @@ class ServiceSettings(_Base):
     rate_limit: int = Field(0, ge=0)
     rate_window_seconds: float = Field(60.0, gt=0)
 
+    def weights(self) -> list[tuple[str, str, str | None]]:
+        """(what, model, revision) of every set of weights the service loads (fetch_models.py fills the cache
+        with them): its model, and whatever else its settings name."""
+        return [("model", self.model, self.revision)]
+
 
 class VLLMServerSettings(ServiceSettings):
     """Fields of a service that vLLM can serve (ASR, captioner, VL, diagram). backend auto: vLLM on CUDA when
@@ -116,6 +121,19 @@ class AlignerSettings(ServiceSettings):
     review_min_confidence: float = Field(0.5, ge=0, le=1)
     review_min_word_seconds: float = Field(0.08, ge=0)
     review_max_word_seconds: float = Field(4.0, gt=0)
+    # Vocal separation before alignment, asked per request (`separate: true`; services/aligner/separation.py):
+    # a Demucs model in the layout of its hub repos (`adefossez/HTDemucs`, `adefossez/HTDemucs-ft`) or a local
+    # folder of that layout, loaded with the aligner (downloaded once per deployment into the model cache).
+    # Empty: off, and `separate: true` is a 400.
+    separator: str = ""
+    separator_revision: str | None = None
+    # Songs separated at once per aligner worker: each holds its stems on the host (1.4 MB per second of
+    # audio for HTDemucs) and, on a GPU, the device beside the aligner.
+    separator_concurrency: int = Field(1, ge=1)
+
+    def weights(self) -> list[tuple[str, str, str | None]]:
+        extra = [("separator", self.separator, self.separator_revision)] if self.separator else []
+        return super().weights() + extra
 
 
 class ASRSettings(VLLMServerSettings):

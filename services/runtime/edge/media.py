@@ -39,6 +39,22 @@ def decode_base64(value: str, *, max_bytes: int, param: str) -> bytes:
         raise InvalidRequest(f"{param} is not valid base64", param=param, code="invalid_base64") from None
 
 
+async def audio_bytes(settings: Settings, *, data: bytes | None = None, url: str | None = None, param: str,
+                      url_param: str) -> tuple[bytes, str]:
+    """The encoded audio of a request (an uploaded part, a data: URL or a fetched URL) and the field it came
+    in (what its errors name)."""
+    if data is None and not url:
+        raise InvalidRequest(f"send the audio as a `{param}` file or give `{url_param}`", param=param,
+                             code="missing_audio")
+    if data is not None and url:
+        raise InvalidRequest(f"give either a `{param}` file or `{url_param}`, not both", param=url_param)
+    if data is None and url.strip().startswith("data:"):
+        return decode_base64(url, max_bytes=settings.upload_max_bytes, param=url_param), url_param
+    if data is None:
+        return await fetch_bytes(url, settings, max_bytes=settings.fetch_max_bytes, param=url_param), url_param
+    return data, param
+
+
 async def load_audio(
     settings: Settings,
     *,
@@ -50,17 +66,7 @@ async def load_audio(
     sample_rate: int = 16000,
     truncate: bool = False,
 ) -> DecodedAudio:
-    if data is None and not url:
-        raise InvalidRequest(f"send the audio as a `{param}` file or give `{url_param}`", param=param,
-                             code="missing_audio")
-    if data is not None and url:
-        raise InvalidRequest(f"give either a `{param}` file or `{url_param}`, not both", param=url_param)
-    if data is None and url.strip().startswith("data:"):
-        data = decode_base64(url, max_bytes=settings.upload_max_bytes, param=url_param)
-        param = url_param
-    elif data is None:
-        data = await fetch_bytes(url, settings, max_bytes=settings.fetch_max_bytes, param=url_param)
-        param = url_param
+    data, param = await audio_bytes(settings, data=data, url=url, param=param, url_param=url_param)
     # Decoding is CPU work: keep the gateway's event loop free.
     return await asyncio.to_thread(decode_audio, data, sample_rate=sample_rate, max_seconds=max_seconds,
                                    param=param, truncate=truncate)
