@@ -99,3 +99,25 @@ def test_fit_length_cuts_or_pads_with_silence():
     x = np.ones(5, np.float32)
     assert fit_length(x, 3).tolist() == [1, 1, 1]
     assert fit_length(x, 7).tolist() == [1, 1, 1, 1, 1, 0, 0]
+
+
+def test_a_fine_tuned_bag_runs_only_the_models_the_vocals_come_from(tmp_path):
+    """HTDemucs-ft's shape: one model per stem, each weighted 1 for its own stem and 0 for the rest. The vocals
+    come from one model, so the others are not run (a quarter of the cost), and the vocals are unchanged."""
+    folder = known_stems(tmp_path / "bag")
+    (folder / "00000000.safetensors").rename(folder / "aaaaaaaa.safetensors")
+    loud = KnownStems(SOURCES)
+    with torch.no_grad():
+        loud.gain.fill_(5.0)  # what would come out if this model's vocals counted
+    write_model(folder, f"{__name__}.KnownStems", {"sources": SOURCES}, loud.state_dict(), signature="bbbbbbbb")
+    (folder / "htdemucs.yaml").write_text(
+        "models: ['aaaaaaaa', 'bbbbbbbb']\nweights: [[1., 0., 0., 0.], [0., 1., 1., 1.]]\n")
+    bag = load_bag(folder)
+    assert len(bag.models) == 2
+    sep = VocalSeparator(bag, "cpu")
+    assert len(sep.bag.models) == 1 and float(sep.bag.models[0].gain[0]) == 1.0
+    sr = 44100
+    t = np.arange(2 * sr) / sr
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    vocals = sep.vocals(np.stack([tone, -tone], axis=1))
+    assert np.allclose(vocals, 2 * tone, atol=1e-4)  # mono of mix + (left - right): 0 + 2 x tone
