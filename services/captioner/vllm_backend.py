@@ -33,7 +33,8 @@ BACKEND = "captioner backend (vLLM)"
 def extra_flags() -> list[str]:
     """The captioner's own flags: one clip per request; images and videos off (unset modalities default to
     999 items: their encoder budget is profiled and, in newer vLLM, the vision tower is not even built at
-    0). JSON form: the one vLLM 0.14 and later accept (the old `audio=1` form was removed)."""
+    0). JSON form: the one vLLM accepts since 0.14, the locked 0.30 included (the old `audio=1` form was
+    removed)."""
     return ["--limit-mm-per-prompt", json.dumps(MM_LIMITS)]
 
 
@@ -79,12 +80,18 @@ def chat_request(model: str, audio: np.ndarray, params: GenParams, *, stream: bo
     return body
 
 
+# vLLM's 400 for prompt + max_tokens > max_model_len, in its two wordings: 0.14's "'max_tokens' or
+# 'max_completion_tokens' is too large: ...", and 0.30's (the engine locks' version; renderers/params.py)
+# "This model's maximum context length is N tokens. However, you requested M output tokens and your prompt...".
+_TOO_LONG = re.compile(r"(max_tokens|max_completion_tokens).{0,40}too large|maximum context length.*requested "
+                       r"\d+ output tokens", re.S)
+
+
 def drop_max_tokens_if_too_long(err: QwenError, body: dict) -> bool:
-    """vLLM 0.14 answers 400 to prompt + max_tokens > max_model_len (later versions clamp): then the
-    request is sent again without max_tokens, i.e. the rest of the context, like the transformers
-    backend. True when `body` was changed for that retry."""
-    too_long = isinstance(err, InvalidRequest) and "too large" in err.message \
-        and re.search(r"max_tokens|max_completion_tokens", err.message) is not None
+    """vLLM answers 400 to prompt + max_tokens > max_model_len (it does not clamp): then the request is sent
+    again without max_tokens, i.e. the rest of the context, like the transformers backend. True when `body`
+    was changed for that retry (a prompt too long by itself then fails again, and that 400 is the answer)."""
+    too_long = isinstance(err, InvalidRequest) and _TOO_LONG.search(err.message) is not None
     return too_long and body.pop("max_tokens", None) is not None
 
 

@@ -11,11 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOO_LARGE = ("'max_tokens' or 'max_completion_tokens' is too large: 64. This model's maximum context length is "
              "40 tokens and your request has 30 input tokens (64 > 40 - 30).")  # vLLM 0.14's 400
+# vLLM 0.30.0's (the engine locks' version): vllm/renderers/params.py, TokenizeParams._token_len_check.
+TOO_LONG_030 = ("This model's maximum context length is 40 tokens. However, you requested 64 output tokens and "
+                "your prompt contains 30 input tokens, for a total of 94 tokens. Please reduce the length of the "
+                "input prompt or the number of requested output tokens.")
 
 
 class FakeOpenAI:
-    """A minimal upstream on 127.0.0.1; `mode` picks the answer: ok | bad (400) | too_large (400 while
-    max_tokens is sent) | stream_error (an error event after three deltas) | busy (429) | down (503) |
+    """A minimal upstream on 127.0.0.1; `mode` picks the answer: ok | bad (400) | too_large / too_long_030 (400
+    while max_tokens is sent, in vLLM 0.14's / 0.30's words) | stream_error (an error event after three deltas) | busy (429) | down (503) |
     slow (answers after `delay` seconds)."""
 
     def __init__(self):
@@ -60,13 +64,13 @@ class FakeOpenAI:
                     return self._error(429, "too many requests")
                 if fake.mode == "down":
                     return self._send(503, json.dumps({"detail": "engine is sleeping"}).encode())
-                if fake.mode == "too_large" and "max_tokens" in body:
-                    return self._error(400, TOO_LARGE)
+                if fake.mode in ("too_large", "too_long_030") and "max_tokens" in body:
+                    return self._error(400, TOO_LARGE if fake.mode == "too_large" else TOO_LONG_030)
                 if not body.get("stream"):
                     return self._send(200, json.dumps({
                         "id": "c1", "object": "chat.completion", "model": body["model"],
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "a calm voice"},
-                                     "finish_reason": "length" if fake.mode == "too_large" else "stop"}],
+                                     "finish_reason": "length" if fake.mode.startswith("too_") else "stop"}],
                         "usage": {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}}).encode())
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")

@@ -301,9 +301,11 @@ def test_upstream_400_is_invalid_request_with_its_message(fake):
     assert len(fake.requests) == 2  # not retried
 
 
-def test_max_tokens_beyond_context_falls_back_to_the_rest(fake):
-    """vLLM 0.14 rejects prompt + max_tokens > max_model_len; we then ask for what is left."""
-    fake.mode = "too_large"
+@pytest.mark.parametrize("mode", ["too_large", "too_long_030"])
+def test_max_tokens_beyond_context_falls_back_to_the_rest(fake, mode):
+    """vLLM rejects prompt + max_tokens > max_model_len (0.14 and the locked 0.30, in different words); we then
+    ask for what is left."""
+    fake.mode = mode
     eng = engine_for(fake.port)
     c = asyncio.run(eng.complete(AUDIO, PARAMS))
     assert c.finish_reason == "length"
