@@ -14,4 +14,4 @@ except ImportError:  # pragma: no cover
 
 # The served session (one real `bentoml serve` per test run) and the servers beside it, shared by every
 # folder that needs them (tests/served, tests/fuzz).
-from tests.served_session import media_dir, media_server, s3_server, served  # noqa: E402,F401
+from tests.served_session import media_dir, media_server, s3_server, served, wav  # noqa: E402,F401

@@ -110,6 +110,12 @@ def media_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wav(media_dir) -> bytes:
+    """The 12-s tone song (media_dir/short.wav) the served modules send."""
+    return (media_dir / "short.wav").read_bytes()
+
+
+@pytest.fixture(scope="session")
 def media_server(media_dir):
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):

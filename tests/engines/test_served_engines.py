@@ -38,11 +38,6 @@ def needs(key: str):
     return pytest.mark.skipif(key not in ON_VLLM, reason=f"{key} is not on vLLM in this session")
 
 
-@pytest.fixture(scope="module")
-def wav(media_dir):
-    return (media_dir / "short.wav").read_bytes()
-
-
 def png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (96, 64), (40, 160, 90)).save(buf, "PNG")

@@ -28,11 +28,6 @@ def client(served):
         yield c
 
 
-@pytest.fixture(scope="module")
-def wav(media_dir):
-    return (media_dir / "short.wav").read_bytes()
-
-
 def post_upload(client, audio: bytes, lyrics=LYRICS, filename="song.wav", **fields):
     data = {**({"lyrics": json.dumps(lyrics)} if lyrics is not None else {}), **fields}
     return client.post("/api/v1/align", files={"audio": (filename, audio, "application/octet-stream")}, data=data)

@@ -20,11 +20,6 @@ def oai(served):
     return served.openai()
 
 
-@pytest.fixture(scope="module")
-def wav(media_dir):
-    return (media_dir / "short.wav").read_bytes()
-
-
 def test_json_and_text(oai, wav):
     r = oai.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), response_format="json")
     assert isinstance(r.text, str)

@@ -18,11 +18,6 @@ from tests.openai_schemas import check, sse_events
 pytestmark = pytest.mark.served
 
 
-@pytest.fixture(scope="module")
-def wav(media_dir):
-    return (media_dir / "short.wav").read_bytes()
-
-
 def png_url() -> str:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (20, 120, 200)).save(buf, "PNG")

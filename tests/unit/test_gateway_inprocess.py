@@ -933,8 +933,10 @@ def test_an_alignment_converts_to_every_format_without_the_model():
         bad = [c.post("/api/v1/align/convert", json=body) for body in (
             {"segments": segments, "format": "docx"}, {"segments": [], "format": "lrc"},
             {"segments": [{"text": "x"}], "format": "lrc"}, {"segments": segments, "format": "lrc", "extra": 1})]
-        not_a_time = c.post("/api/v1/align/convert", content=b'{"format": "ass", "segments": [{"text": "a", '
-                            b'"start": 0, "end": Infinity, "words": []}]}', headers={"content-type": "application/json"})
+        not_a_time = c.post("/api/v1/align/convert", json={"format": "ass", "segments": [
+            {"text": "a", "start": 0, "end": 1e12, "words": []}]})
+        not_json = c.post("/api/v1/align/convert", content=b'{"format": "ass", "segments": [{"text": "a", '
+                          b'"start": 0, "end": Infinity, "words": []}]}', headers={"content-type": "application/json"})
     assert {f: r.status_code for f, r in out.items()} == dict.fromkeys(out, 200)
     assert out["lrc"].text.splitlines()[:3] == ["[ti:T]", "[length:00:04]", "[00:01.00] Hello big world"]
     assert out["ass"].headers["content-type"].startswith("text/x-ssa") and "{\\k40}Hello" in out["ass"].text
@@ -942,6 +944,8 @@ def test_an_alignment_converts_to_every_format_without_the_model():
     assert out["json"].json()["segments"][0]["words"][2]["text"] == "world"
     assert [r.status_code for r in bad] == [400] * 4
     assert not_a_time.status_code == 400 and "segments[0].end" in not_a_time.json()["error"]["message"]
+    assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_json"
+    assert "Infinity is not a JSON number" in not_json.json()["error"]["message"]
     assert all(r.json()["error"]["type"] == "invalid_request_error" for r in bad)
     assert aligner.calls == []
 
@@ -1021,3 +1025,24 @@ def test_separate_sends_the_file_to_the_separator_and_everything_after_hears_the
                          data={"lyrics": '["a"]', "separate": "true"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "separation_unavailable"
     assert refused.json()["error"]["param"] == "separate" and services["aligner"].calls == []
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", b'{"model": "captioner", "messages": [{"role": "user", "content": "hi"}], '
+                             b'"temperature": NaN}'),
+    ("/v1/audio/speech", b'{"model": "tts", "input": "hi", "voice": "vivian", "speed": Infinity}'),
+    ("/api/v1/align", b'{"audio_url": "http://example.com/a.wav", "lyrics": ["a"], "x": -Infinity}'),
+    ("/api/v1/align/convert", b'{"format": "lrc", "segments": [{"text": "a", "start": NaN, "end": 1}]}'),
+])
+def test_nan_and_infinity_are_not_json_on_any_json_route(path, body):
+    """Python's JSON parser reads NaN/Infinity; every JSON route reads its body strictly (400 invalid_json,
+    before any validation or model), and the gateway goes on serving."""
+    c, services = speech_in("tts", "aligner", "captioner")
+    with c:
+        r = c.post(path, content=body, headers={"content-type": "application/json"})
+        after = c.post("/api/v1/align/convert", json={"format": "lrc", "segments": [{"text": "a", "start": 0,
+                                                                                   "end": 1, "words": []}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_json" and r.json()["error"]["type"] == "invalid_request_error"
+    assert "is not a JSON number" in r.json()["error"]["message"]
+    assert all(s.calls == [] for s in services.values()) and after.status_code == 200

@@ -297,12 +297,19 @@ def validation_error(exc) -> QwenError:
     return cls(text, param=param, code="invalid_value" if param else None)
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 async def read_json_object(request) -> dict:
-    """The request body as a JSON object, or a 400 in the envelope."""
+    """The request body as a JSON object, or a 400 in the envelope. Strict JSON: Python's parser (Starlette's
+    `request.json()`) also reads NaN and Infinity, which no field of ours means and which pass range checks
+    written as comparisons; every JSON route reads its body here."""
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON", code="invalid_json") from None
+        body = json.loads(await request.body(), parse_constant=_not_json)
+    except ValueError as exc:  # JSONDecodeError, a bad encoding, NaN/Infinity
+        detail = f": {exc}" if "JSON number" in str(exc) else ""
+        raise InvalidRequest(f"request body is not valid JSON{detail}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="invalid_json")
     return body
