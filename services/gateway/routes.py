@@ -101,10 +101,12 @@ async def playground() -> FileResponse:
 @playground_router.get("/playground/config.json")
 async def playground_config(gw=Depends(gateway)) -> JSONResponse:
     """What the page needs before it has a key: which services this gateway runs (the panels to show), the
-    model name each is called with, and whether a key is required. /health already tells as much."""
+    model name each is called with, whether a key is required, and the options that depend on settings
+    (`separate`: the aligner has a vocal separator). /health already tells as much."""
+    features = {"separate": "aligner" in gw.enabled and bool(gw.settings.aligner.separator)}
     return JSONResponse({"version": VERSION, "auth": gw.settings.api_key is not None,
-                         "services": {key: {"model": gw.settings.service(key).model} for key in gw.enabled}},
-                        headers=_PAGE_HEADERS)
+                         "services": {key: {"model": gw.settings.service(key).model} for key in gw.enabled},
+                         "features": features}, headers=_PAGE_HEADERS)
 
 
 @playground_router.get("/playground/{name}")

@@ -336,6 +336,13 @@ function showReview(box, body, list) {
     link.addEventListener("click", () => list.children[index]?.click());
     box.append(link);
   }
+  for (const extra of Array.isArray(body.extra_audio) ? body.extra_audio : []) {  // verify: sung, not in the lyrics
+    const item = document.createElement("span");
+    item.className = "extra-audio";
+    item.dataset.testid = "align-extra-audio";
+    item.textContent = `heard at ${lrcTime(extra.start)}, not in the lyrics: “${extra.text}”`;
+    box.append(item);
+  }
   box.dataset.count = review.needs_review;
 }
 
@@ -366,11 +373,14 @@ function setupAlign() {
     runPanel(panel, async () => {
       const file = input.files[0];
       const lines = $("#align-lyrics").value.replace(/\s+$/, "").split(/\r?\n/);
+      const typed = lines.some((line) => line.trim());
       need(file, "choose a song first");
-      need(lines.some((line) => line.trim()), "type the lyrics first");
+      need(typed || config.services.asr, "type the lyrics first");
       const form = new FormData();
       form.append("audio", file);
-      form.append("lyrics", JSON.stringify(lines));
+      if (typed) form.append("lyrics", JSON.stringify(lines));  // else the ASR hears them
+      if (typed && $("#align-verify").checked) form.append("verify", "true");
+      if ($("#align-separate").checked) form.append("separate", "true");
       form.append("format", "json");
       const body = await (await api("/api/v1/align", { method: "POST", body: form })).json();
       need(Array.isArray(body.segments), "unexpected answer: no segments");
@@ -879,6 +889,7 @@ async function start() {
   const setups = { aligner: setupAlign, asr: setupTranscription, tts: setupSpeech, captioner: setupCaption,
     diagram: setupDiagram, vl: setupVision };
   for (const option of document.querySelectorAll("[data-needs]")) option.hidden = !config.services[option.dataset.needs];
+  for (const option of document.querySelectorAll("[data-feature]")) option.hidden = !config.features?.[option.dataset.feature];
   let shown = 0;
   for (const panel of document.querySelectorAll(".panel")) {
     const service = panel.dataset.service;

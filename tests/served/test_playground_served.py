@@ -289,6 +289,39 @@ def test_align_panel_renders_the_aligned_lines(page, served, tmp_path):
     shoot(page, tmp_path / "align.png", "align", ink="[data-testid=align-lines]")
 
 
+def test_align_panel_verifies_separates_and_hears_the_lyrics_when_none_are_typed(page, served, tmp_path):
+    """The options this gateway's settings allow (the served session runs the ASR and a vocal separator):
+    verify + separate on typed lyrics, then no lyrics at all. The page shows what the API answers for the same
+    request (the tiny models are deterministic; separation has no random shifts)."""
+    use_key(page, API_KEY)
+    assert page.is_visible("[data-testid=align-verify]") and page.is_visible("[data-testid=align-separate]")
+    song_file = write_song(tmp_path / "song.mp3")
+    page.set_input_files("[data-testid=align-audio]", str(song_file))
+    page.fill("[data-testid=align-lyrics]", "\n".join(LYRICS) + "\n")
+    page.check("[data-testid=align-verify]")
+    page.check("[data-testid=align-separate]")
+    submit(page, "align")
+    lines = page.locator("[data-testid=align-line]")
+    with served.client() as c:
+        checked = c.post("/api/v1/align", files={"audio": ("song.mp3", song_file.read_bytes())},
+                         data={"lyrics": json.dumps(LYRICS), "format": "json", "verify": "true", "separate": "true"})
+        heard = c.post("/api/v1/align", files={"audio": ("song.mp3", song_file.read_bytes())},
+                       data={"format": "json", "separate": "true"})
+    assert checked.status_code == 200 and heard.status_code == 200, (checked.text, heard.text)
+    checked, heard = checked.json(), heard.json()
+    assert all(isinstance(seg["found"], bool) for seg in checked["segments"])
+    assert [lines.nth(i).locator(".text").inner_text() for i in range(lines.count())] == LYRICS
+    assert line_times(lines)[0] == [seg["start"] for seg in checked["segments"]]
+    assert page.locator("[data-testid=align-extra-audio]").count() == len(checked["extra_audio"])
+    # No lyrics typed: the ASR hears them (verify needs lyrics, so it is not sent).
+    page.fill("[data-testid=align-lyrics]", "")
+    submit(page, "align")
+    assert heard["segments"], "the tiny ASR heard nothing in the song"
+    assert [lines.nth(i).locator(".text").inner_text() for i in range(lines.count())] == \
+        [seg["text"] for seg in heard["segments"]]
+    assert line_times(lines)[0] == [seg["start"] for seg in heard["segments"]]
+
+
 def test_align_karaoke_highlight_follows_the_audio(page, served, tmp_path):
     """The tiny aligner puts every line at the end of the song (a valid, degenerate answer), so the real
     answer is re-timed on its way to the page: lines 0.5-2.5 s, 3.5-5.5 s, 6.5-8.5 s, words spread evenly.
