@@ -38,7 +38,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from services.gateway.registry import resolve_model
 from services.runtime.codecs.audio import Resampler
-from services.runtime.codecs.realtime_audio import INPUT_RATES, StreamingVAD, decode_input
+from services.runtime.codecs.realtime_audio import INPUT_RATES, decode_input
+from services.runtime.serving.vad import StreamingVAD
 from services.runtime.core.errors import InvalidRequest, QwenError, ServiceUnavailable, TooManyRequests
 from services.runtime.core.languages import ASR as ASR_LANGUAGES
 from services.runtime.core.logging import get_logger

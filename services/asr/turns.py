@@ -62,7 +62,7 @@ class BufferFull(Exception):
 class Turns:
     def __init__(self, vad: VADConfig | None, max_turn: int, frame: int, probs=None, origin: int = 0):
         """`probs(samples) -> probabilities` gives one speech probability per `frame` samples, statefully
-        (services.runtime.codecs.realtime_audio.StreamingVAD.feed); needed only with `vad`. `origin`: the
+        (services.runtime.serving.vad.StreamingVAD.feed); needed only with `vad`. `origin`: the
         session's clock (samples) when these turns begin (a session that changes its settings goes on)."""
         self.vad, self.max_turn, self.frame, self._probs = vad, max_turn, frame, probs
         self.total = origin  # samples received since the session started
